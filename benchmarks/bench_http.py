@@ -1,0 +1,208 @@
+"""How close a parallel batch of HTTP GETs comes to the ideal, through the real CLI.
+
+    python benchmarks/bench_http.py [--repeat 3]
+
+A local server answers every request after sleeping 100 ms, so N requests at
+concurrency C cannot finish faster than N / C x 0.1 s (the ideal). Each case runs
+``python -m plait run`` on a workflow with one parallel ``http`` batch; the time
+compared with the ideal is the run's own ``duration_ms`` (interpreter start-up is
+shown separately, as "process s"). The floor is the same requests made by a bare
+ThreadPoolExecutor of httpx calls in a separate process: what any Python client
+could do on this machine, with no engine at all.
+
+The server lives in this process and the clients in child processes, so the two
+do not share a GIL. Best of ``--repeat`` runs is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers import LocalServer  # noqa: E402
+
+DELAY = 0.1
+
+
+@dataclass(frozen=True)
+class Case:
+    requests: int
+    concurrency: int
+    goal: float
+
+    @property
+    def ideal(self) -> float:
+        return self.requests / self.concurrency * DELAY
+
+    @property
+    def name(self) -> str:
+        return f"{self.requests} GETs @ {self.concurrency}"
+
+
+CASES = (Case(200, 50, 1.10), Case(200, 10, 1.05), Case(2000, 200, 1.20))
+
+# The engine-free floor: one pooled client, a thread pool, nothing else.
+FLOOR = """
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+import httpx
+base, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
+with httpx.Client(limits=limits, timeout=60) as client:
+    def get(i):
+        r = client.get(f"{base}/item/{i}")
+        r.raise_for_status()
+        return r.json()["n"]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=c) as pool:
+        out = list(pool.map(get, range(n)))
+    elapsed = time.perf_counter() - start
+assert out == list(range(n))
+print(elapsed)
+"""
+
+
+def child_env() -> dict[str, str]:
+    src = str(ROOT / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def quiet_flag() -> list[str]:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "plait", "run", "--help"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    ).stdout
+    return ["-q"] if "-q" in help_text else []
+
+
+def run_plait(workdir: Path, base: str, case: Case, quiet: list[str]) -> tuple[float, float]:
+    """(run duration s, process wall s) for one plait run of ``case``."""
+    workflow = {
+        "inputs": {"base": {"type": "string"}},
+        "nodes": [
+            {
+                "id": "get",
+                "type": "http",
+                "params": {"url": "${base}/item/${item}"},
+                "batch": {
+                    "items": list(range(case.requests)),
+                    "parallel": True,
+                    "max_concurrent": case.concurrency,
+                },
+            }
+        ],
+        "outputs": {"count": {"source": "${get.success_count}"}},
+    }
+    path = workdir / f"bench_{case.requests}_{case.concurrency}.json"
+    path.write_text(json.dumps(workflow))
+    cmd = [sys.executable, "-m", "plait", "run", str(path), f"base={base}"]
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, *quiet, "--output-format", "json"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+    )
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"plait failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    result = json.loads(proc.stdout)
+    if result["outputs"]["count"] != case.requests:
+        raise SystemExit(f"expected {case.requests} successes, got {result['outputs']}")
+    return result["duration_ms"] / 1000, wall
+
+
+def run_floor(base: str, case: Case) -> float:
+    proc = subprocess.run(
+        [sys.executable, "-c", FLOOR, base, str(case.requests), str(case.concurrency)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=True,
+    )
+    return float(proc.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; best is kept")
+    args = parser.parse_args()
+
+    quiet = quiet_flag()
+    rows = []
+    with (
+        LocalServer(delay=DELAY, request_queue_size=4096) as server,
+        tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp,
+    ):
+        workdir = Path(tmp)
+        run_plait(workdir, server.base_url, Case(20, 10, 0), quiet)  # warm caches
+        for case in CASES:
+            plait_runs, walls, floors, conns = [], [], [], []
+            for _ in range(args.repeat):
+                server.reset()
+                duration, wall = run_plait(workdir, server.base_url, case, quiet)
+                plait_runs.append(duration)
+                walls.append(wall)
+                conns.append(server.connections)
+                floors.append(run_floor(server.base_url, case))
+            best = min(plait_runs)
+            floor = min(floors)
+            ratio = best / case.ideal
+            rows.append(
+                (
+                    case.name,
+                    f"{best:.3f}",
+                    f"{case.ideal:.3f}",
+                    f"{ratio:.3f}",
+                    f"<= {case.goal:.2f}",
+                    "yes" if ratio <= case.goal else "NO",
+                    f"{floor:.3f}",
+                    f"{floor / case.ideal:.3f}",
+                    f"{best / floor:.3f}",
+                    f"{min(walls):.3f}",
+                    str(max(conns)),
+                )
+            )
+
+    header = (
+        "measure",
+        "wall s",
+        "ideal s",
+        "wall/ideal",
+        "goal",
+        "met",
+        "floor s",
+        "floor/ideal",
+        "plait/floor",
+        "process s",
+        "TCP conns",
+    )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(
+        f"http batch benchmark: server sleeps {DELAY * 1000:.0f} ms per request; best of {args.repeat}"
+    )
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(
+        "\nwall s: the run's duration_ms (no interpreter start-up); process s: the whole "
+        "`plait run` command;\nfloor s: a bare ThreadPoolExecutor of httpx calls at the "
+        "same concurrency; TCP conns: connections the server accepted in one plait run."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The command line: arguments, progress, rendering. The only layer that prints.
+
+Imports stay light at module level: `plait --version` and `plait --help` must
+not pay for the runtime, node modules, rich, httpx, llm or SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from plait import __version__
+from plait.errors import PlaitError
+
+_WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+class _Group(click.Group):
+    """`plait WORKFLOW ...` is shorthand for `plait run WORKFLOW ...`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and (
+            args[0].endswith(_WORKFLOW_SUFFIXES) or os.path.sep in args[0] or Path(args[0]).is_file()
+        ):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="plait")
+def cli() -> None:
+    """plait: validate, then run, declarative workflows — with batch processing.
+
+    \b
+    plait run WORKFLOW [name=value ...]   run a .json/.yaml workflow
+    plait WORKFLOW [name=value ...]       the same, shorter
+    plait validate WORKFLOW               check it without running
+    plait nodes [TYPE]                    node types, their params and outputs
+    plait schema                          JSON Schema of the workflow format
+    """
+
+
+_nodes_option = click.option(
+    "--nodes",
+    "nodes_paths",
+    multiple=True,
+    type=click.Path(),
+    help="A .py file or folder with custom node types (repeatable).",
+)
+_debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+
+
+def _registry(nodes_paths: tuple[str, ...]) -> Any:
+    from plait.nodes.registry import Registry
+
+    registry = Registry()
+    for path in nodes_paths:
+        registry.load_path(path)
+    return registry
+
+
+def _fail(exc: PlaitError, output_format: str = "text") -> None:
+    from plait.cli.render import error_block
+
+    if output_format == "json":
+        from plait.errors import WorkflowInvalid
+
+        payload: dict[str, Any] = {
+            "status": "invalid" if exc.exit_code == 2 else "failed",
+            "errors": (
+                [p.to_dict() for p in exc.problems]
+                if isinstance(exc, WorkflowInvalid)
+                else [{"message": exc.message, **({"hint": exc.hint} if exc.hint else {})}]
+            ),
+        }
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    error_block(exc)
+    sys.exit(exc.exit_code)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("workflow", type=click.Path())
+@click.argument("params", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "--output-format",
+    "-o",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: the outputs as they are; json: one object with status, outputs, nodes, errors.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@_nodes_option
+@_debug_option
+def run(
+    workflow: str,
+    params: tuple[str, ...],
+    output_format: str,
+    quiet: bool,
+    nodes_paths: tuple[str, ...],
+    debug: bool,
+) -> None:
+    """Validate WORKFLOW, then run it. Inputs are given as name=value."""
+    try:
+        from plait.cli.running import run_command
+
+        code = run_command(workflow, params, output_format=output_format, quiet=quiet, nodes_paths=nodes_paths)
+    except PlaitError as exc:
+        _fail(exc, output_format)
+    except Exception:
+        if debug:
+            raise
+        import traceback
+
+        click.echo(
+            "internal error: plait hit a bug; run again with --debug for the traceback\n  "
+            + traceback.format_exc().strip().splitlines()[-1],
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("workflow", type=click.Path())
+@click.option("--output-format", "-o", type=click.Choice(["text", "json"]), default="text")
+@_nodes_option
+def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...]) -> None:
+    """Check WORKFLOW without running anything."""
+    try:
+        from plait.runtime.compile import load_and_compile
+
+        compiled = load_and_compile(workflow, _registry(nodes_paths))
+    except PlaitError as exc:
+        _fail(exc, output_format)
+    if output_format == "json":
+        click.echo(json.dumps({"status": "valid", "errors": [], "warnings": compiled.warnings}, indent=2))
+    else:
+        for warning in compiled.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        n = len(compiled.nodes)
+        click.echo(f"✓ {workflow} is valid ({n} node{'s' if n != 1 else ''})")
+
+
+@cli.command()
+@click.argument("type_name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the declarations as JSON.")
+@_nodes_option
+def nodes(type_name: str | None, as_json: bool, nodes_paths: tuple[str, ...]) -> None:
+    """List node types with their params and outputs (or describe TYPE_NAME)."""
+    try:
+        registry = _registry(nodes_paths)
+        names = list(registry)
+        if type_name is not None:
+            if type_name not in registry:
+                from plait.errors import UsageError, did_you_mean
+
+                raise UsageError(
+                    f"unknown node type '{type_name}'",
+                    hint=did_you_mean(type_name, names) or f"types: {', '.join(names)}",
+                )
+            names = [type_name]
+        decls = [{**registry[n].interface(), "source": registry.source(n)} for n in names]
+    except PlaitError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(decls, indent=2, default=str))
+        return
+    from plait.cli.render import describe_node
+
+    click.echo("\n".join(describe_node(d) for d in decls))
+
+
+@cli.command()
+@_nodes_option
+def schema(nodes_paths: tuple[str, ...]) -> None:
+    """Print the JSON Schema of the workflow format (for editors)."""
+    from plait.ir.schema import workflow_schema
+
+    try:
+        registry = _registry(nodes_paths)
+        decls = [registry[n].interface() for n in registry]
+    except PlaitError as exc:
+        _fail(exc)
+    click.echo(json.dumps(workflow_schema(decls), indent=2))
+
+
+def main() -> None:
+    cli(prog_name="plait")

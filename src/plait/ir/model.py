@@ -1,0 +1,90 @@
+"""The plain typed model of a validated workflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TYPE_ALIASES = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "dict": "object",
+    "list": "array",
+}
+INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array", "any")
+
+
+@dataclass
+class InputSpec:
+    name: str
+    type: str = "any"
+    required: bool = True
+    default: Any = None
+    has_default: bool = False
+    description: str = ""
+    stdin: bool = False
+
+
+@dataclass
+class OutputSpec:
+    name: str
+    source: Any
+    description: str = ""
+    type: str | None = None
+
+
+@dataclass
+class BatchSpec:
+    items: Any
+    alias: str = "item"
+    parallel: bool = False
+    max_concurrent: int = 10
+    error_handling: str = "fail_fast"
+    max_retries: int = 0
+    retry_wait: float = 1.0
+    max_failures: int | None = None
+    max_failure_rate: float | None = None
+
+
+@dataclass
+class RetrySpec:
+    max_retries: int = 0
+    retry_wait: float = 1.0
+
+
+@dataclass
+class NodeSpec:
+    id: str
+    type: str
+    params: dict[str, Any]
+    position: int
+    purpose: str = ""
+    batch: BatchSpec | None = None
+    retry: RetrySpec | None = None
+
+
+@dataclass
+class Edge:
+    source: str
+    target: str
+    action: str = "default"
+
+
+@dataclass
+class Workflow:
+    nodes: list[NodeSpec]
+    edges: list[Edge] = field(default_factory=list)
+    inputs: dict[str, InputSpec] = field(default_factory=dict)
+    outputs: dict[str, OutputSpec] = field(default_factory=dict)
+    ir_version: str = "0.1.0"
+    description: str = ""
+    start_node: str | None = None
+    file: str | None = None
+
+    def node(self, node_id: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.id == node_id:
+                return spec
+        raise KeyError(node_id)

@@ -1,0 +1,514 @@
+"""Structural validation: turn raw data into a :class:`Workflow`, collecting every problem.
+
+Template references and param value types are checked one layer up
+(:mod:`plait.templates.check`), where templates are understood.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from plait.errors import Problem, did_you_mean
+from plait.ir.model import (
+    INPUT_TYPES,
+    TYPE_ALIASES,
+    BatchSpec,
+    Edge,
+    InputSpec,
+    NodeSpec,
+    OutputSpec,
+    RetrySpec,
+    Workflow,
+)
+
+SUPPORTED_MAJOR = 0
+NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# pflow fields that plait accepts for compatibility and does not need.
+_COMPAT_TOP = ("mappings", "enable_namespacing", "template_resolution_mode", "$schema", "name", "metadata")
+TOP_FIELDS = ("ir_version", "description", "inputs", "outputs", "nodes", "edges", "start_node", *_COMPAT_TOP)
+NODE_FIELDS = ("id", "type", "purpose", "params", "batch", "retry")
+EDGE_FIELDS = ("from", "to", "action")
+INPUT_FIELDS = ("type", "required", "default", "description", "stdin")
+OUTPUT_FIELDS = ("source", "description", "type")
+BATCH_FIELDS = (
+    "items",
+    "as",
+    "parallel",
+    "max_concurrent",
+    "error_handling",
+    "max_retries",
+    "retry_wait",
+    "max_failures",
+    "max_failure_rate",
+)
+RETRY_FIELDS = ("max_retries", "retry_wait")
+ERROR_POLICIES = ("fail_fast", "continue")
+RESERVED_ROOTS = ("env", "__index__")
+
+
+class ParamInfo(Protocol):
+    name: str
+    required: bool
+
+
+class NodeTypeInfo(Protocol):
+    """What validation needs to know of a node type (its declaration)."""
+
+    param_specs: tuple[Any, ...]
+    open_params: bool
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, message: str, path: str, hint: str = "", **where: Any) -> None:
+        self.problems.append(Problem(message, path=path, hint=hint, **where))
+
+    def unknown_fields(self, obj: Mapping[str, Any], allowed: tuple[str, ...], path: str, what: str) -> None:
+        for key in obj:
+            if key not in allowed:
+                suggestion = did_you_mean(str(key), allowed)
+                shown = [a for a in allowed if a not in _COMPAT_TOP]
+                self.add(
+                    f"unknown field '{key}' in {what}",
+                    f"{path}.{key}" if path else str(key),
+                    suggestion or f"allowed fields: {', '.join(shown)}",
+                )
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def build_workflow(
+    raw: Any, node_types: Mapping[str, NodeTypeInfo], *, file: str | None = None
+) -> tuple[Workflow, list[Problem]]:
+    """Validate the structure of ``raw`` and build the model; problems are collected, not raised."""
+    c = _Collector()
+    if not isinstance(raw, dict):
+        c.add(
+            f"a workflow must be an object with a 'nodes' list, not {_type_name(raw)}",
+            "",
+            'start from {"nodes": [{"id": "hello", "type": "shell", "params": {"command": "echo hi"}}]}',
+        )
+        return Workflow(nodes=[], file=file), c.problems
+    c.unknown_fields(raw, TOP_FIELDS, "", "the workflow")
+
+    ir_version = raw.get("ir_version", "0.1.0")
+    if not isinstance(ir_version, str) or not re.match(r"^\d+\.\d+(\.\d+)?", ir_version):
+        c.add(f"ir_version must be a semver string like '0.1.0', not {ir_version!r}", "ir_version")
+    elif int(ir_version.split(".")[0]) != SUPPORTED_MAJOR:
+        c.add(
+            f"unsupported ir_version '{ir_version}': this plait reads major version {SUPPORTED_MAJOR}",
+            "ir_version",
+            "upgrade plait, or write the workflow for ir_version 0.x",
+        )
+
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        c.add("description must be a string", "description")
+        description = ""
+
+    inputs = _inputs(raw.get("inputs", {}), c)
+    nodes = _nodes(raw.get("nodes"), node_types, c)
+    node_ids = {n.id for n in nodes}
+    for n in nodes:
+        if n.batch is not None:
+            where = f"nodes[{n.position}].batch.as"
+            if n.batch.alias in node_ids:
+                c.add(
+                    f"batch alias '{n.batch.alias}' is also a node id",
+                    where,
+                    "choose another name for 'as' so templates are unambiguous",
+                    node_id=n.id,
+                )
+            elif n.batch.alias in inputs:
+                c.add(
+                    f"batch alias '{n.batch.alias}' is also a workflow input",
+                    where,
+                    "choose another name for 'as' so templates are unambiguous",
+                    node_id=n.id,
+                )
+    for name in inputs:
+        if name in node_ids:
+            c.add(
+                f"input '{name}' has the same name as a node",
+                f"inputs.{name}",
+                "rename the input or the node so ${" + name + "} is unambiguous",
+            )
+    edges = _edges(raw.get("edges", []), node_ids, c)
+    outputs = _outputs(raw.get("outputs", {}), c)
+
+    start = raw.get("start_node")
+    if start is not None:
+        if not isinstance(start, str):
+            c.add("start_node must be a node id (string)", "start_node")
+            start = None
+        elif start not in node_ids and nodes:
+            c.add(
+                f"start_node '{start}' is not a node",
+                "start_node",
+                did_you_mean(start, node_ids) or f"nodes: {', '.join(sorted(node_ids))}",
+            )
+    wf = Workflow(
+        nodes=nodes,
+        edges=edges,
+        inputs=inputs,
+        outputs=outputs,
+        ir_version=ir_version if isinstance(ir_version, str) else "0.1.0",
+        description=description,
+        start_node=start,
+        file=file,
+    )
+    return wf, c.problems
+
+
+def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
+    out: dict[str, InputSpec] = {}
+    if not isinstance(raw, dict):
+        c.add(f"inputs must be an object of name: spec, not {_type_name(raw)}", "inputs")
+        return out
+    stdin_inputs = []
+    for name, spec in raw.items():
+        path = f"inputs.{name}"
+        if not isinstance(name, str) or not IDENT_RE.match(name):
+            c.add(f"input name {name!r} is not an identifier", path, "use letters, digits and _")
+            continue
+        if name in RESERVED_ROOTS:
+            c.add(f"input name '{name}' is reserved", path, "choose another name")
+            continue
+        if not isinstance(spec, dict):
+            c.add(f"input '{name}' must be an object such as {{\"type\": \"string\"}}", path)
+            continue
+        c.unknown_fields(spec, INPUT_FIELDS, path, f"input '{name}'")
+        type_ = spec.get("type", "any")
+        if not isinstance(type_, str) or TYPE_ALIASES.get(type_, type_) not in INPUT_TYPES:
+            c.add(
+                f"input '{name}' has unknown type {type_!r}",
+                f"{path}.type",
+                did_you_mean(str(type_), INPUT_TYPES) or f"types: {', '.join(INPUT_TYPES)}",
+            )
+            type_ = "any"
+        type_ = TYPE_ALIASES.get(type_, type_)
+        required = spec.get("required", True)
+        if not isinstance(required, bool):
+            c.add(f"input '{name}'.required must be true or false", f"{path}.required")
+            required = True
+        stdin = spec.get("stdin", False)
+        if not isinstance(stdin, bool):
+            c.add(f"input '{name}'.stdin must be true or false", f"{path}.stdin")
+            stdin = False
+        if stdin:
+            stdin_inputs.append(name)
+        desc = spec.get("description", "")
+        out[name] = InputSpec(
+            name=name,
+            type=type_,
+            required=required,
+            default=spec.get("default"),
+            has_default="default" in spec,
+            description=desc if isinstance(desc, str) else "",
+            stdin=stdin,
+        )
+    if len(stdin_inputs) > 1:
+        c.add(
+            f"only one input may take stdin, but {', '.join(stdin_inputs)} all do",
+            f"inputs.{stdin_inputs[1]}.stdin",
+            "keep 'stdin: true' on one input",
+        )
+    return out
+
+
+def _outputs(raw: Any, c: _Collector) -> dict[str, OutputSpec]:
+    out: dict[str, OutputSpec] = {}
+    if not isinstance(raw, dict):
+        c.add(f"outputs must be an object of name: spec, not {_type_name(raw)}", "outputs")
+        return out
+    for name, spec in raw.items():
+        path = f"outputs.{name}"
+        if not isinstance(spec, dict):
+            c.add(
+                f"output '{name}' must be an object with a 'source'",
+                path,
+                'e.g. {"source": "${node.stdout}"}',
+            )
+            continue
+        c.unknown_fields(spec, OUTPUT_FIELDS, path, f"output '{name}'")
+        if "source" not in spec:
+            c.add(f"output '{name}' has no 'source'", path, 'e.g. {"source": "${node.stdout}"}')
+            continue
+        desc = spec.get("description", "")
+        type_ = spec.get("type")
+        out[name] = OutputSpec(
+            name=str(name),
+            source=spec["source"],
+            description=desc if isinstance(desc, str) else "",
+            type=type_ if isinstance(type_, str) else None,
+        )
+    return out
+
+
+def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> list[NodeSpec]:
+    if raw is None:
+        c.add("the workflow has no 'nodes'", "nodes", "add a list with at least one node")
+        return []
+    if not isinstance(raw, list):
+        c.add(f"nodes must be a list, not {_type_name(raw)}", "nodes")
+        return []
+    if not raw:
+        c.add("nodes is empty", "nodes", "add at least one node")
+        return []
+    nodes: list[NodeSpec] = []
+    seen: dict[str, int] = {}
+    for i, node in enumerate(raw):
+        path = f"nodes[{i}]"
+        if not isinstance(node, dict):
+            c.add(f"a node must be an object, not {_type_name(node)}", path)
+            continue
+        c.unknown_fields(node, NODE_FIELDS, path, "a node")
+        node_id = node.get("id")
+        if not isinstance(node_id, str) or not NODE_ID_RE.match(node_id):
+            if node_id is None:
+                c.add("node has no 'id'", path, "give every node a unique id")
+            else:
+                c.add(
+                    f"node id {node_id!r} is not valid",
+                    f"{path}.id",
+                    "an id starts with a letter or _, then letters, digits, _ or -, at most 64 characters",
+                )
+            node_id = f"<nodes[{i}]>"
+        elif node_id in seen:
+            c.add(
+                f"duplicate node id '{node_id}' (also nodes[{seen[node_id]}])",
+                f"{path}.id",
+                "node ids must be unique",
+                node_id=node_id,
+            )
+        elif node_id in RESERVED_ROOTS:
+            c.add(f"node id '{node_id}' is reserved", f"{path}.id", "choose another id", node_id=node_id)
+        else:
+            seen[node_id] = i
+        type_ = node.get("type")
+        info = None
+        if not isinstance(type_, str):
+            c.add("node has no 'type'", path, f"types: {', '.join(sorted(node_types))}", node_id=node_id)
+            type_ = ""
+        elif type_ not in node_types:
+            c.add(
+                f"unknown node type '{type_}'",
+                f"{path}.type",
+                did_you_mean(type_, node_types)
+                or f"available types: {', '.join(sorted(node_types))} (see `plait nodes`)",
+                node_id=node_id,
+            )
+        else:
+            info = node_types[type_]
+        params = node.get("params", {})
+        if not isinstance(params, dict):
+            c.add(f"params must be an object, not {_type_name(params)}", f"{path}.params", node_id=node_id)
+            params = {}
+        if info is not None:
+            _check_param_names(node_id, type_, params, info, path, c)
+        purpose = node.get("purpose", "")
+        nodes.append(
+            NodeSpec(
+                id=node_id,
+                type=type_,
+                params=params,
+                position=i,
+                purpose=purpose if isinstance(purpose, str) else "",
+                batch=_batch(node.get("batch"), f"{path}.batch", node_id, c) if "batch" in node else None,
+                retry=_retry(node.get("retry"), f"{path}.retry", node_id, c) if "retry" in node else None,
+            )
+        )
+    return nodes
+
+
+def _check_param_names(
+    node_id: str, type_: str, params: dict[str, Any], info: NodeTypeInfo, path: str, c: _Collector
+) -> None:
+    declared = {p.name: p for p in info.param_specs}
+    if not info.open_params:
+        for key in params:
+            if key not in declared:
+                c.add(
+                    f"unknown param '{key}' for node type '{type_}'",
+                    f"{path}.params.{key}",
+                    did_you_mean(str(key), declared)
+                    or f"'{type_}' takes: {', '.join(declared) or 'no params'}",
+                    node_id=node_id,
+                    param=str(key),
+                )
+    for p in info.param_specs:
+        if p.required and p.name not in params:
+            c.add(
+                f"missing required param '{p.name}' for node type '{type_}'",
+                f"{path}.params",
+                f"add \"{p.name}\" to the node's params (`plait nodes {type_}` shows them)",
+                node_id=node_id,
+                param=p.name,
+            )
+
+
+def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None:
+    if not isinstance(raw, dict):
+        c.add(f"batch must be an object with 'items', not {_type_name(raw)}", path, node_id=node_id)
+        return None
+    c.unknown_fields(raw, BATCH_FIELDS, path, "batch")
+    if "items" not in raw:
+        c.add("batch has no 'items'", path, 'e.g. "items": "${list_files.files}"', node_id=node_id)
+    spec = BatchSpec(items=raw.get("items"))
+    alias = raw.get("as", "item")
+    if not isinstance(alias, str) or not IDENT_RE.match(alias):
+        c.add(f"batch 'as' must be an identifier, not {alias!r}", f"{path}.as", node_id=node_id)
+    elif alias in RESERVED_ROOTS:
+        c.add(f"batch 'as' cannot be the reserved name '{alias}'", f"{path}.as", node_id=node_id)
+    else:
+        spec.alias = alias
+    parallel = raw.get("parallel", False)
+    if not isinstance(parallel, bool):
+        c.add("batch.parallel must be true or false", f"{path}.parallel", node_id=node_id)
+    else:
+        spec.parallel = parallel
+    mc = raw.get("max_concurrent", 10)
+    if not _is_int(mc) or mc < 1:
+        c.add(
+            f"batch.max_concurrent must be an integer of at least 1, not {mc!r}",
+            f"{path}.max_concurrent",
+            node_id=node_id,
+        )
+    else:
+        spec.max_concurrent = mc
+    eh = raw.get("error_handling", "fail_fast")
+    if eh not in ERROR_POLICIES:
+        c.add(
+            f"batch.error_handling must be 'fail_fast' or 'continue', not {eh!r}",
+            f"{path}.error_handling",
+            did_you_mean(str(eh), ERROR_POLICIES),
+            node_id=node_id,
+        )
+    else:
+        spec.error_handling = eh
+    _retry_fields(raw, spec, path, node_id, c, "batch")
+    mf = raw.get("max_failures")
+    if mf is not None:
+        if not _is_int(mf) or mf < 0:
+            c.add(
+                f"batch.max_failures must be an integer of at least 0, not {mf!r}",
+                f"{path}.max_failures",
+                node_id=node_id,
+            )
+        else:
+            spec.max_failures = mf
+    mfr = raw.get("max_failure_rate")
+    if mfr is not None:
+        if not _is_number(mfr) or not 0 <= mfr <= 1:
+            c.add(
+                f"batch.max_failure_rate must be a number from 0 to 1, not {mfr!r}",
+                f"{path}.max_failure_rate",
+                "0.1 means: abort once more than 10% of the items have failed",
+                node_id=node_id,
+            )
+        else:
+            spec.max_failure_rate = float(mfr)
+    if (mf is not None or mfr is not None) and spec.error_handling != "continue":
+        c.add(
+            "max_failures and max_failure_rate apply only with error_handling 'continue'",
+            f"{path}.error_handling",
+            "set \"error_handling\": \"continue\" (fail_fast already stops at the first failure)",
+            node_id=node_id,
+        )
+    return spec
+
+
+def _retry_fields(raw: dict[str, Any], spec: Any, path: str, node_id: str, c: _Collector, what: str) -> None:
+    mr = raw.get("max_retries", 0)
+    if not _is_int(mr) or mr < 0:
+        c.add(f"{what}.max_retries must be an integer of at least 0, not {mr!r}", f"{path}.max_retries", node_id=node_id)
+    else:
+        spec.max_retries = mr
+    rw = raw.get("retry_wait", 1)
+    if not _is_number(rw) or rw < 0:
+        c.add(f"{what}.retry_wait must be a number of seconds ≥ 0, not {rw!r}", f"{path}.retry_wait", node_id=node_id)
+    else:
+        spec.retry_wait = float(rw)
+
+
+def _retry(raw: Any, path: str, node_id: str, c: _Collector) -> RetrySpec | None:
+    if not isinstance(raw, dict):
+        c.add(
+            f"retry must be an object like {{\"max_retries\": 2, \"retry_wait\": 1}}, not {_type_name(raw)}",
+            path,
+            node_id=node_id,
+        )
+        return None
+    c.unknown_fields(raw, RETRY_FIELDS, path, "retry")
+    spec = RetrySpec()
+    _retry_fields(raw, spec, path, node_id, c, "retry")
+    return spec
+
+
+def _edges(raw: Any, node_ids: set[str], c: _Collector) -> list[Edge]:
+    if not isinstance(raw, list):
+        c.add(f"edges must be a list, not {_type_name(raw)}", "edges")
+        return []
+    edges: list[Edge] = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, edge in enumerate(raw):
+        path = f"edges[{i}]"
+        if not isinstance(edge, dict):
+            c.add('an edge must be an object like {"from": "a", "to": "b"}', path)
+            continue
+        c.unknown_fields(edge, EDGE_FIELDS, path, "an edge")
+        ok = True
+        for end in ("from", "to"):
+            value = edge.get(end)
+            if not isinstance(value, str):
+                c.add(f"edge has no '{end}' node id", path)
+                ok = False
+            elif value not in node_ids:
+                c.add(
+                    f"edge {end} unknown node '{value}'",
+                    f"{path}.{end}",
+                    did_you_mean(value, node_ids) or f"nodes: {', '.join(sorted(node_ids))}",
+                )
+                ok = False
+        action = edge.get("action", "default")
+        if not isinstance(action, str) or not action:
+            c.add("edge action must be a non-empty string", f"{path}.action")
+            ok = False
+        if ok:
+            key = (edge["from"], edge["to"], action)
+            if key in seen:
+                c.add(f"duplicate edge {edge['from']} -> {edge['to']} ({action})", path, "remove one of them")
+                continue
+            seen.add(key)
+            edges.append(Edge(source=edge["from"], target=edge["to"], action=action))
+    return edges

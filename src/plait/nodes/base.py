@@ -1,0 +1,203 @@
+"""The node contract: the one thing a node module may depend on.
+
+A node type is a subclass of :class:`PlaitNode`, which is PocketFlow's ``Node``
+(``prep`` / ``exec`` / ``post``, with ``max_retries`` and ``wait``). It declares its
+interface once, in ``param_specs`` and ``output_specs``; that declaration feeds validation,
+static template checks, ``plait nodes``, the JSON Schema and the docs.
+
+The runtime creates one instance per workflow node and hands every item (or the
+single run of a non-batch node) its own :class:`ItemContext` as PocketFlow's
+``shared`` argument. ``prep`` picks what ``exec`` needs out of it, ``exec`` does
+the work and touches no shared state, ``post`` stores the outputs on the
+context and returns the action. Because nothing per-item lives on the instance,
+items can run side by side and be retried freely.
+
+PocketFlow's own ``_exec`` keeps the retry counter on the instance
+(``self.cur_retry``), which is not safe when items run in parallel, so the
+runtime drives ``prep``/``exec``/``post`` itself and owns retries (with backoff,
+jitter and ``Retry-After``); ``max_retries`` and ``wait`` are still set from the
+node's ``retry`` config so a node reads them where PocketFlow users expect them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pocketflow import Node as _PocketFlowNode
+
+PARAM_TYPES = ("string", "integer", "number", "boolean", "object", "array", "any")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a node type."""
+
+    name: str
+    type: str = "any"  # one of PARAM_TYPES, or several joined by "|"
+    required: bool = False
+    default: Any = None
+    description: str = ""
+    #: hand a templated string over as :class:`TemplatedText`, pieces kept apart
+    keep_parts: bool = False
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(self.type.split("|"))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One declared output of a node type."""
+
+    name: str
+    type: str = "any"
+    description: str = ""
+
+
+class NodeError(Exception):
+    """Raised by a node when its work failed.
+
+    ``outputs`` are still stored, so an ``error`` handler can read them (a shell
+    node's ``exit_code`` and ``stderr``). ``retryable=False`` stops retries early
+    for failures that cannot get better; ``retry_after`` (seconds) is honoured by
+    node and batch retries.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        outputs: dict[str, Any] | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.outputs = outputs
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Services:
+    """What the runtime lends to nodes. Implemented by the runtime.
+
+    Nodes reach the outside world's shared resources only through here, so a
+    node never imports runtime internals.
+    """
+
+    #: the directory of the workflow file, for paths relative to it
+    workflow_dir: str | None = None
+    #: set when the run is being stopped (Ctrl-C, fail-fast); long work should check it
+    cancelled: threading.Event
+
+    def http_client(self) -> Any:
+        """The run's one shared ``httpx.Client`` (connection pool)."""
+        raise NotImplementedError
+
+    def record_llm_call(
+        self, ctx: ItemContext, model: str, input_tokens: int, output_tokens: int
+    ) -> None:
+        """Record one LLM call for the run's usage totals."""
+        raise NotImplementedError
+
+    def run_workflow(
+        self, ctx: ItemContext, *, path: str | None, ir: dict[str, Any] | None, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run a child workflow and return its declared outputs."""
+        raise NotImplementedError
+
+
+class ItemContext:
+    """Everything one run of a node (one batch item) sees. PocketFlow's ``shared``."""
+
+    __slots__ = ("attempt", "index", "node_id", "outputs", "params", "services")
+
+    def __init__(
+        self,
+        node_id: str,
+        index: int | None,
+        params: dict[str, Any],
+        services: Services,
+        attempt: int = 1,
+    ) -> None:
+        self.node_id = node_id
+        self.index = index  # None outside a batch
+        self.params = params
+        self.services = services
+        self.attempt = attempt
+        self.outputs: dict[str, Any] | None = None
+
+
+class PlaitNode(_PocketFlowNode):  # type: ignore[misc]
+    """Base class of every node type, built-in or custom."""
+
+    #: the name used in a workflow's ``type`` field
+    type_name: ClassVar[str] = ""
+    #: one line for ``plait nodes``
+    description: ClassVar[str] = ""
+    #: the declared interface (PocketFlow already uses ``params`` on the instance)
+    param_specs: ClassVar[tuple[Param, ...]] = ()
+    output_specs: ClassVar[tuple[Output, ...]] = ()
+    #: the output printed when the workflow declares none and this node ran last
+    primary_output: ClassVar[str | None] = None
+    #: accept params that are not declared (the ``echo`` node)
+    open_params: ClassVar[bool] = False
+    #: outputs are not known before the run (a sub-workflow's), so templates are not checked
+    dynamic_outputs: ClassVar[bool] = False
+
+    def __init__(self, node_id: str = "", max_retries: int = 0, wait: float = 0.0) -> None:
+        # PocketFlow counts attempts; plait's config counts retries after the first.
+        super().__init__(max_retries=max_retries + 1, wait=wait)
+        self.node_id = node_id
+
+    def prep(self, shared: ItemContext) -> Any:
+        return shared.params
+
+    def exec(self, prep_res: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def post(self, shared: ItemContext, prep_res: Any, exec_res: dict[str, Any]) -> str:
+        shared.outputs = exec_res
+        return "default"
+
+    @classmethod
+    def interface(cls) -> dict[str, Any]:
+        """The declaration as plain data (``plait nodes --json``, docs, schema)."""
+        return {
+            "type": cls.type_name,
+            "description": cls.description,
+            "params": [
+                {
+                    "name": p.name,
+                    "type": p.type,
+                    "required": p.required,
+                    "default": p.default,
+                    "description": p.description,
+                }
+                for p in cls.param_specs
+            ],
+            "outputs": [
+                {"name": o.name, "type": o.type, "description": o.description} for o in cls.output_specs
+            ],
+            "open_params": cls.open_params,
+        }
+
+
+class TemplatedText(str):
+    """A string param rendered from a template, that also keeps its pieces.
+
+    The runtime hands this to params declared with ``Param(keep_parts=True)``.
+    ``parts`` alternates literal text and template values:
+    ``(("literal", "echo "), ("value", <the resolved value>), ...)``. The shell
+    node uses it to pass values as data (environment variables) instead of
+    splicing them into code; everywhere else it behaves as the rendered ``str``.
+    """
+
+    parts: tuple[tuple[str, Any], ...]
+
+    def __new__(cls, rendered: str, parts: tuple[tuple[str, Any], ...]) -> TemplatedText:
+        obj = super().__new__(cls, rendered)
+        obj.parts = parts
+        return obj

@@ -1,0 +1,260 @@
+"""Templates: ``${path}`` parsed once at compile time, resolved per item.
+
+A compiled value is a :class:`Compiled`: its ``refs`` feed the static checks and
+``resolve(base, local)`` produces the value for one item. ``base`` maps roots
+(workflow inputs, node ids) to values; ``local`` holds what only one item sees
+(the batch alias and ``__index__``). ``env`` is its own root, read from the
+process environment and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from plait.nodes.base import TemplatedText
+
+NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+PATH = rf"{NAME}(?:\.{NAME}|\[\d+\])*"
+# An optional extra '$' in front makes `$${x}` the literal text `${x}`.
+TEMPLATE_RE = re.compile(rf"(\$?)\$\{{({PATH})\}}")
+_STEP_RE = re.compile(rf"\.({NAME})|\[(\d+)\]")
+
+Base = Mapping[str, Any]
+Local = Mapping[str, Any]
+
+
+class TemplateError(Exception):
+    """A template could not be resolved at run time."""
+
+    def __init__(self, message: str, *, template: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.template = template
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One ``${...}`` occurrence."""
+
+    text: str  # as written, e.g. ${fetch.stdout.items[0]}
+    root: str
+    steps: tuple[str | int, ...]
+
+
+def parse_path(path: str) -> tuple[str, tuple[str | int, ...]]:
+    root_end = len(path)
+    for i, ch in enumerate(path):
+        if ch in ".[":
+            root_end = i
+            break
+    steps: list[str | int] = []
+    for m in _STEP_RE.finditer(path, root_end):
+        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+    return path[:root_end], tuple(steps)
+
+
+def find_refs(text: str) -> list[Ref]:
+    refs = []
+    for m in TEMPLATE_RE.finditer(text):
+        if m.group(1):
+            continue
+        root, steps = parse_path(m.group(2))
+        refs.append(Ref(m.group(0), root, steps))
+    return refs
+
+
+def has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "${" in value and bool(TEMPLATE_RE.search(value))
+    if isinstance(value, dict):
+        return any(has_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_template(v) for v in value)
+    return False
+
+
+def render_text(value: Any) -> str:
+    """How a value reads inside a longer string."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_json_text(text: str) -> Any:
+    return json.loads(text)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = list(value)
+        shown = ", ".join(map(str, keys[:20])) + (", ..." if len(keys) > 20 else "")
+        return f"an object with keys: {shown}" if keys else "an empty object"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    if isinstance(value, str):
+        preview = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({preview!r})"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__} ({value!r})"
+
+
+def _step(value: Any, step: str | int, ref: Ref, done: int, local: Local) -> Any:
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                value = _parse_json_text(stripped)
+            except ValueError:
+                pass
+    if isinstance(step, int):
+        if isinstance(value, list):
+            if step < len(value):
+                return value[step]
+            problem = f"index [{step}] is out of range ({_describe(value)})"
+        else:
+            problem = f"cannot take [{step}] of {_describe(value)}"
+    else:
+        if isinstance(value, dict):
+            if step in value:
+                return value[step]
+            problem = f"'{step}' is missing; the value is {_describe(value)}"
+        else:
+            problem = f"cannot take '.{step}' of {_describe(value)}"
+    where = ref.root + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in ref.steps[:done])
+    index = local.get("__index__")
+    at_item = f" (batch item {index})" if index is not None else ""
+    raise TemplateError(f"template {ref.text}{at_item}: at {where}, {problem}", template=ref.text)
+
+
+def lookup(ref: Ref, base: Base, local: Local) -> Any:
+    root = ref.root
+    if root in local:
+        value = local[root]
+    elif root in base:
+        value = base[root]
+    elif root == "env":
+        if not ref.steps:
+            raise TemplateError(
+                f"template {ref.text}: name a variable, like ${{env.HOME}}", template=ref.text
+            )
+        name = ref.steps[0]
+        if not isinstance(name, str) or name not in os.environ:
+            raise TemplateError(
+                f"template {ref.text}: environment variable {name} is not set",
+                template=ref.text,
+                hint=f"export {name}=... before running, or use a workflow input instead",
+            )
+        value = os.environ[name]
+        for i, step in enumerate(ref.steps[1:], 2):
+            value = _step(value, step, ref, i - 1, local)
+        return value
+    else:
+        raise TemplateError(
+            f"template {ref.text}: '{root}' has no value (the node did not run on this path, "
+            "or the input was not given)",
+            template=ref.text,
+        )
+    for i, step in enumerate(ref.steps):
+        value = _step(value, step, ref, i, local)
+    return value
+
+
+class Compiled:
+    """A param value, compiled once. ``static`` values resolve to themselves."""
+
+    __slots__ = ("refs", "resolve", "static", "value")
+
+    def __init__(self, value: Any, refs: list[Ref], resolve: Callable[[Base, Local], Any] | None) -> None:
+        self.value = value
+        self.refs = refs
+        self.static = resolve is None
+        self.resolve: Callable[[Base, Local], Any] = resolve or (lambda base, local: value)
+
+
+def compile_value(value: Any, keep_parts: bool = False) -> Compiled:
+    if isinstance(value, str):
+        return _compile_str(value, keep_parts)
+    if isinstance(value, dict):
+        items = {k: compile_value(v) for k, v in value.items()}
+        refs = [r for c in items.values() for r in c.refs]
+        if all(c.static for c in items.values()):
+            return Compiled(value, refs, None)
+        pairs = [(k, c.resolve) for k, c in items.items()]
+        return Compiled(value, refs, lambda base, local: {k: f(base, local) for k, f in pairs})
+    if isinstance(value, list):
+        elems = [compile_value(v) for v in value]
+        refs = [r for c in elems for r in c.refs]
+        if all(c.static for c in elems):
+            return Compiled(value, refs, None)
+        fns = [c.resolve for c in elems]
+        return Compiled(value, refs, lambda base, local: [f(base, local) for f in fns])
+    return Compiled(value, [], None)
+
+
+def _compile_str(text: str, keep_parts: bool) -> Compiled:
+    if "${" not in text:
+        return Compiled(text, [], None)
+    pieces: list[str | Ref] = []
+    refs: list[Ref] = []
+    pos = 0
+    for m in TEMPLATE_RE.finditer(text):
+        literal = text[pos : m.start()]
+        if m.group(1):  # $${x}: the literal text ${x}
+            literal += m.group(0)[1:]
+            _append_literal(pieces, literal)
+        else:
+            _append_literal(pieces, literal)
+            root, steps = parse_path(m.group(2))
+            ref = Ref(m.group(0), root, steps)
+            refs.append(ref)
+            pieces.append(ref)
+        pos = m.end()
+    _append_literal(pieces, text[pos:])
+    if not refs:
+        unescaped = "".join(p for p in pieces if isinstance(p, str))
+        return Compiled(unescaped, [], None)
+    if len(pieces) == 1 and not keep_parts:
+        only = refs[0]
+        return Compiled(text, refs, lambda base, local: lookup(only, base, local))
+    frozen = tuple(pieces)
+    if keep_parts:
+
+        def resolve_parts(base: Base, local: Local) -> Any:
+            parts = tuple(
+                ("literal", p) if isinstance(p, str) else ("value", lookup(p, base, local)) for p in frozen
+            )
+            rendered = "".join(v if kind == "literal" else render_text(v) for kind, v in parts)
+            return TemplatedText(rendered, parts)
+
+        return Compiled(text, refs, resolve_parts)
+
+    def resolve_text(base: Base, local: Local) -> str:
+        return "".join(p if isinstance(p, str) else render_text(lookup(p, base, local)) for p in frozen)
+
+    return Compiled(text, refs, resolve_text)
+
+
+def _append_literal(pieces: list[str | Ref], literal: str) -> None:
+    if not literal:
+        return
+    if pieces and isinstance(pieces[-1], str):
+        pieces[-1] += literal
+    else:
+        pieces.append(literal)

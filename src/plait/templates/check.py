@@ -1,0 +1,184 @@
+"""Static checks of a workflow's templates and param values, before anything runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from plait.errors import Problem, did_you_mean
+from plait.ir.graph import can_run_before, unreachable
+from plait.ir.model import Workflow
+from plait.templates import TEMPLATE_RE, Ref, compile_value
+
+BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
+# Every node may carry these besides its declared outputs.
+ALWAYS_OUTPUTS = ("error",)
+
+
+def value_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def fits(value: Any, type_: str) -> bool:
+    actual = value_type(value)
+    for t in type_.split("|"):
+        if t == "any" or t == actual or (t == "number" and actual == "integer"):
+            return True
+    return False
+
+
+def check_workflow(wf: Workflow, node_types: Mapping[str, Any]) -> tuple[list[Problem], list[str]]:
+    """Return (problems, warnings)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    if not wf.nodes:
+        return problems, warnings
+    before = can_run_before(wf)
+    node_ids = [n.id for n in wf.nodes]
+    by_id = {n.id: n for n in wf.nodes}
+    inputs = list(wf.inputs)
+
+    for nid in unreachable(wf):
+        warnings.append(f"node '{nid}' is never reached from the start node and will not run")
+
+    def check_ref(ref: Ref, path: str, node_id: str | None, allowed_local: tuple[str, ...]) -> None:
+        root = ref.root
+        if root in allowed_local or root in wf.inputs:
+            return
+        if root == "env":
+            if not ref.steps or not isinstance(ref.steps[0], str):
+                problems.append(
+                    Problem(f"{ref.text}: name a variable, like ${{env.HOME}}", path=path, node_id=node_id)
+                )
+            return
+        if root == "__index__" or root in _aliases(wf):
+            problems.append(
+                Problem(
+                    f"{ref.text}: '{root}' exists only inside a batch node's params",
+                    path=path,
+                    node_id=node_id,
+                    hint="add a 'batch' to this node, or reference a node output instead",
+                )
+            )
+            return
+        if root not in by_id:
+            hint = did_you_mean(root, [*node_ids, *inputs, *allowed_local])
+            available = ", ".join([*inputs, *[n for n in node_ids if node_id is None or n in before[node_id]]])
+            problems.append(
+                Problem(
+                    f"{ref.text}: no node or input named '{root}'",
+                    path=path,
+                    node_id=node_id,
+                    hint=hint or (f"available: {available}" if available else "declare it under 'inputs'"),
+                )
+            )
+            return
+        if node_id is not None and root not in before[node_id]:
+            problems.append(
+                Problem(
+                    f"{ref.text}: node '{root}' cannot have run before '{node_id}'",
+                    path=path,
+                    node_id=node_id,
+                    hint=f"move '{root}' before '{node_id}' or add an edge from it",
+                )
+            )
+            return
+        target = by_id[root]
+        if ref.steps and isinstance(ref.steps[0], str):
+            known = _outputs_of(target, node_types)
+            if known is not None and ref.steps[0] not in known:
+                problems.append(
+                    Problem(
+                        f"{ref.text}: node '{root}' ({target.type}) has no output '{ref.steps[0]}'",
+                        path=path,
+                        node_id=node_id,
+                        hint=did_you_mean(ref.steps[0], known) or f"outputs: {', '.join(known)}",
+                    )
+                )
+
+    for n in wf.nodes:
+        npath = f"nodes[{n.position}]"
+        local: tuple[str, ...] = ()
+        if n.batch is not None:
+            local = (n.batch.alias, "__index__")
+            items_c = compile_value(n.batch.items)
+            for ref in items_c.refs:
+                check_ref(ref, f"{npath}.batch.items", n.id, ())
+            if items_c.static and not isinstance(n.batch.items, list | str) and n.batch.items is not None:
+                problems.append(
+                    Problem(
+                        f"batch.items must be a list or a template, not {value_type(n.batch.items)}",
+                        path=f"{npath}.batch.items",
+                        node_id=n.id,
+                        hint='e.g. "items": "${list.files}" or "items": ["a", "b"]',
+                    )
+                )
+            elif items_c.static and isinstance(n.batch.items, str):
+                problems.append(
+                    Problem(
+                        "batch.items is a plain string, not a list or a template",
+                        path=f"{npath}.batch.items",
+                        node_id=n.id,
+                        hint='write "${node.output}" to use a list another node produced',
+                    )
+                )
+        cls = node_types.get(n.type)
+        specs = {p.name: p for p in cls.param_specs} if cls is not None else {}
+        for key, value in n.params.items():
+            ppath = f"{npath}.params.{key}"
+            compiled = compile_value(value)
+            for ref in compiled.refs:
+                check_ref(ref, ppath, n.id, local)
+            spec = specs.get(key)
+            if spec is None or not compiled.static:
+                continue
+            if not fits(value, spec.type):
+                problems.append(
+                    Problem(
+                        f"param '{key}' of node '{n.id}' must be {spec.type.replace('|', ' or ')}, "
+                        f"not {value_type(value)} ({_short(value)})",
+                        path=ppath,
+                        node_id=n.id,
+                        param=key,
+                        hint=f"`plait nodes {n.type}` describes its params",
+                    )
+                )
+    for name, out in wf.outputs.items():
+        for ref in compile_value(out.source).refs:
+            check_ref(ref, f"outputs.{name}.source", None, ())
+        if isinstance(out.source, str) and not TEMPLATE_RE.search(out.source):
+            warnings.append(f"output '{name}' has no template in its source; it is the fixed text {out.source!r}")
+    return problems, warnings
+
+
+def _aliases(wf: Workflow) -> set[str]:
+    return {n.batch.alias for n in wf.nodes if n.batch is not None}
+
+
+def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Names a template may step into on this node, or None when they are not known statically."""
+    if node.batch is not None:
+        return BATCH_OUTPUTS + ALWAYS_OUTPUTS
+    cls = node_types.get(node.type)
+    if cls is None or cls.open_params or not cls.output_specs or getattr(cls, "dynamic_outputs", False):
+        return None
+    return tuple(o.name for o in cls.output_specs) + ALWAYS_OUTPUTS
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,308 @@
+"""A real, local OpenAI-compatible chat server for the ``llm`` node's tests.
+
+It speaks ``POST /v1/chat/completions`` over HTTP on 127.0.0.1 (a random port,
+served from a background thread), both as one JSON body and as a
+``stream: true`` server-sent-event stream, the way the OpenAI plugin of ``llm``
+calls it (it streams when the model can). Tests point the real ``llm`` library
+at it with :func:`write_llm_config`, so the whole path — plait, ``llm``, the
+``openai`` client, HTTP — is exercised; nothing is mocked.
+
+Knobs a test can turn:
+
+* ``reply``: the answer text, or a function of the request body (so a parallel
+  batch can echo each item's prompt back).
+* ``usage``: token counts to report, or ``None`` to report none.
+* ``rate_limit(times, retry_after)``: answer 429 with ``Retry-After`` that many
+  times before answering normally.
+
+Every request is recorded (path, headers, parsed JSON body) in ``requests``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+Reply = str | Callable[[dict[str, Any]], str]
+
+DEFAULT_REPLY = "Hello from the local model"
+DEFAULT_USAGE = {"prompt_tokens": 11, "completion_tokens": 7}
+
+
+class RecordedRequest:
+    def __init__(self, path: str, headers: dict[str, str], body: dict[str, Any]) -> None:
+        self.path = path
+        self.headers = headers
+        self.body = body
+
+    # Shortcuts for what tests assert on most.
+    @property
+    def model(self) -> str | None:
+        return self.body.get("model")
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages") or [])
+
+    @property
+    def system(self) -> str | None:
+        for message in self.messages:
+            if message.get("role") == "system":
+                return _text_of(message.get("content"))
+        return None
+
+    @property
+    def prompt(self) -> str | None:
+        users = [m for m in self.messages if m.get("role") == "user"]
+        return _text_of(users[-1].get("content")) if users else None
+
+    def __repr__(self) -> str:
+        return f"RecordedRequest({self.path!r}, {self.body!r})"
+
+
+def _text_of(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+class OpenAIServer:
+    """``with OpenAIServer() as server: ... server.base_url ...``"""
+
+    def __init__(self, reply: Reply = DEFAULT_REPLY, usage: dict[str, int] | None = None) -> None:
+        self.reply: Reply = reply
+        self.usage: dict[str, int] | None = dict(DEFAULT_USAGE) if usage is None else usage
+        self.delay = 0.0  # seconds to wait before answering, to make overlap visible
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._rate_limited_left = 0
+        self._retry_after = "0"
+        self.rate_limited_count = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    # -- control ---------------------------------------------------------
+
+    def rate_limit(self, times: int, retry_after: float = 0.1) -> None:
+        """Answer the next ``times`` requests with 429 and this ``Retry-After``."""
+        with self._lock:
+            self._rate_limited_left = times
+            self._retry_after = f"{retry_after:g}"
+
+    def report_no_usage(self) -> None:
+        self.usage = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> OpenAIServer:
+        handler = type("Handler", (_Handler,), {"owner": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="openai-test-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- used by the handler ---------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> str | None:
+        """Record a request; return a Retry-After value when it must get a 429."""
+        with self._lock:
+            self.requests.append(request)
+            if self._rate_limited_left > 0:
+                self._rate_limited_left -= 1
+                self.rate_limited_count += 1
+                return self._retry_after
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return None
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _reply_for(self, body: dict[str, Any]) -> str:
+        reply = self.reply
+        return reply(body) if callable(reply) else reply
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: OpenAIServer
+    server_version = "plait-test-openai/1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._send_json(400, {"error": {"message": "body is not JSON", "type": "invalid"}})
+            return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "nf"}})
+            return
+
+        owner = self.owner
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        retry_after = owner._record(RecordedRequest(self.path, headers, body))
+        if retry_after is not None:
+            self._send_json(
+                429,
+                {
+                    "error": {
+                        "message": "Rate limit reached for requests",
+                        "type": "requests",
+                        "code": "rate_limit_exceeded",
+                    }
+                },
+                extra_headers={"Retry-After": retry_after},
+            )
+            return
+        try:
+            if owner.delay:
+                time.sleep(owner.delay)
+            text = owner._reply_for(body)
+            if body.get("stream"):
+                self._send_stream(body, text)
+            else:
+                self._send_completion(body, text)
+        finally:
+            owner._done()
+
+    def _usage(self) -> dict[str, int] | None:
+        usage = self.owner.usage
+        if usage is None:
+            return None
+        prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    def _send_completion(self, body: dict[str, Any], text: str) -> None:
+        payload: dict[str, Any] = {
+            "id": "chatcmpl-local",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        usage = self._usage()
+        if usage is not None:
+            payload["usage"] = usage
+        self._send_json(200, payload)
+
+    def _send_stream(self, body: dict[str, Any], text: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": "chatcmpl-local",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        events: list[dict[str, Any]] = [chunk({"role": "assistant", "content": ""})]
+        # A few pieces, so the client really reassembles a stream.
+        step = max(1, len(text) // 3)
+        events += [chunk({"content": text[i : i + step]}) for i in range(0, len(text), step)]
+        events.append(chunk({}, finish="stop"))
+        usage = self._usage()
+        if usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            last = chunk({})
+            last["choices"] = []
+            last["usage"] = usage
+            events.append(last)
+        for event in events:
+            self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    def _send_json(
+        self, status: int, payload: dict[str, Any], extra_headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def write_llm_config(
+    user_dir: Path,
+    base_url: str,
+    *,
+    model_id: str = "local-test",
+    api_key: str = "sk-local-test",
+    supports_schema: bool = True,
+    default_model: str | None = None,
+) -> Path:
+    """Make ``user_dir`` an ``LLM_USER_PATH`` in which ``model_id`` talks to ``base_url``.
+
+    The key is stored the way ``llm keys set`` stores it (``keys.json``), under the
+    name the model's ``api_key_name`` refers to.
+    """
+    user_dir.mkdir(parents=True, exist_ok=True)
+    key_name = f"{model_id}-key"
+    lines = [
+        f"- model_id: {model_id}",
+        f"  model_name: {model_id}",
+        f"  api_base: {base_url}",
+        f"  api_key_name: {key_name}",
+    ]
+    if supports_schema:
+        lines.append("  supports_schema: true")
+    (user_dir / "extra-openai-models.yaml").write_text("\n".join(lines) + "\n")
+    keys_path = user_dir / "keys.json"
+    keys = json.loads(keys_path.read_text()) if keys_path.exists() else {}
+    keys[key_name] = api_key
+    keys_path.write_text(json.dumps(keys))
+    if default_model is not None:
+        (user_dir / "default_model.txt").write_text(default_model)
+    return user_dir
