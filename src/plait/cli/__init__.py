@@ -64,6 +64,19 @@ def _registry(nodes_paths: tuple[str, ...]) -> Any:
     return registry
 
 
+def _loadable(registry: Any, names: list[str]) -> list[tuple[str, Any]]:
+    """Node classes that load; a broken plugin is reported, not fatal, when listing."""
+    out = []
+    for name in names:
+        try:
+            out.append((name, registry[name]))
+        except PlaitError as exc:
+            if len(names) == 1:
+                raise
+            click.echo(f"warning: {exc.message}", err=True)
+    return out
+
+
 def _fail(exc: PlaitError, output_format: str = "text") -> None:
     from plait.cli.render import error_block
 
@@ -165,7 +178,7 @@ def nodes(type_name: str | None, as_json: bool, nodes_paths: tuple[str, ...]) ->
                     hint=did_you_mean(type_name, names) or f"types: {', '.join(names)}",
                 )
             names = [type_name]
-        decls = [{**registry[n].interface(), "source": registry.source(n)} for n in names]
+        decls = [{**cls.interface(), "source": registry.source(n)} for n, cls in _loadable(registry, names)]
     except PlaitError as exc:
         _fail(exc)
     if as_json:
@@ -184,7 +197,7 @@ def schema(nodes_paths: tuple[str, ...]) -> None:
 
     try:
         registry = _registry(nodes_paths)
-        decls = [registry[n].interface() for n in registry]
+        decls = [cls.interface() for _, cls in _loadable(registry, list(registry))]
     except PlaitError as exc:
         _fail(exc)
     click.echo(json.dumps(workflow_schema(decls), indent=2))

@@ -60,7 +60,12 @@ def describe_node(decl: dict[str, Any]) -> str:
     elif decl["params"]:
         lines.append("  params:")
         for p in decl["params"]:
-            flag = "required" if p["required"] else f"default {json.dumps(p['default'])}"
+            if p["required"]:
+                flag = "required"
+            elif p["default"] is None:
+                flag = "optional"
+            else:
+                flag = f"default {json.dumps(p['default'])}"
             desc = f" — {p['description']}" if p["description"] else ""
             lines.append(f"    {p['name']}: {p['type']} ({flag}){desc}")
     if decl["outputs"]:

@@ -438,7 +438,7 @@ def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None
             )
         else:
             spec.max_failure_rate = float(mfr)
-    if (mf is not None or mfr is not None) and spec.error_handling != "continue":
+    if (mf is not None or mfr is not None) and eh == "fail_fast":
         c.add(
             "max_failures and max_failure_rate apply only with error_handling 'continue'",
             f"{path}.error_handling",

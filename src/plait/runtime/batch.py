@@ -352,9 +352,15 @@ def run_batch(
         assert i is not None
         if out.ok:
             assert out.outputs is not None
-            result = {"index": i, "item": out.item, **out.outputs}
+            result = {"index": i, "item": out.item, "attempts": out.attempt, **out.outputs}
         else:
-            result = {"index": i, "item": out.item, **(out.outputs or _EMPTY), "error": out.error}
+            result = {
+                "index": i,
+                "item": out.item,
+                "attempts": out.attempt,
+                **(out.outputs or _EMPTY),
+                "error": out.error,
+            }
             with lock:
                 errors.append({"index": i, "item": out.item, "error": out.error, "attempts": out.attempt})
         results[i] = result

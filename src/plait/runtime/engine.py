@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -108,8 +109,11 @@ class RunServices(Services):
         self.cancelled = cancelled or threading.Event()
         self.usage = Usage()
         self.parent = parent
-        self.stack = stack  # files of the enclosing workflows, for cycle detection
-        self._root = parent[0]._root if parent else self
+        # The files of this workflow and the ones enclosing it, for cycle detection;
+        # the top-level file is added by Runner.run, which knows it.
+        self.stack = stack
+        self.depth: int = parent[0].depth + 1 if parent else 0  # sub-workflow levels above the root
+        self._root: RunServices = parent[0]._root if parent else self
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -134,7 +138,9 @@ class RunServices(Services):
             self._client = None
 
     def record_llm_call(self, ctx: ItemContext, model: str, input_tokens: int, output_tokens: int) -> None:
-        self.usage.add(ctx.node_id, input_tokens, output_tokens)
+        # One event, where the call happened (a child's reaches the parent bus
+        # through the forwarder, with its node id prefixed); the usage is added
+        # at every level, so the parent's workflow node and run count it too.
         self.bus.emit(
             Event(
                 "llm_call",
@@ -143,40 +149,60 @@ class RunServices(Services):
                 data={"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens},
             )
         )
+        self._add_usage(ctx, input_tokens, output_tokens)
+
+    def _add_usage(self, ctx: ItemContext, input_tokens: int, output_tokens: int) -> None:
+        self.usage.add(ctx.node_id, input_tokens, output_tokens)
         if self.parent is not None:
             services, parent_ctx = self.parent
-            services.record_llm_call(parent_ctx, model, input_tokens, output_tokens)
+            services._add_usage(parent_ctx, input_tokens, output_tokens)
+
+    def _show(self, key: str) -> str:
+        """A workflow file as the user reads it: relative to the top-level file's folder."""
+        top = self._root.workflow_dir
+        if top and os.path.isabs(key):
+            rel = os.path.relpath(key, top)
+            if not rel.startswith(".."):
+                return rel
+        return key
 
     def run_workflow(
         self, ctx: ItemContext, *, path: str | None, ir: dict[str, Any] | None, inputs: dict[str, Any]
     ) -> dict[str, Any]:
         from plait.nodes.base import NodeError
 
-        if len(self.stack) >= MAX_DEPTH:
+        if self.depth >= MAX_DEPTH:
+            chain = " -> ".join(self._show(k) for k in self.stack)
             raise NodeError(
-                f"sub-workflows nested more than {MAX_DEPTH} deep: {' -> '.join(self.stack)}",
+                f"sub-workflows nested more than {MAX_DEPTH} deep: {chain}",
                 retryable=False,
             )
         if path is not None:
             resolved = Path(path)
             if not resolved.is_absolute() and self.workflow_dir:
                 resolved = Path(self.workflow_dir) / resolved
-            key = str(resolved.resolve())
+            resolved = resolved.resolve()
+            key = str(resolved)
             if key in self.stack:
-                chain = " -> ".join([*self.stack, key])
-                raise NodeError(f"sub-workflow cycle: {chain}", retryable=False)
+                chain = " -> ".join(self._show(k) for k in (*self.stack, key))
+                raise NodeError(
+                    f"sub-workflow cycle: {chain}",
+                    retryable=False,
+                )
             try:
                 compiled = _compile_cached(self.registry, key)
             except PlaitError as exc:
                 raise NodeError(f"sub-workflow {path} is invalid: {_flatten(exc)}", retryable=False)
-            child_dir = str(resolved.resolve().parent)
+            child_dir: str | None = str(resolved.parent)
+            name = path
         else:
             key = f"<inline workflow_ir of {ctx.node_id}>"
             try:
-                compiled = compile_raw(ir, self.registry, file=None)
+                compiled = _compile_inline(self.registry, ir)
             except PlaitError as exc:
                 raise NodeError(f"inline workflow_ir is invalid: {_flatten(exc)}", retryable=False)
             child_dir = self.workflow_dir
+            name = "workflow_ir"
         bus = EventBus()
         if self.bus.active:
             prefix = f"{ctx.node_id}[{ctx.index}]" if ctx.index is not None else ctx.node_id
@@ -202,10 +228,16 @@ class RunServices(Services):
         except UsageError as exc:
             raise NodeError(f"sub-workflow inputs: {exc.message}", retryable=False)
         result = Runner(compiled, child).run(values)
+        if result.status == "interrupted":
+            raise NodeError(f"sub-workflow {name} was interrupted", retryable=False)
         if result.status != "success":
             first = result.errors[0] if result.errors else {"message": result.status}
-            where = f" (node '{first.get('node_id')}')" if first.get("node_id") else ""
-            raise NodeError(f"sub-workflow failed{where}: {first['message']}", outputs=result.outputs)
+            where = ""
+            if first.get("node_id"):
+                where = f" at node '{first['node_id']}'"
+                if first.get("index") is not None:
+                    where += f" (item {first['index']})"
+            raise NodeError(f"sub-workflow {name} failed{where}: {first['message']}", outputs=result.outputs)
         return result.outputs
 
 
@@ -222,6 +254,27 @@ def _compile_cached(registry: Any, path: str) -> CompiledWorkflow:
         hit = load_and_compile(path, registry)
         with _cache_lock:
             _compiled_cache[key] = hit
+    return hit
+
+
+_inline_cache: dict[str, CompiledWorkflow] = {}
+_INLINE_CACHE_SIZE = 64
+
+
+def _compile_inline(registry: Any, ir: Any) -> CompiledWorkflow:
+    """Compile inline IR once, not once per batch item."""
+    try:
+        key = json.dumps(ir, sort_keys=True, default=repr)
+    except (TypeError, ValueError):  # not JSON-shaped: let validation say what is wrong
+        return compile_raw(ir, registry, file=None)
+    with _cache_lock:
+        hit = _inline_cache.get(key)
+    if hit is None:
+        hit = compile_raw(ir, registry, file=None)
+        with _cache_lock:
+            if len(_inline_cache) >= _INLINE_CACHE_SIZE:
+                _inline_cache.pop(next(iter(_inline_cache)))
+            _inline_cache[key] = hit
     return hit
 
 
@@ -280,6 +333,8 @@ class Runner:
         results = {nid: NodeResult("skipped") for nid in cw.order}
         errors: list[dict[str, Any]] = []
         bus = self.bus
+        if cw.file and not self.services.stack:  # the top level: a child calling it back is a cycle
+            self.services.stack = (str(Path(cw.file).resolve()),)
         bus.emit(Event("run_started", data={"workflow": cw.file, "inputs": inputs}))
         status = "success"
         last: str | None = None

@@ -1,0 +1,154 @@
+"""The JSON Schema (draft 2020-12) of the workflow format, for editors.
+
+Built from the same field tables validation uses, plus each node type's
+declared params, so the schema cannot drift from what `plait validate` accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
+from plait.ir.validate import ERROR_POLICIES, NODE_ID_RE
+
+_JSON_TYPES = {
+    "string": {"type": "string"},
+    "integer": {"type": "integer"},
+    "number": {"type": "number"},
+    "boolean": {"type": "boolean"},
+    "object": {"type": "object"},
+    "array": {"type": "array"},
+    "any": {},
+}
+_TEMPLATE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_-]*"}
+
+
+def _param_schema(param: dict[str, Any]) -> dict[str, Any]:
+    types = param["type"].split("|")
+    if "any" in types:
+        out: dict[str, Any] = {}
+    else:
+        options = [_JSON_TYPES[t] for t in types if t in _JSON_TYPES]
+        if "string" not in types:
+            options.append(_TEMPLATE)  # a template may stand in for any typed value
+        out = options[0] if len(options) == 1 else {"anyOf": options}
+    out = dict(out)
+    if param.get("description"):
+        out["description"] = param["description"]
+    if param.get("default") is not None:
+        out["default"] = param["default"]
+    return out
+
+
+def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
+    retry = {
+        "max_retries": {"type": "integer", "minimum": 0, "default": 0},
+        "retry_wait": {"type": "number", "minimum": 0, "default": 1},
+    }
+    batch = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["items"],
+        "properties": {
+            "items": {
+                "description": "a template resolving to a list, or an inline list",
+                "anyOf": [{"type": "array"}, _TEMPLATE],
+            },
+            "as": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "default": "item"},
+            "parallel": {"type": "boolean", "default": False},
+            "max_concurrent": {"type": "integer", "minimum": 1, "default": 10},
+            "error_handling": {"enum": list(ERROR_POLICIES), "default": "fail_fast"},
+            **retry,
+            "max_failures": {"type": "integer", "minimum": 0},
+            "max_failure_rate": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
+    per_type = []
+    for decl in node_types:
+        params: dict[str, Any] = {
+            "type": "object",
+            "properties": {p["name"]: _param_schema(p) for p in decl["params"]},
+        }
+        required = [p["name"] for p in decl["params"] if p["required"]]
+        if required:
+            params["required"] = required
+        if not decl.get("open_params"):
+            params["additionalProperties"] = False
+        per_type.append(
+            {
+                "if": {"properties": {"type": {"const": decl["type"]}}, "required": ["type"]},
+                "then": {"properties": {"params": params}},
+            }
+        )
+    node = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "type"],
+        "properties": {
+            "id": {"type": "string", "pattern": NODE_ID_RE.pattern},
+            "type": {"enum": sorted(d["type"] for d in node_types)},
+            "purpose": {"type": "string"},
+            "params": {"type": "object"},
+            "batch": batch,
+            "retry": {"type": "object", "additionalProperties": False, "properties": retry},
+        },
+        "allOf": per_type,
+    }
+    input_spec = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "type": {"enum": [*INPUT_TYPES, *TYPE_ALIASES]},
+            "required": {"type": "boolean", "default": True},
+            "default": {},
+            "description": {"type": "string"},
+            "stdin": {"type": "boolean", "default": False},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://plait.dev/schema/workflow.json",
+        "title": "plait workflow",
+        "type": "object",
+        "required": ["nodes"],
+        "additionalProperties": False,
+        "properties": {
+            "$schema": {"type": "string"},
+            "ir_version": {"type": "string", "pattern": r"^0\.\d+(\.\d+)?", "default": "0.1.0"},
+            "description": {"type": "string"},
+            "inputs": {"type": "object", "additionalProperties": input_spec},
+            "outputs": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["source"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "source": {},
+                        "description": {"type": "string"},
+                        "type": {"type": "string"},
+                    },
+                },
+            },
+            "nodes": {"type": "array", "minItems": 1, "items": node},
+            "edges": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["from", "to"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                        "action": {"type": "string", "default": "default"},
+                    },
+                },
+            },
+            "start_node": {"type": "string"},
+            "mappings": {"description": "accepted for pflow compatibility; unused"},
+            "enable_namespacing": {"description": "accepted for pflow compatibility; unused"},
+            "template_resolution_mode": {"description": "accepted for pflow compatibility; unused"},
+            "name": {"type": "string"},
+            "metadata": {"type": "object"},
+        },
+    }
