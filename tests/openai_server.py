@@ -13,7 +13,8 @@ Knobs a test can turn:
   batch can echo each item's prompt back).
 * ``usage``: token counts to report, or ``None`` to report none.
 * ``rate_limit(times, retry_after)``: answer 429 with ``Retry-After`` that many
-  times before answering normally.
+  times before answering normally; ``fail(times, status)`` does the same with
+  any error status.
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``.
 """
@@ -82,9 +83,10 @@ class OpenAIServer:
         self.delay = 0.0  # seconds to wait before answering, to make overlap visible
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._rate_limited_left = 0
-        self._retry_after = "0"
-        self.rate_limited_count = 0
+        self._failures_left = 0
+        self._failure_status = 429
+        self._retry_after: str | None = None
+        self.failed_count = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.in_flight = 0
@@ -94,9 +96,14 @@ class OpenAIServer:
 
     def rate_limit(self, times: int, retry_after: float = 0.1) -> None:
         """Answer the next ``times`` requests with 429 and this ``Retry-After``."""
+        self.fail(times, 429, retry_after=retry_after)
+
+    def fail(self, times: int, status: int, retry_after: float | None = None) -> None:
+        """Answer the next ``times`` requests with this error status."""
         with self._lock:
-            self._rate_limited_left = times
-            self._retry_after = f"{retry_after:g}"
+            self._failures_left = times
+            self._failure_status = status
+            self._retry_after = None if retry_after is None else f"{retry_after:g}"
 
     def report_no_usage(self) -> None:
         self.usage = None
@@ -109,10 +116,9 @@ class OpenAIServer:
 
     def start(self) -> OpenAIServer:
         handler = type("Handler", (_Handler,), {"owner": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="openai-test-server", daemon=True
+            target=self._server.serve_forever, args=(0.05,), name="openai-test-server", daemon=True
         )
         self._thread.start()
         return self
@@ -132,14 +138,14 @@ class OpenAIServer:
 
     # -- used by the handler ---------------------------------------------
 
-    def _record(self, request: RecordedRequest) -> str | None:
-        """Record a request; return a Retry-After value when it must get a 429."""
+    def _record(self, request: RecordedRequest) -> tuple[int, str | None] | None:
+        """Record a request; return (status, Retry-After) when it must fail."""
         with self._lock:
             self.requests.append(request)
-            if self._rate_limited_left > 0:
-                self._rate_limited_left -= 1
-                self.rate_limited_count += 1
-                return self._retry_after
+            if self._failures_left > 0:
+                self._failures_left -= 1
+                self.failed_count += 1
+                return self._failure_status, self._retry_after
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return None
@@ -151,6 +157,20 @@ class OpenAIServer:
     def _reply_for(self, body: dict[str, Any]) -> str:
         reply = self.reply
         return reply(body) if callable(reply) else reply
+
+
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 refuses connections when a parallel batch opens
+    # a few dozen at once.
+    request_queue_size = 256
+    daemon_threads = True
+
+
+_ERRORS = {
+    429: ("Rate limit reached for requests", "rate_limit_exceeded"),
+    401: ("Incorrect API key provided", "invalid_api_key"),
+    400: ("Invalid request", "invalid_request_error"),
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -174,18 +194,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         owner = self.owner
         headers = {k.lower(): v for k, v in self.headers.items()}
-        retry_after = owner._record(RecordedRequest(self.path, headers, body))
-        if retry_after is not None:
+        failure = owner._record(RecordedRequest(self.path, headers, body))
+        if failure is not None:
+            status, retry_after = failure
+            message, code = _ERRORS.get(status, ("The server had an error", "server_error"))
             self._send_json(
-                429,
-                {
-                    "error": {
-                        "message": "Rate limit reached for requests",
-                        "type": "requests",
-                        "code": "rate_limit_exceeded",
-                    }
-                },
-                extra_headers={"Retry-After": retry_after},
+                status,
+                {"error": {"message": message, "type": code, "code": code}},
+                extra_headers={"Retry-After": retry_after} if retry_after is not None else None,
             )
             return
         try:

@@ -108,6 +108,9 @@ def _fail(exc: PlaitError, output_format: str = "text") -> None:
     help="text: the outputs as they are; json: one object with status, outputs, nodes, errors.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option(
+    "--no-record", is_flag=True, help="Keep no run record (see `plait runs`) for this run."
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -115,14 +118,26 @@ def run(
     params: tuple[str, ...],
     output_format: str,
     quiet: bool,
+    no_record: bool,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
-    """Validate WORKFLOW, then run it. Inputs are given as name=value."""
+    """Validate WORKFLOW, then run it. Inputs are given as name=value.
+
+    Every run is recorded in .plait/runs.db of the working directory (or
+    $PLAIT_HOME): see `plait runs`, `plait show RUN`, `plait timeline RUN`.
+    """
     try:
         from plait.cli.running import run_command
 
-        code = run_command(workflow, params, output_format=output_format, quiet=quiet, nodes_paths=nodes_paths)
+        code = run_command(
+            workflow,
+            params,
+            output_format=output_format,
+            quiet=quiet,
+            nodes_paths=nodes_paths,
+            record=not no_record,
+        )
     except PlaitError as exc:
         _fail(exc, output_format)
     except Exception:

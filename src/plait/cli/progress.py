@@ -1,26 +1,355 @@
-"""Progress on stderr (placeholder until the progress display lands)."""
+"""Progress on stderr, as an event subscriber.
+
+The runtime spends a few microseconds per item, so the handler only counts:
+an item event is a comparison and an increment. Drawing happens elsewhere —
+rich's refresh thread on a terminal, a ticker thread otherwise — reading the
+counters as they are.
+
+* On a terminal (rich, imported only then): a line per finished node, and a
+  live bar for the running batch with done/total, failures, rate and ETA.
+* Elsewhere (a pipe, a CI log): no control codes; one line per node, and for a
+  long batch a summary line every few seconds
+  (``e: 4200/10000 items, 3 failed, 850/s, ETA 7s``).
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections import deque
 from typing import Any, TextIO
 
 from plait.runtime.events import Event, EventBus
 
+SUMMARY_EVERY_S = 5.0  # plain mode: a batch running longer than this gets summary lines
+RATE_WINDOW_S = 10.0  # rate and ETA follow the last seconds, not the whole batch
 
-class _Lines:
-    def __init__(self, stream: TextIO) -> None:
+
+class NodeProgress:
+    __slots__ = ("batch", "done", "failed", "id", "retries", "started", "total", "type")
+
+    def __init__(self, node_id: str, type_: str, batch: bool) -> None:
+        self.id = node_id
+        self.type = type_
+        self.batch = batch
+        self.started = time.monotonic()
+        self.total: int | None = None
+        self.done = 0
+        self.failed = 0
+        self.retries = 0
+
+
+class Rate:
+    """Items per second over a sliding window, sampled by the drawing thread."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, node: NodeProgress) -> float | None:
+        now = time.monotonic()
+        samples = self._samples
+        samples.append((now, node.done))
+        while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW_S:
+            samples.popleft()
+        t0, d0 = samples[0]
+        if now - t0 < 0.2:
+            t0, d0 = node.started, 0
+        elapsed = now - t0
+        if elapsed <= 0 or node.done == 0:
+            return None
+        return (node.done - d0) / elapsed
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+
+class Tracker:
+    """The subscriber: counts items of the running top-level node."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+        self.node: NodeProgress | None = None
+
+    def __call__(self, ev: Event) -> None:
+        kind = ev.kind
+        if kind == "item_started":
+            return
+        node = self.node
+        if kind == "item_finished":
+            if node is not None and ev.node_id == node.id:
+                node.done += 1
+            return
+        if kind == "item_failed":
+            if node is not None and ev.node_id == node.id:
+                node.done += 1
+                node.failed += 1
+            return
+        if kind == "item_retried":
+            if node is not None and ev.node_id == node.id:
+                node.retries += 1
+            return
+        node_id = ev.node_id
+        if not node_id or "/" in node_id:  # run events, and the insides of sub-workflows
+            return
+        if kind == "node_started":
+            data = ev.data or {}
+            self.node = NodeProgress(node_id, str(data.get("type", "")), bool(data.get("batch")))
+            self.display.node_started(self.node)
+        elif kind == "batch_started":
+            if node is not None and node.id == node_id:
+                node.total = (ev.data or {}).get("total")
+                node.started = time.monotonic()
+        elif kind == "node_finished":
+            if node is None or node.id != node_id:
+                node = NodeProgress(node_id, "", False)
+            self.node = None
+            self.display.node_finished(node, ev)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def fmt_duration(ms: float) -> str:
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    s = ms / 1000.0
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)}m {int(s % 60):02d}s"
+    return f"{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+
+
+def fmt_eta(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(seconds, 0):.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m {int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
+
+
+def fmt_rate(rate: float) -> str:
+    if rate >= 100:
+        return f"{rate:,.0f}/s"
+    if rate >= 1:
+        return f"{rate:.1f}/s"
+    return f"{rate * 60:.1f}/min"
+
+
+def summary(node: NodeProgress, rate: float | None) -> str:
+    """``e: 4200/10000 items, 3 failed, 850/s, ETA 7s``"""
+    total = node.total if node.total is not None else "?"
+    parts = [f"{node.id}: {node.done}/{total} items"]
+    if node.failed:
+        parts.append(f"{node.failed} failed")
+    if node.retries:
+        parts.append(f"{node.retries} retried")
+    if rate:
+        parts.append(fmt_rate(rate))
+        if node.total is not None and node.done < node.total:
+            parts.append(f"ETA {fmt_eta((node.total - node.done) / rate)}")
+    return ", ".join(parts)
+
+
+def node_line(node: NodeProgress, ev: Event, marks: dict[str, str]) -> tuple[str, str, str]:
+    """(mark, node id, details) of a finished node."""
+    status = ev.status or "success"
+    interrupted = status != "success" and ev.error == "interrupted"
+    mark = marks["stop"] if interrupted else marks["ok"] if status == "success" else marks["fail"]
+    details = []
+    counts = ev.data or {}
+    count = counts.get("count")
+    if count is None:
+        count = node.total
+    if count is not None:
+        done = node.done if interrupted or status != "success" else count
+        items = f"{done}/{count} items" if done != count else f"{count} item{'s' if count != 1 else ''}"
+        details.append(items)
+        failed = counts.get("error_count") or node.failed
+        if failed:
+            details.append(f"{failed} failed")
+        if node.retries:
+            details.append(f"{node.retries} retried")
+    if interrupted:
+        details.append("interrupted")
+    elif status != "success":
+        details.append("failed")
+    details.append(fmt_duration(ev.duration_ms or 0.0))
+    return mark, node.id, ", ".join(details)
+
+
+def _marks(stream: TextIO) -> dict[str, str]:
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        "✓✗⏹".encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return {"ok": "ok", "fail": "FAILED", "stop": "STOPPED"}
+    return {"ok": "✓", "fail": "✗", "stop": "⏹"}
+
+
+# --------------------------------------------------------------------------- displays
+
+
+class Display:
+    tracker: Tracker | None = None
+
+    def node_started(self, node: NodeProgress) -> None: ...
+
+    def node_finished(self, node: NodeProgress, ev: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PlainDisplay(Display):
+    """No terminal: plain lines only, and a summary of a long batch now and then."""
+
+    def __init__(self, stream: TextIO, every: float) -> None:
         self.stream = stream
+        self.every = every
+        self.marks = _marks(stream)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="plait-progress", daemon=True)
+        self._thread.start()
 
-    def __call__(self, event: Event) -> None:
-        if event.kind == "node_finished" and event.node_id and "/" not in event.node_id:
-            mark = "✓" if event.status == "success" else "✗"
-            self.stream.write(f"{mark} {event.node_id} ({(event.duration_ms or 0):.0f} ms)\n")
+    def _write(self, text: str) -> None:
+        with self._lock:
+            try:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # a closed pipe must not fail the run
+                pass
+
+    def _tick(self) -> None:
+        rate = Rate()
+        current: NodeProgress | None = None
+        last = time.monotonic()
+        while not self._stop.wait(min(self.every, 1.0)):
+            node = self.tracker.node if self.tracker else None
+            if node is not current:
+                current = node
+                rate.reset()
+                last = time.monotonic()
+            if node is None or not node.batch or node.total is None:
+                continue
+            r = rate.sample(node)
+            now = time.monotonic()
+            if now - last >= self.every and now - node.started >= self.every:
+                last = now
+                self._write(summary(node, r))
+
+    def node_finished(self, node: NodeProgress, ev: Event) -> None:
+        mark, node_id, details = node_line(node, ev, self.marks)
+        self._write(f"{mark} {node_id}  {details}")
 
     def close(self) -> None:
-        self.stream.flush()
+        self._stop.set()
+        self._thread.join(timeout=2.0)
 
 
-def attach_progress(bus: EventBus, stream: TextIO) -> Any:
-    lines = _Lines(stream)
-    bus.subscribe(lines)
-    return lines
+class LiveDisplay(Display):
+    """A terminal: rich draws a live bar for the running node, lines above it."""
+
+    def __init__(self, stream: TextIO, cancelled: threading.Event | None) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream, highlight=False)
+        self.cancelled = cancelled
+        self.marks = _marks(stream)
+        self._rate = Rate()
+        self._node: NodeProgress | None = None
+        self._spinner: Any = None
+        self.live = Live(
+            console=self.console,
+            get_renderable=self._render,
+            refresh_per_second=8,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self.live.start()
+
+    def node_started(self, node: NodeProgress) -> None:
+        from rich.spinner import Spinner
+
+        self._spinner = Spinner("dots", style="cyan")
+        self._rate.reset()
+
+    def node_finished(self, node: NodeProgress, ev: Event) -> None:
+        from rich.text import Text
+
+        mark, node_id, details = node_line(node, ev, self.marks)
+        style = "green" if mark == self.marks["ok"] else "yellow" if mark == self.marks["stop"] else "red"
+        line = Text.assemble((mark, f"bold {style}"), " ", (node_id, "bold"), "  ", (details, "dim"))
+        self.console.print(line)
+
+    def _render(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        node = self.tracker.node if self.tracker else None
+        if node is None or self._spinner is None:
+            return Text("")
+        elapsed = (time.monotonic() - node.started) * 1000.0
+        row: list[Any] = [self._spinner, Text(node.id, style="bold")]
+        grid = Table.grid(padding=(0, 1))
+        if node.batch and node.total is not None:
+            rate = self._rate.sample(node)
+            grid.add_column()
+            grid.add_column()
+            grid.add_column(width=32)
+            grid.add_column()
+            width = len(str(node.total))
+            row.append(ProgressBar(total=max(node.total, 1), completed=node.done, width=32))
+            info = Text(f"{node.done:>{width}}/{node.total}")
+            if node.failed:
+                info.append(f"  {node.failed} failed", style="bold red")
+            if node.retries:
+                info.append(f"  {node.retries} retried", style="yellow")
+            if rate:
+                info.append(f"  {fmt_rate(rate)}", style="cyan")
+                if node.done < node.total:
+                    info.append(f"  ETA {fmt_eta((node.total - node.done) / rate)}", style="magenta")
+            info.append(f"  {fmt_duration(elapsed)}", style="dim")
+            row.append(info)
+        else:
+            grid.add_column()
+            grid.add_column()
+            grid.add_column()
+            row.append(Text(fmt_duration(elapsed), style="dim"))
+        grid.add_row(*row)
+        if self.cancelled is not None and self.cancelled.is_set():
+            grid.add_row(
+                "", Text("stopping: no new items start; waiting for those in flight", style="yellow")
+            )
+        return grid
+
+    def close(self) -> None:
+        self.live.stop()
+
+
+def attach_progress(
+    bus: EventBus, stream: TextIO, *, cancelled: threading.Event | None = None
+) -> Display:
+    """Subscribe a progress display for ``stream`` (stderr); call ``close()`` after the run."""
+    display: Display
+    if _is_terminal(stream):
+        display = LiveDisplay(stream, cancelled)
+    else:
+        every = float(os.environ.get("PLAIT_PROGRESS_EVERY") or SUMMARY_EVERY_S)
+        display = PlainDisplay(stream, every)
+    tracker = Tracker(display)
+    display.tracker = tracker
+    bus.subscribe(tracker)
+    return display
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+    return tty and os.environ.get("TERM", "") not in ("dumb", "unknown")

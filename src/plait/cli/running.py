@@ -9,10 +9,10 @@ from typing import Any
 
 from plait.cli.inputs import parse_args, stdin_input
 from plait.cli.render import error_block, print_value
-from plait.errors import Interrupted, RunFailed
+from plait.errors import Interrupted, PlaitError, RunFailed
 from plait.nodes.registry import Registry
 from plait.runtime.compile import load_and_compile
-from plait.runtime.engine import RunServices, Runner, coerce_inputs
+from plait.runtime.engine import RunResult, RunServices, Runner, coerce_inputs
 from plait.runtime.events import EventBus
 
 
@@ -23,6 +23,7 @@ def run_command(
     output_format: str,
     quiet: bool,
     nodes_paths: tuple[str, ...],
+    record: bool = True,
 ) -> int:
     registry = Registry()
     for path in nodes_paths:
@@ -36,34 +37,52 @@ def run_command(
     values = coerce_inputs(compiled, given)
 
     bus = EventBus()
+    recorder = _start_recorder(compiled, values, workflow) if record else None
+    if recorder is not None:
+        recorder.attach(bus)
+    services = RunServices(registry, bus, compiled.directory)
     if not quiet:
         from plait.cli.progress import attach_progress
 
-        progress = attach_progress(bus, sys.stderr)
+        progress = attach_progress(bus, sys.stderr, cancelled=services.cancelled)
     else:
         progress = None
-    services = RunServices(registry, bus, compiled.directory)
     previous = _install_signals(services)
+    result: RunResult | None = None
     try:
         result = Runner(compiled, services).run(values)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, but still say how far it got
+        pass
     finally:
         _restore_signals(previous)
         services.close()
         if progress is not None:
             progress.close()
+        if recorder is not None:
+            recorder.close(result, status="interrupted" if result is None else None)
+            if recorder.error:
+                sys.stderr.write(f"warning: the run record is incomplete: {recorder.error}\n")
+    run_id = recorder.run_id if recorder is not None else None
+    recorded = run_id is not None and recorder is not None and not recorder.error
+    details = f"  details: plait show {run_id}\n" if recorded else ""
 
+    if result is None:
+        error_block(Interrupted("interrupted: stopped at once by a second Ctrl-C"))
+        sys.stderr.write(details)
+        return 130
     if output_format == "json":
-        sys.stdout.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False, default=str) + "\n")
+        payload = {"run_id": run_id, **result.to_json()}
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     elif result.status == "success":
         print_value(result.primary)
     if result.status == "interrupted":
-        done = sum(1 for r in result.nodes.values() if r.status == "success")
         error_block(
             Interrupted(
-                f"interrupted: {done} of {len(result.nodes)} nodes finished",
+                _how_far(result),
                 hint="finished work is kept in the run's outputs above" if output_format == "json" else "",
             )
         )
+        sys.stderr.write(details)
         return 130
     if result.status != "success":
         first = result.errors[0] if result.errors else {"message": "the run failed"}
@@ -72,8 +91,39 @@ def run_command(
         error_block(
             RunFailed(message, node_id=node_id, index=first.get("index"), hint=first.get("hint", "")),
         )
+        sys.stderr.write(details)
         return 1
     return 0
+
+
+def _start_recorder(compiled: Any, values: dict[str, Any], workflow: str) -> Any:
+    """The run record; a run goes on without one when it cannot be written."""
+    from plait.runtime.records import RunRecorder
+
+    try:
+        return RunRecorder(compiled, values, workflow=workflow)
+    except PlaitError as exc:
+        sys.stderr.write(f"warning: this run is not recorded: {exc.message}\n")
+    except Exception as exc:  # an unwritable folder, a locked or damaged database
+        sys.stderr.write(f"warning: this run is not recorded: {type(exc).__name__}: {exc}\n")
+    return None
+
+
+def _how_far(result: RunResult) -> str:
+    """`interrupted: 1 of 3 nodes finished; 'e' finished 420 of 10000 items`."""
+    done = sum(1 for r in result.nodes.values() if r.status == "success")
+    text = f"interrupted: {done} of {len(result.nodes)} nodes finished"
+    for node_id, res in result.nodes.items():
+        out = result.values.get(node_id)
+        if res.status == "failed" and isinstance(out, dict) and isinstance(out.get("count"), int):
+            finished = out.get("batch_metadata", {}).get("completed")
+            if finished is None:
+                finished = sum(1 for r in out.get("results") or () if r is not None)
+            failed = out.get("error_count") or 0
+            text += f"; '{node_id}' finished {finished} of {out['count']} items"
+            if failed:
+                text += f" ({failed} failed)"
+    return text
 
 
 def _install_signals(services: RunServices) -> dict[int, Any]:

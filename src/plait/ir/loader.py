@@ -42,6 +42,11 @@ def load_file(path: str | Path) -> Any:
 
 
 def load_text(text: str, fmt: str, *, file: str | None = None) -> Any:
+    if not text.strip():
+        raise WorkflowInvalid(
+            [Problem("the workflow file is empty", line=1, column=1, hint='start from {"nodes": [...]}')],
+            file=file,
+        )
     if fmt == "json":
         try:
             return json.loads(text)

@@ -81,6 +81,22 @@ class _Collector:
                 )
 
 
+_SECTIONS = ("", "ir_version", "description", "inputs", "nodes", "edges", "start_node", "outputs")
+_INDEX_RE = re.compile(r"^(\w+)(?:\[(\d+)\])?")
+
+
+def document_order(problems: list[Problem]) -> list[Problem]:
+    """Problems sorted as the file reads: by section, then node or edge index (stable)."""
+
+    def key(p: Problem) -> tuple[int, int]:
+        m = _INDEX_RE.match(p.path)
+        section = m.group(1) if m else ""
+        rank = _SECTIONS.index(section) if section in _SECTIONS else 0
+        return rank, int(m.group(2)) if m and m.group(2) else -1
+
+    return sorted(problems, key=key)
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -481,6 +497,7 @@ def _edges(raw: Any, node_ids: set[str], c: _Collector) -> list[Edge]:
         return []
     edges: list[Edge] = []
     seen: set[tuple[str, str, str]] = set()
+    where: dict[int, int] = {}  # index in ``edges`` -> index in the file
     for i, edge in enumerate(raw):
         path = f"edges[{i}]"
         if not isinstance(edge, dict):
@@ -511,4 +528,42 @@ def _edges(raw: Any, node_ids: set[str], c: _Collector) -> list[Edge]:
                 continue
             seen.add(key)
             edges.append(Edge(source=edge["from"], target=edge["to"], action=action))
+            where[len(edges) - 1] = i
+    _default_loops(edges, where, c)
     return edges
+
+
+def _default_loops(edges: list[Edge], where: dict[int, int], c: _Collector) -> None:
+    """A loop must pass through a non-default action, or nothing could ever end it."""
+    succ: dict[str, list[tuple[str, int]]] = {}
+    for k, e in enumerate(edges):
+        if e.action == "default":
+            succ.setdefault(e.source, []).append((e.target, k))
+    done: set[str] = set()
+    for e in edges:
+        if e.source in done:
+            continue
+        # Iterative depth-first search: ``path`` is the current chain, ``todo`` its pending edges.
+        path = [e.source]
+        on_path = {e.source}
+        todo = [iter(succ.get(e.source, ()))]
+        while todo:
+            step = next(todo[-1], None)
+            if step is None:
+                todo.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+                continue
+            target, k = step
+            if target in on_path:
+                loop = [*path[path.index(target) :], target]
+                c.add(
+                    f"edges form a loop of default actions: {' -> '.join(loop)}",
+                    f"edges[{where[k]}]",
+                    "a loop must go through an action a node chooses (such as 'retry'), "
+                    "so that something can end it",
+                )
+            elif target not in done:
+                path.append(target)
+                on_path.add(target)
+                todo.append(iter(succ.get(target, ())))

@@ -163,7 +163,7 @@ class CodeNode(PlaitNode):
     def exec(self, prep_res: CodeRun) -> dict[str, Any]:
         run = prep_res
         code = self._compile(run.source)
-        namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__plait_code__"}
+        namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__main__"}
         namespace.update({name: _copy_data(value) for name, value in run.inputs.items()})
 
         state = _CodeThread(code, namespace, name=f"plait-code-{run.label}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode
 
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_TIMEOUT = 30
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 

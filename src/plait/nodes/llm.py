@@ -19,7 +19,9 @@ Retries belong to plait (a node's ``retry`` and a batch's ``max_retries``), so
 rate limits surface as ``NodeError(retryable=True, retry_after=...)``. The
 OpenAI client would otherwise retry a 429 twice on its own, silently and before
 plait sees anything, multiplying the attempts a user configured; for the OpenAI
-plugin's models that inner retry is switched off.
+plugin's models that inner retry is switched off, and the client, which the
+plugin would build anew for every call, is built once per model and reused
+(see ``_tune_openai_client``).
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def _resolve_model(name: str | None) -> Any:
         model = llm.get_model(wanted)
     except llm.UnknownModelError:
         raise _invalid(_unknown_model_message(wanted, name is None))
-    _without_client_retries(model)
+    _tune_openai_client(model)
     return model
 
 
@@ -242,18 +244,36 @@ def _unknown_model_message(wanted: str, defaulted: bool) -> str:
     )
 
 
-def _without_client_retries(model: Any) -> None:
-    """Turn off the OpenAI client's own retries for a model of llm's OpenAI plugin."""
+def _tune_openai_client(model: Any) -> None:
+    """For a model of llm's OpenAI plugin: one client per model, without inner retries.
+
+    The plugin builds a new ``openai.OpenAI`` client for every call, and each
+    one loads the system's CA certificates afresh (~17 ms of CPU, measured)
+    and opens new connections: in a parallel batch of thousands that is the
+    bottleneck. The client is documented as safe to share between threads, so
+    the node keeps one per model and key, which also pools connections.
+    """
     if type(model).__module__ != "llm.default_plugins.openai_models":
         return
     original = getattr(model, "get_client", None)
     if not callable(original):
         return
+    clients: dict[tuple[Any, bool], Any] = {}
+    lock = threading.Lock()
 
-    def get_client(key: Any, *args: Any, **kwargs: Any) -> Any:
-        client = original(key, *args, **kwargs)
-        with_options = getattr(client, "with_options", None)
-        return with_options(max_retries=0) if callable(with_options) else client
+    def get_client(key: Any = None, *, async_: bool = False) -> Any:
+        cache_key = (key, async_)
+        client = clients.get(cache_key)
+        if client is None:
+            with lock:
+                client = clients.get(cache_key)
+                if client is None:
+                    client = original(key, async_=async_)
+                    with_options = getattr(client, "with_options", None)
+                    if callable(with_options):
+                        client = with_options(max_retries=0)
+                    clients[cache_key] = client
+        return client
 
     model.get_client = get_client
 

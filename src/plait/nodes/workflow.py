@@ -16,14 +16,20 @@ from plait.nodes.base import ItemContext, NodeError, Param, PlaitNode
 
 class WorkflowNode(PlaitNode):
     type_name = "workflow"
-    description = "Run a child workflow (a file or inline IR); its declared outputs become this node's."
+    description = (
+        "Run a child workflow (a file or inline IR); its declared outputs become this node's."
+    )
     param_specs = (
         Param(
             "workflow",
             "string",
             description="path of the child workflow; relative paths start at this workflow's folder",
         ),
-        Param("workflow_ir", "object", description="the child workflow written inline, instead of a path"),
+        Param(
+            "workflow_ir",
+            "object",
+            description="the child workflow written inline, instead of a path",
+        ),
         Param(
             "inputs",
             "object",

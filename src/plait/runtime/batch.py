@@ -342,6 +342,14 @@ def run_batch(
     t0 = time.perf_counter()
     items = resolve_items(cn, base)
     count = len(items)
+    if bus.active:
+        bus.emit(
+            Event(
+                "batch_started",
+                cn.id,
+                data={"total": count, "parallel": spec.parallel, "max_concurrent": spec.max_concurrent},
+            )
+        )
     results: list[dict[str, Any] | None] = [None] * count
     durations: list[float] = []
     errors: list[dict[str, Any]] = []

@@ -16,6 +16,7 @@ from plait.errors import WorkflowInvalid
 from plait.ir import Workflow, build_workflow, load_file
 from plait.ir.graph import effective_edges, start_node
 from plait.ir.model import BatchSpec
+from plait.ir.validate import document_order
 from plait.nodes.base import NodeError, Param, PlaitNode
 from plait.templates import Base, Compiled, Local, compile_value
 from plait.templates.check import check_workflow, fits, value_type
@@ -69,12 +70,13 @@ def compile_raw(
     raw: Any, registry: Mapping[str, type[PlaitNode]], *, file: str | None = None
 ) -> CompiledWorkflow:
     wf, problems = build_workflow(raw, _TypeView(registry), file=file)
+    # Template and param checks run even on a broken structure: one report, every problem.
+    graph_in_doubt = any(p.path.startswith(("edges", "start_node")) for p in problems)
+    types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
+    more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
+    problems += more
     if problems:
-        raise WorkflowInvalid(problems, file=file)
-    types = {n.type: registry[n.type] for n in wf.nodes}
-    problems, warnings = check_workflow(wf, types)
-    if problems:
-        raise WorkflowInvalid(problems, file=file)
+        raise WorkflowInvalid(document_order(problems), file=file)
     nodes = {n.id: _compile_node(n, types[n.type]) for n in wf.nodes}
     edges_from: dict[str, list[tuple[str, str]]] = {}
     for e in effective_edges(wf):

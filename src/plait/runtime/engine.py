@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,9 @@ class RunServices(Services):
         self._root: RunServices = parent[0]._root if parent else self
         self._client: Any = None
         self._client_lock = threading.Lock()
+        # Sub-workflows compiled once per run (by file, or by inline IR), not once per item.
+        self._compiled: dict[str, CompiledWorkflow] = {}
+        self._compile_lock = threading.Lock()
 
     def http_client(self) -> Any:
         root = self._root
@@ -166,6 +170,15 @@ class RunServices(Services):
                 return rel
         return key
 
+    def _compile(self, key: str | None, build: Callable[[], CompiledWorkflow]) -> CompiledWorkflow:
+        if key is None:
+            return build()
+        with self._compile_lock:  # parallel items wait for the first one's compile
+            hit = self._compiled.get(key)
+            if hit is None:
+                hit = self._compiled[key] = build()
+            return hit
+
     def run_workflow(
         self, ctx: ItemContext, *, path: str | None, ir: dict[str, Any] | None, inputs: dict[str, Any]
     ) -> dict[str, Any]:
@@ -190,7 +203,7 @@ class RunServices(Services):
                     retryable=False,
                 )
             try:
-                compiled = _compile_cached(self.registry, key)
+                compiled = self._root._compile(key, lambda: load_and_compile(key, self.registry))
             except PlaitError as exc:
                 raise NodeError(f"sub-workflow {path} is invalid: {_flatten(exc)}", retryable=False)
             child_dir: str | None = str(resolved.parent)
@@ -198,7 +211,9 @@ class RunServices(Services):
         else:
             key = f"<inline workflow_ir of {ctx.node_id}>"
             try:
-                compiled = _compile_inline(self.registry, ir)
+                compiled = self._root._compile(
+                    _ir_key(ir), lambda: compile_raw(ir, self.registry, file=None)
+                )
             except PlaitError as exc:
                 raise NodeError(f"inline workflow_ir is invalid: {_flatten(exc)}", retryable=False)
             child_dir = self.workflow_dir
@@ -224,9 +239,12 @@ class RunServices(Services):
             stack=(*self.stack, key),
         )
         try:
-            values = coerce_inputs(compiled, inputs, source="workflow node inputs")
+            values = coerce_inputs(compiled, inputs, source=f"the inputs of node '{ctx.node_id}'")
         except UsageError as exc:
-            raise NodeError(f"sub-workflow inputs: {exc.message}", retryable=False)
+            hint = f"; {exc.hint}" if exc.hint else ""
+            if exc.message.startswith("missing required input"):
+                hint = f"; add them to the 'inputs' of node '{ctx.node_id}'"
+            raise NodeError(f"sub-workflow {name}: {exc.message}{hint}", retryable=False)
         result = Runner(compiled, child).run(values)
         if result.status == "interrupted":
             raise NodeError(f"sub-workflow {name} was interrupted", retryable=False)
@@ -241,41 +259,11 @@ class RunServices(Services):
         return result.outputs
 
 
-_compiled_cache: dict[str, CompiledWorkflow] = {}
-_cache_lock = threading.Lock()
-
-
-def _compile_cached(registry: Any, path: str) -> CompiledWorkflow:
-    mtime = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
-    key = f"{path}@{mtime}"
-    with _cache_lock:
-        hit = _compiled_cache.get(key)
-    if hit is None:
-        hit = load_and_compile(path, registry)
-        with _cache_lock:
-            _compiled_cache[key] = hit
-    return hit
-
-
-_inline_cache: dict[str, CompiledWorkflow] = {}
-_INLINE_CACHE_SIZE = 64
-
-
-def _compile_inline(registry: Any, ir: Any) -> CompiledWorkflow:
-    """Compile inline IR once, not once per batch item."""
+def _ir_key(ir: Any) -> str | None:
     try:
-        key = json.dumps(ir, sort_keys=True, default=repr)
-    except (TypeError, ValueError):  # not JSON-shaped: let validation say what is wrong
-        return compile_raw(ir, registry, file=None)
-    with _cache_lock:
-        hit = _inline_cache.get(key)
-    if hit is None:
-        hit = compile_raw(ir, registry, file=None)
-        with _cache_lock:
-            if len(_inline_cache) >= _INLINE_CACHE_SIZE:
-                _inline_cache.pop(next(iter(_inline_cache)))
-            _inline_cache[key] = hit
-    return hit
+        return "ir:" + json.dumps(ir, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON-shaped: compiled uncached, validation says why
+        return None
 
 
 def _flatten(exc: PlaitError) -> str:

@@ -4,7 +4,8 @@ traces) listen. Adding a subscriber touches no runtime code.
 Kinds, with the fields they carry besides ``kind``, ``time`` and ``node_id``:
 
 * ``run_started`` (data: workflow, inputs) / ``run_finished`` (status, duration_ms, error)
-* ``node_started`` (data: batch size or None) / ``node_finished`` (status, duration_ms, error, data: counts)
+* ``node_started`` (data: type, batch) / ``node_finished`` (status, duration_ms, error, data: counts)
+* ``batch_started`` (data: total, parallel, max_concurrent) — a batch node's items are resolved
 * ``item_started`` (index, attempt, slot) / ``item_finished`` (index, attempt, slot, duration_ms)
 * ``item_retried`` (index, attempt, slot, error, data: wait_s) — this attempt failed, another follows
 * ``item_failed`` (index, attempt, slot, duration_ms, error) — the item has failed for good

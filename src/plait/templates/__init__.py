@@ -72,7 +72,7 @@ def find_refs(text: str) -> list[Ref]:
 
 def has_template(value: Any) -> bool:
     if isinstance(value, str):
-        return "${" in value and bool(TEMPLATE_RE.search(value))
+        return "${" in value and any(not m.group(1) for m in TEMPLATE_RE.finditer(value))
     if isinstance(value, dict):
         return any(has_template(v) for v in value.values())
     if isinstance(value, list):
@@ -112,6 +112,12 @@ def _describe(value: Any) -> str:
         return f"a string ({preview!r})"
     if value is None:
         return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({render_text(value)})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
     return f"a {type(value).__name__} ({value!r})"
 
 

@@ -41,8 +41,15 @@ def fits(value: Any, type_: str) -> bool:
     return False
 
 
-def check_workflow(wf: Workflow, node_types: Mapping[str, Any]) -> tuple[list[Problem], list[str]]:
-    """Return (problems, warnings)."""
+def check_workflow(
+    wf: Workflow, node_types: Mapping[str, Any], *, check_order: bool = True
+) -> tuple[list[Problem], list[str]]:
+    """Return (problems, warnings).
+
+    ``check_order=False`` skips "cannot have run yet" when the graph itself is in
+    doubt (a dangling edge, a bad start node), so a structural problem does not
+    also come back as a list of false ordering problems.
+    """
     problems: list[Problem] = []
     warnings: list[str] = []
     if not wf.nodes:
@@ -76,18 +83,38 @@ def check_workflow(wf: Workflow, node_types: Mapping[str, Any]) -> tuple[list[Pr
             )
             return
         if root not in by_id:
+            visible = [*allowed_local, *inputs]
+            visible += [n for n in node_ids if node_id is None or not check_order or n in before[node_id]]
+            visible = list(dict.fromkeys(visible))
             hint = did_you_mean(root, [*node_ids, *inputs, *allowed_local])
-            available = ", ".join([*inputs, *[n for n in node_ids if node_id is None or n in before[node_id]]])
+            hint += (" " if hint else "") + (
+                f"available: {', '.join(visible)}" if visible else "declare it under 'inputs'"
+            )
+            if root.isupper():
+                hint += (
+                    f"; for the environment write ${{env.{root}}}, for the shell's own variable "
+                    f"${root} or $${{{root}}}"
+                )
             problems.append(
                 Problem(
                     f"{ref.text}: no node or input named '{root}'",
                     path=path,
                     node_id=node_id,
-                    hint=hint or (f"available: {available}" if available else "declare it under 'inputs'"),
+                    hint=hint,
                 )
             )
             return
-        if node_id is not None and root not in before[node_id]:
+        if node_id is not None and root == node_id:
+            problems.append(
+                Problem(
+                    f"{ref.text}: node '{node_id}' refers to its own outputs",
+                    path=path,
+                    node_id=node_id,
+                    hint="a node's params are resolved before it runs; read another node's outputs",
+                )
+            )
+            return
+        if check_order and node_id is not None and root not in before[node_id]:
             problems.append(
                 Problem(
                     f"{ref.text}: node '{root}' cannot have run before '{node_id}'",

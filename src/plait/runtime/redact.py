@@ -1,0 +1,147 @@
+"""Keep secrets out of what plait writes down (run records, timelines).
+
+Two rules, applied together:
+
+* by name: a value under a key that looks secret (``Authorization``,
+  ``api_key``, ``auth_token``, ``client_secret``, ``password``, ``Cookie``...)
+  is replaced by ``***``. Numbers and booleans are kept (``max_tokens: 500`` is
+  not a secret), so is a value made only of templates (``${env.API_KEY}`` says
+  where the secret comes from, not what it is).
+* by value: free text (an error message, an item preview) is scrubbed of
+  ``Bearer <token>``, ``user:password@`` in URLs, ``?api_key=...`` query
+  parameters, and every value that was redacted by name or that sits in an
+  environment variable with a secret-looking name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+_SECRET_NAME = re.compile(
+    r"token|key|secret|passw|passphrase|credential|authorization|cookie|signature"
+    r"|(?:^|[_\-.])auth(?:$|[_\-.])|^pwd$",
+    re.IGNORECASE,
+)
+_TEMPLATES_ONLY = re.compile(r"^(?:\s*\$\{[^}]*\}\s*)+$")
+_BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^\s:/@]+):[^\s@/]+@", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"([?&;]([A-Za-z0-9_.\-]+)=)([^&#\s\"']+)")
+_HEADER_LINE = re.compile(
+    r"((?:authorization|proxy-authorization|cookie|set-cookie|x-api-key|api-key)\s*[:=]\s*)"
+    r"(?!(?:Bearer|Basic|Token)\s)([^\s,;\"'}]+)",
+    re.IGNORECASE,
+)
+_JSON_PAIR = re.compile(r'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+# Short values would match by accident inside ordinary text.
+_MIN_SECRET_LEN = 6
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+class Redactor:
+    """Redacts structured values by key name and learns the values it hid,
+    so the same secret is also scrubbed from free text later."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        env = os.environ if environ is None else environ
+        for name, value in env.items():
+            if is_secret_name(name):
+                self.learn(value)
+
+    def learn(self, value: Any) -> None:
+        if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN and not _TEMPLATES_ONLY.match(value):
+            if value not in self._secrets:
+                self._secrets.add(value)
+                self._pattern = None
+
+    def value(self, value: Any, name: str | None = None) -> Any:
+        """A copy of ``value`` with secret-named entries masked (recursively)."""
+        if name is not None and is_secret_name(name) and _maskable(value):
+            self._learn_all(value)
+            return MASK
+        if isinstance(value, dict):
+            return {k: self.value(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(v) for v in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
+
+    def text(self, text: str) -> str:
+        """Free text with anything that looks like a credential masked."""
+        if not text:
+            return text
+        if self._secrets:
+            if self._pattern is None:
+                ordered = sorted(self._secrets, key=len, reverse=True)
+                self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+            text = self._pattern.sub(MASK, text)
+        if "://" in text:
+            text = _URL_USERINFO.sub(rf"\1:{MASK}@", text)
+        if '":' in text or '" :' in text:
+            text = _JSON_PAIR.sub(_mask_json_pair, text)
+        if "=" in text:
+            text = _QUERY_PARAM.sub(_mask_query, text)
+        text = _BEARER.sub(rf"\1 {MASK}", text)
+        return _HEADER_LINE.sub(rf"\1{MASK}", text)
+
+    def _learn_all(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.learn(value)
+            # "Bearer abc..." hides "abc..." too, wherever it shows up alone
+            parts = value.split()
+            if len(parts) == 2:
+                self.learn(parts[1])
+        elif isinstance(value, dict):
+            for v in value.values():
+                self._learn_all(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                self._learn_all(v)
+
+
+def _maskable(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float):
+        return False
+    if isinstance(value, str):
+        return bool(value) and not _TEMPLATES_ONLY.match(value)
+    return True
+
+
+def _mask_query(m: re.Match[str]) -> str:
+    if is_secret_name(m.group(2)) and m.group(3) != MASK:
+        return m.group(1) + MASK
+    return m.group(0)
+
+
+def _mask_json_pair(m: re.Match[str]) -> str:
+    if is_secret_name(m.group(1)) and m.group(3) and not _TEMPLATES_ONLY.match(m.group(3)):
+        return f'"{m.group(1)}"{m.group(2)}"{MASK}"'
+    return m.group(0)
+
+
+_default: Redactor | None = None
+
+
+def redact(value: Any, name: str | None = None) -> Any:
+    """Mask secrets in a value (dicts by key name, strings by content)."""
+    global _default
+    if _default is None:
+        _default = Redactor()
+    return _default.value(value, name)
+
+
+def redact_text(text: str) -> str:
+    global _default
+    if _default is None:
+        _default = Redactor()
+    return _default.text(text)

@@ -1,0 +1,242 @@
+"""The template engine (SPEC §4), unit by unit: what a ``${...}`` becomes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from plait.templates import TemplateError, compile_value
+
+GEN_STDOUT = json.dumps({"items": [{"name": "first"}, {"name": "second", "tags": ["x", "y"]}]}) + "\n"
+
+BASE: dict[str, Any] = {
+    "count": 3,
+    "ratio": 1.5,
+    "names": ["ada", "bob"],
+    "person": {"name": "ada", "admin": True, "manager": None},
+    "nothing": None,
+    "yes": True,
+    "no": False,
+    "gen": {"stdout": GEN_STDOUT, "exit_code": 0},
+    "text": "plain",
+}
+
+
+def resolve(value: Any, local: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Any:
+    return compile_value(value).resolve(BASE if base is None else base, local or {})
+
+
+def miss(value: Any, local: dict[str, Any] | None = None) -> TemplateError:
+    with pytest.raises(TemplateError) as info:
+        resolve(value, local)
+    return info.value
+
+
+# -- a value that is exactly one template keeps its type ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("${names}", ["ada", "bob"]),
+        ("${person}", {"name": "ada", "admin": True, "manager": None}),
+        ("${count}", 3),
+        ("${ratio}", 1.5),
+        ("${nothing}", None),
+        ("${yes}", True),
+        ("${person.admin}", True),
+        ("${names[1]}", "bob"),
+    ],
+)
+def test_whole_value_template_keeps_its_type(template: str, expected: Any) -> None:
+    assert resolve(template) == expected
+    assert type(resolve(template)) is type(expected)
+
+
+def test_templates_inside_lists_and_dicts_resolve_in_place() -> None:
+    value = {"a": ["${count}", "${names}", "n=${count}"], "b": 2, "c": {"d": "${person.name}"}}
+    assert resolve(value) == {"a": [3, ["ada", "bob"], "n=3"], "b": 2, "c": {"d": "ada"}}
+
+
+def test_values_without_templates_are_returned_unchanged() -> None:
+    value = {"a": [1, "two", None], "b": {"c": True}}
+    compiled = compile_value(value)
+    assert compiled.static
+    assert compiled.resolve(BASE, {}) == value
+
+
+# -- a template inside a longer string is rendered as text --------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("names: ${names}", 'names: ["ada", "bob"]'),
+        ("person=${person}", 'person={"name": "ada", "admin": true, "manager": null}'),
+        ("[${nothing}]", "[]"),
+        ("${yes}/${no}", "true/false"),
+        ("${count} items at ${ratio}", "3 items at 1.5"),
+        ("hello ${person.name}!", "hello ada!"),
+        ("${text}${text}", "plainplain"),
+    ],
+)
+def test_embedded_template_renders_as_text(template: str, expected: str) -> None:
+    assert resolve(template) == expected
+
+
+def test_embedded_text_keeps_non_ascii_as_is() -> None:
+    assert resolve("say ${w}", base={"w": {"greeting": "héllo ✓"}}) == 'say {"greeting": "héllo ✓"}'
+
+
+# -- stepping into a string that holds JSON -----------------------------------------
+
+
+def test_stepping_into_a_json_string_parses_it() -> None:
+    assert resolve("${gen.stdout.items[1].name}") == "second"
+    assert resolve("${gen.stdout.items[1].tags}") == ["x", "y"]
+    assert resolve("${gen.stdout.items[0]}") == {"name": "first"}
+    assert resolve("first is ${gen.stdout.items[0].name}") == "first is first"
+
+
+def test_a_json_string_itself_stays_a_string() -> None:
+    assert resolve("${gen.stdout}") == GEN_STDOUT
+
+
+def test_stepping_into_a_json_list_string() -> None:
+    assert resolve("${out[2]}", base={"out": "[10, 20, 30]"}) == 30
+
+
+def test_stepping_into_text_that_is_not_json_names_the_problem() -> None:
+    err = miss("${text.field}")
+    assert "${text.field}" in err.message
+    assert "'plain'" in err.message
+
+
+# -- text that is not a template ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$${x}", "${x}"),
+        ("cost: $${count} is ${count}", "cost: ${count} is 3"),
+        ("$${names[0]}", "${names[0]}"),
+    ],
+)
+def test_double_dollar_is_the_literal_text(text: str, expected: str) -> None:
+    assert resolve(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "${HOME:-x}",
+        "${#arr[@]}",
+        "${var/a/b}",
+        "${arr[@]}",
+        "${!ref}",
+        "$HOME and $1",
+        "echo ${HOME:-/tmp} ${#names[@]}",
+        "${ unspaced }",
+        "${}",
+    ],
+)
+def test_shell_syntax_is_left_alone(text: str) -> None:
+    compiled = compile_value(text)
+    assert compiled.refs == []
+    assert compiled.resolve({}, {}) == text
+
+
+def test_shell_syntax_beside_a_template() -> None:
+    assert resolve("${HOME:-x} ${count}") == "${HOME:-x} 3"
+
+
+# -- env -----------------------------------------------------------------------------
+
+
+def test_env_is_read_only_through_the_env_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIT_TEST_NAME", "from-env")
+    assert resolve("${env.PLAIT_TEST_NAME}") == "from-env"
+    assert resolve("hi ${env.PLAIT_TEST_NAME}") == "hi from-env"
+
+
+def test_env_steps_into_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIT_TEST_JSON", '{"hosts": ["a", "b"]}')
+    assert resolve("${env.PLAIT_TEST_JSON.hosts[1]}") == "b"
+
+
+def test_an_environment_variable_is_not_a_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAIT_TEST_NAME", "from-env")
+    err = miss("${PLAIT_TEST_NAME}")
+    assert "PLAIT_TEST_NAME" in err.message
+
+
+def test_unset_env_variable_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PLAIT_TEST_UNSET", raising=False)
+    err = miss("${env.PLAIT_TEST_UNSET}")
+    assert "PLAIT_TEST_UNSET" in err.message
+    assert err.template == "${env.PLAIT_TEST_UNSET}"
+
+
+# -- batch locals --------------------------------------------------------------------
+
+
+def test_item_and_index_come_from_the_local_scope() -> None:
+    local = {"item": {"name": "x"}, "__index__": 4}
+    assert resolve("${__index__}: ${item.name}", local) == "4: x"
+    assert resolve("${__index__}", local) == 4
+
+
+def test_local_scope_shadows_nothing_it_does_not_hold() -> None:
+    assert resolve("${item} ${count}", {"item": "it"}) == "it 3"
+
+
+def test_one_compiled_value_serves_many_items() -> None:
+    compiled = compile_value("${__index__}=${item}")
+    got = [compiled.resolve(BASE, {"item": v, "__index__": i}) for i, v in enumerate("abc")]
+    assert got == ["0=a", "1=b", "2=c"]
+
+
+# -- run-time misses ------------------------------------------------------------------
+
+
+def test_missing_key_names_template_item_index_and_keys() -> None:
+    err = miss("name: ${item.title}", {"item": {"name": "a", "size": 2}, "__index__": 7})
+    assert "${item.title}" in err.message
+    assert err.template == "${item.title}"
+    assert "item 7" in err.message
+    assert "name, size" in err.message
+
+
+def test_missing_key_deep_inside_says_where() -> None:
+    err = miss("${gen.stdout.items[0].title}")
+    assert "${gen.stdout.items[0].title}" in err.message
+    assert "gen.stdout.items[0]" in err.message
+    assert "name" in err.message  # the keys it has
+
+
+def test_index_out_of_range_gives_the_length() -> None:
+    err = miss("${names[5]}")
+    assert "[5]" in err.message
+    assert "2 items" in err.message
+
+
+def test_stepping_into_a_number_names_its_type() -> None:
+    err = miss("${count.x}")
+    assert "an integer (3)" in err.message
+
+
+def test_a_root_without_value_is_reported() -> None:
+    err = miss("${never_ran.stdout}")
+    assert "${never_ran.stdout}" in err.message
+    assert "never_ran" in err.message
+
+
+def test_refs_are_parsed_once_with_their_steps() -> None:
+    compiled = compile_value("a ${gen.stdout.items[1].name} $${skip} ${count}")
+    assert [(r.root, r.steps) for r in compiled.refs] == [
+        ("gen", ("stdout", "items", 1, "name")),
+        ("count", ()),
+    ]

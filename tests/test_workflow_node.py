@@ -1,0 +1,540 @@
+"""The workflow node: a workflow that runs another one, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+PY = shlex.quote(sys.executable)
+
+
+def write(path: Path, content: dict[str, Any]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2))
+    return str(path)
+
+
+GREETER = {
+    "description": "Greets someone",
+    "inputs": {"name": {"type": "string"}, "punct": {"type": "string", "default": "!"}},
+    "outputs": {
+        "greeting": {"source": "${hi.stdout}"},
+        "shout": {"source": "${loud.stdout}"},
+    },
+    "nodes": [
+        {
+            "id": "hi",
+            "type": "shell",
+            "params": {"command": "printf 'hello %s%s' '${name}' '${punct}'"},
+        },
+        {
+            "id": "loud",
+            "type": "shell",
+            "params": {"command": "printf '%s' '${hi.stdout}' | tr a-z A-Z"},
+        },
+    ],
+}
+
+
+def test_child_file_is_found_next_to_the_parent_from_any_working_directory(tmp_path, plait):
+    write(tmp_path / "flows" / "lib" / "greeter.json", GREETER)
+    parent = write(
+        tmp_path / "flows" / "main.json",
+        {
+            "inputs": {"who": {"type": "string"}},
+            "nodes": [
+                {
+                    "id": "greet",
+                    "type": "workflow",
+                    "params": {"workflow": "lib/greeter.json", "inputs": {"name": "${who}"}},
+                },
+                {
+                    "id": "report",
+                    "type": "shell",
+                    "params": {"command": "echo '${greet.greeting} / ${greet.shout}'"},
+                },
+            ],
+        },
+    )
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    r = plait("run", parent, "who=ada", "-q", cwd=elsewhere)
+    assert r.code == 0, r
+    assert r.stdout == "hello ada! / HELLO ADA!\n"
+
+
+def test_outputs_are_the_childs_declared_outputs(workflow, plait):
+    workflow(GREETER, "greeter.json")
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "greet",
+                    "type": "workflow",
+                    "params": {"workflow": "greeter.json", "inputs": {"name": "bob", "punct": "?"}},
+                }
+            ]
+        }
+    )
+    r = plait("run", parent, "-o", "json", "-q")
+    assert r.code == 0, r
+    # exactly the declared outputs: nothing of the child's nodes leaks out
+    assert r.json["outputs"] == {"greeting": "hello bob?", "shout": "HELLO BOB?"}
+
+
+def test_inputs_keep_their_types_and_defaults_apply(workflow, plait):
+    workflow(
+        {
+            "inputs": {
+                "numbers": {"type": "array"},
+                "meta": {"type": "object"},
+                "scale": {"type": "integer", "default": 10},
+            },
+            "outputs": {"echoed": {"source": "${e}"}},
+            "nodes": [
+                {
+                    "id": "e",
+                    "type": "echo",
+                    "params": {
+                        "first": "${numbers[0]}",
+                        "owner": "${meta.owner}",
+                        "scale": "${scale}",
+                    },
+                }
+            ],
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "src",
+                    "type": "echo",
+                    "params": {"list": [3, 1, 2], "meta": {"owner": "ops"}},
+                },
+                {
+                    "id": "sub",
+                    "type": "workflow",
+                    "params": {
+                        "workflow": "child.json",
+                        "inputs": {"numbers": "${src.list}", "meta": "${src.meta}"},
+                    },
+                },
+            ],
+            "outputs": {"got": {"source": "${sub.echoed}"}},
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 0, r
+    assert json.loads(r.stdout) == {"first": 3, "owner": "ops", "scale": 10}
+
+
+def test_inline_workflow_ir_runs_with_inputs_from_the_parent(workflow, plait):
+    parent = workflow(
+        {
+            "inputs": {"city": {"type": "string"}},
+            "nodes": [
+                {
+                    "id": "sub",
+                    "type": "workflow",
+                    "params": {
+                        "workflow_ir": {
+                            "inputs": {"place": {"type": "string"}},
+                            "outputs": {"line": {"source": "${fmt.stdout}"}},
+                            "nodes": [
+                                {
+                                    "id": "fmt",
+                                    "type": "shell",
+                                    "params": {"command": "printf 'weather in %s' '${place}'"},
+                                }
+                            ],
+                        },
+                        "inputs": {"place": "${city}"},
+                    },
+                },
+                {"id": "out", "type": "echo", "params": {"text": "${sub.line}"}},
+            ],
+            "outputs": {"text": {"source": "${out.text}"}},
+        }
+    )
+    r = plait("run", parent, "city=Oslo", "-q")
+    assert r.code == 0, r
+    assert r.stdout == "weather in Oslo\n"
+
+
+def test_giving_both_or_neither_of_workflow_and_workflow_ir_is_a_clear_error(workflow, plait):
+    workflow(GREETER, "greeter.json")
+    both = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "sub",
+                    "type": "workflow",
+                    "params": {
+                        "workflow": "greeter.json",
+                        "workflow_ir": {"nodes": [{"id": "x", "type": "echo"}]},
+                    },
+                }
+            ]
+        }
+    )
+    r = plait("run", both, "-q")
+    assert r.code in (1, 2), r
+    assert "exactly one of 'workflow'" in r.stderr and "not both" in r.stderr
+
+    neither = workflow({"nodes": [{"id": "sub", "type": "workflow", "params": {"inputs": {}}}]})
+    r = plait("run", neither, "-q")
+    assert r.code in (1, 2), r
+    assert "exactly one of 'workflow'" in r.stderr
+
+
+def test_a_failing_child_fails_the_parent_naming_the_child_and_its_node(workflow, plait):
+    workflow(
+        {
+            "nodes": [
+                {"id": "fine", "type": "shell", "params": {"command": "true"}},
+                {
+                    "id": "breaks",
+                    "type": "shell",
+                    "params": {"command": "echo disk full >&2; exit 3"},
+                },
+            ]
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}},
+                {"id": "after", "type": "shell", "params": {"command": "echo should not run"}},
+            ]
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 1, r
+    assert "node 'sub' failed" in r.stderr
+    assert "sub-workflow child.json failed at node 'breaks'" in r.stderr
+    assert "disk full" in r.stderr or "exit" in r.stderr
+    assert "should not run" not in r.stdout
+
+
+def test_an_error_edge_handles_a_failing_child(workflow, plait):
+    workflow(
+        {"nodes": [{"id": "boom", "type": "shell", "params": {"command": "exit 7"}}]},
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}},
+                {"id": "ok", "type": "shell", "params": {"command": "echo fine"}},
+                {
+                    "id": "recover",
+                    "type": "shell",
+                    "params": {"command": "echo 'recovered: ${sub.error}'"},
+                },
+            ],
+            "edges": [
+                {"from": "sub", "to": "ok"},
+                {"from": "sub", "to": "recover", "action": "error"},
+            ],
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 0, r
+    assert r.stdout.startswith("recovered: sub-workflow child.json failed at node 'boom'")
+
+
+def test_a_missing_child_file_is_named(workflow, plait):
+    parent = workflow(
+        {"nodes": [{"id": "sub", "type": "workflow", "params": {"workflow": "nope/missing.json"}}]}
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 1, r
+    assert "sub-workflow nope/missing.json is invalid" in r.stderr
+    assert "not found" in r.stderr and "missing.json" in r.stderr
+
+
+def test_an_invalid_child_names_its_problems(workflow, plait):
+    workflow(
+        {
+            "nodes": [
+                {"id": "a", "type": "shel", "params": {"command": "true"}},
+                {"id": "b", "type": "echo", "params": {"v": "${nowhere.x}"}},
+            ]
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {"nodes": [{"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}}]}
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 1, r
+    assert "sub-workflow child.json is invalid" in r.stderr
+    assert "unknown node type 'shel'" in r.stderr
+    assert "nodes[0].type" in r.stderr
+
+
+def test_nesting_deeper_than_the_limit_is_refused(tmp_path, plait):
+    # level0 -> level1 -> ... -> level12: twelve levels of sub-workflows, no cycle
+    for i in range(13):
+        if i == 12:
+            nodes = [{"id": "leaf", "type": "echo", "params": {"v": "bottom"}}]
+        else:
+            nodes = [
+                {"id": f"down{i}", "type": "workflow", "params": {"workflow": f"level{i + 1}.json"}}
+            ]
+        write(tmp_path / f"level{i}.json", {"nodes": nodes})
+    r = plait("run", str(tmp_path / "level0.json"), "-q")
+    assert r.code == 1, r
+    assert "sub-workflows nested more than 10 deep" in r.stderr
+    assert "level0.json -> level1.json" in r.stderr
+
+    # ten levels is fine
+    r = plait("run", str(tmp_path / "level2.json"), "-q")
+    assert r.code == 0, r
+    assert "bottom" in r.stdout
+
+
+def test_a_cycle_between_workflows_is_reported_with_its_chain(workflow, plait):
+    a = workflow(
+        {"nodes": [{"id": "to_b", "type": "workflow", "params": {"workflow": "b.json"}}]}, "a.json"
+    )
+    workflow(
+        {"nodes": [{"id": "to_a", "type": "workflow", "params": {"workflow": "a.json"}}]}, "b.json"
+    )
+    r = plait("run", a, "-q")
+    assert r.code == 1, r
+    assert "sub-workflow cycle: a.json -> b.json -> a.json" in r.stderr
+
+
+def test_a_workflow_calling_itself_is_a_cycle(workflow, plait):
+    me = workflow(
+        {"nodes": [{"id": "again", "type": "workflow", "params": {"workflow": "me.json"}}]},
+        "me.json",
+    )
+    r = plait("run", me, "-q")
+    assert r.code == 1, r
+    assert "sub-workflow cycle: me.json -> me.json" in r.stderr
+
+
+def test_the_child_reads_the_environment(workflow, plait):
+    workflow(
+        {
+            "outputs": {"v": {"source": "${e.v}"}},
+            "nodes": [
+                {"id": "e", "type": "echo", "params": {"v": "region=${env.PLAIT_TEST_REGION}"}}
+            ],
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {"nodes": [{"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}}]}
+    )
+    r = plait("run", parent, "-q", env={"PLAIT_TEST_REGION": "eu-north"})
+    assert r.code == 0, r
+    assert json.loads(r.stdout) == {"v": "region=eu-north"}
+
+
+def test_a_parallel_batch_of_children_with_their_own_parallel_batches_keeps_order(
+    tmp_path, workflow, plait
+):
+    # The child splits its word into letters and handles each in a parallel batch;
+    # the earlier letters sleep longer, so they finish last.
+    split = f"printf '%s' '${{word}}' | {PY} -c " + shlex.quote(
+        "import json,sys; w=sys.stdin.read(); "
+        "print(json.dumps([{'ch': c, 'delay': 0.01 * (len(w) - i)} for i, c in enumerate(w)]))"
+    )
+    workflow(
+        {
+            "inputs": {"word": {"type": "string"}, "n": {"type": "integer"}},
+            "outputs": {
+                "letters": {"source": "${letters.results}"},
+                "count": {"source": "${letters.count}"},
+            },
+            "nodes": [
+                {"id": "split", "type": "shell", "params": {"command": split}},
+                {
+                    "id": "letters",
+                    "type": "shell",
+                    "batch": {
+                        "items": "${split.stdout}",
+                        "as": "x",
+                        "parallel": True,
+                        "max_concurrent": 4,
+                    },
+                    "params": {
+                        "command": "sleep ${x.delay}; printf '%s:%s:%s' '${n}' '${__index__}' '${x.ch}'"
+                    },
+                },
+            ],
+        },
+        "letters.json",
+    )
+    # earlier words are longer, so they also take longer than later ones
+    words = ["abcdefg"[: 7 - i % 5] + f"{i:02d}" for i in range(40)]
+    items = [{"word": w, "n": i} for i, w in enumerate(words)]
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {"items": items, "parallel": True, "max_concurrent": 8},
+                    "params": {
+                        "workflow": "letters.json",
+                        "inputs": {"word": "${item.word}", "n": "${item.n}"},
+                    },
+                },
+                {
+                    "id": "third",
+                    "type": "echo",
+                    "params": {"letters": "${each.results[3].letters}"},
+                },
+            ],
+            "outputs": {"each": {"source": "${each}"}, "third": {"source": "${third.letters}"}},
+        }
+    )
+    r = plait("run", parent, "-o", "json", "-q")
+    assert r.code == 0, r
+    each = r.json["outputs"]["each"]
+    assert each["count"] == 40 and each["error_count"] == 0
+    assert [res["index"] for res in each["results"]] == list(range(40))
+    for i, res in enumerate(each["results"]):
+        assert res["item"] == items[i]
+        assert res["count"] == len(words[i])
+        got = [x["stdout"] for x in res["letters"]]
+        assert got == [f"{i}:{j}:{c}" for j, c in enumerate(words[i])], (i, got)
+        assert [x["index"] for x in res["letters"]] == list(range(len(words[i])))
+    # a downstream node templates into the nested results
+    third = r.json["outputs"]["third"]
+    assert [x["stdout"] for x in third] == [f"3:{j}:{c}" for j, c in enumerate(words[3])]
+
+
+def test_a_failing_item_in_a_batch_of_children_is_reported_with_its_index(workflow, plait):
+    workflow(
+        {
+            "inputs": {"n": {"type": "integer"}},
+            "outputs": {"v": {"source": "${check.stdout}"}},
+            "nodes": [
+                {
+                    "id": "check",
+                    "type": "shell",
+                    "params": {
+                        "command": "test '${n}' != 5 || { echo five is bad >&2; exit 1; }; printf ok"
+                    },
+                }
+            ],
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {
+                        "items": list(range(8)),
+                        "parallel": True,
+                        "error_handling": "continue",
+                    },
+                    "params": {"workflow": "child.json", "inputs": {"n": "${item}"}},
+                }
+            ]
+        }
+    )
+    r = plait("run", parent, "-o", "json", "-q")
+    assert r.code == 0, r
+    out = r.json["outputs"]
+    assert out["error_count"] == 1
+    assert out["errors"][0]["index"] == 5
+    assert "sub-workflow child.json failed at node 'check'" in out["errors"][0]["error"]
+    assert [res.get("v") for res in out["results"]] == ["ok"] * 5 + [None] + ["ok"] * 2
+
+
+def test_llm_usage_in_a_child_counts_for_the_parent(workflow, plait):
+    workflow(
+        {
+            "inputs": {"text": {"type": "string"}},
+            "outputs": {"answer": {"source": "${ask.response}"}},
+            "nodes": [
+                {
+                    "id": "ask",
+                    "type": "llm",
+                    "params": {"prompt": "classify: ${text}", "model": "echo"},
+                }
+            ],
+        },
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {"items": ["red", "green", "blue"], "parallel": True},
+                    "params": {"workflow": "child.json", "inputs": {"text": "${item}"}},
+                }
+            ]
+        }
+    )
+    r = plait("run", parent, "-o", "json", "-q")
+    assert r.code == 0, r
+    assert r.json["llm_usage"]["calls"] == 3
+    assert r.json["outputs"]["batch_metadata"]["llm_usage"]["calls"] == 3
+    assert "classify: green" in r.json["outputs"]["results"][1]["answer"]
+
+
+def test_child_events_reach_the_parent_run_with_prefixed_node_ids(tmp_path):
+    # No CLI view shows child events yet, so listen on the run's event bus the
+    # way the progress display and the run records do.
+    from plait.nodes.registry import Registry
+    from plait.runtime.compile import load_and_compile
+    from plait.runtime.engine import Runner, RunServices
+    from plait.runtime.events import Event, EventBus
+
+    write(tmp_path / "child.json", GREETER)
+    parent = write(
+        tmp_path / "parent.json",
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {"items": ["x", "y"], "parallel": True},
+                    "params": {"workflow": "child.json", "inputs": {"name": "${item}"}},
+                }
+            ]
+        },
+    )
+    seen: list[tuple[str, str | None, int | None, str | None]] = []
+
+    def listen(e: Event) -> None:
+        seen.append((e.kind, e.node_id, e.index, e.status))
+
+    bus = EventBus()
+    bus.subscribe(listen)
+    registry = Registry()
+    compiled = load_and_compile(parent, registry)
+    services = RunServices(registry, bus, compiled.directory)
+    try:
+        result = Runner(compiled, services).run({})
+    finally:
+        services.close()
+    assert result.status == "success"
+    for i in (0, 1):
+        began = seen.index(("item_started", "each", i, None))
+        ended = seen.index(("item_finished", "each", i, "success"))
+        mine = [(k, n, s) for k, n, _, s in seen[began:ended] if n and n.startswith(f"each[{i}]")]
+        assert mine[0] == ("child_run_started", f"each[{i}]", None)
+        assert ("node_finished", f"each[{i}]/hi", "success") in mine
+        assert ("node_finished", f"each[{i}]/loud", "success") in mine
+        assert mine[-1] == ("child_run_finished", f"each[{i}]", "success")
+    assert ("node_finished", "each", None, "success") in seen
+    assert seen[-1] == ("run_finished", None, None, "success")
