@@ -1,0 +1,490 @@
+"""The code node: inline Python with its inputs as variables and ``result`` as output.
+
+The first half drives the node the way the runtime does (``prep`` / ``exec`` /
+``post`` with an ``ItemContext``), batches included (one node instance, items on
+a thread pool); the second half runs real workflows through ``python -m plait run``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plait.nodes.base import ItemContext, NodeError, Services
+from plait.nodes.code import CodeNode
+
+
+class CodeServices(Services):
+    """The one thing the code node asks of the runtime: the run's cancel flag."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+
+@pytest.fixture
+def services() -> CodeServices:
+    return CodeServices()
+
+
+def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """Params as the runtime hands them over: declared defaults filled in."""
+    return {p.name: p.default for p in CodeNode.param_specs} | params
+
+
+def run_item(
+    services: Services,
+    params: dict[str, Any],
+    node: CodeNode | None = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    node = node or CodeNode("calc")
+    ctx = ItemContext("calc", index, with_defaults(params), services)
+    prep_res = node.prep(ctx)
+    exec_res = node.exec(prep_res)
+    node.post(ctx, prep_res, exec_res)
+    assert ctx.outputs is not None
+    return ctx.outputs
+
+
+def failure(services: Services, params: dict[str, Any], node: CodeNode | None = None) -> NodeError:
+    with pytest.raises(NodeError) as info:
+        run_item(services, params, node)
+    return info.value
+
+
+def wait_for_code_threads_to_end(timeout: float = 5.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("plait-code-")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------
+# inputs and result
+
+
+def test_inputs_are_variables_and_result_is_the_output(services):
+    out = run_item(services, {"code": "result = a * b", "inputs": {"a": 6, "b": 7}})
+
+    assert out == {"result": 42, "stdout": "", "stderr": ""}
+
+
+def test_result_keeps_its_json_shape(services):
+    code = "result = {'names': [p['name'] for p in people], 'count': len(people), 'ok': True}"
+    people = [{"name": "Ada"}, {"name": "Grace"}]
+
+    out = run_item(services, {"code": code, "inputs": {"people": people}})
+
+    assert out["result"] == {"names": ["Ada", "Grace"], "count": 2, "ok": True}
+
+
+def test_code_that_sets_no_result_gives_null(services):
+    assert run_item(services, {"code": "x = 1"})["result"] is None
+
+
+def test_tuples_and_sets_become_lists(services):
+    out = run_item(services, {"code": "result = {'t': (1, 2), 's': {3, 1, 2}, 1: 'one'}"})
+
+    assert out["result"] == {"t": [1, 2], "s": [1, 2, 3], "1": "one"}
+
+
+def test_a_result_that_is_not_json_data_is_a_clear_error(services):
+    err = failure(services, {"code": "import datetime\nresult = {'when': datetime.date(2024, 1, 2)}"})
+
+    assert "result['when'] is a date" in err.message
+    assert "not JSON data" in err.message
+    assert not err.retryable
+
+
+def test_imports_functions_and_classes_work(services):
+    code = (
+        "import math\n"
+        "from dataclasses import dataclass\n"
+        "@dataclass\n"
+        "class Point:\n"
+        "    x: float\n"
+        "    y: float\n"
+        "def dist(p):\n"
+        "    return math.hypot(p.x, p.y)\n"
+        "result = dist(Point(3, 4))\n"
+    )
+
+    assert run_item(services, {"code": code})["result"] == 5.0
+
+
+def test_a_main_guard_runs_like_a_script(services):
+    code = "def main():\n    return 'ran'\nif __name__ == '__main__':\n    result = main()"
+
+    assert run_item(services, {"code": code})["result"] == "ran"
+
+
+def test_changing_an_input_in_place_does_not_change_the_callers_data(services):
+    shared = {"items": [3, 1, 2]}
+
+    out = run_item(
+        services,
+        {"code": "data['items'].sort()\ndata['new'] = 1\nresult = data", "inputs": {"data": shared}},
+    )
+
+    assert out["result"] == {"items": [1, 2, 3], "new": 1}
+    assert shared == {"items": [3, 1, 2]}
+
+
+def test_sys_exit_zero_ends_the_code_early_without_failing(services):
+    out = run_item(services, {"code": "import sys\nresult = 'early'\nsys.exit(0)\nresult = 'late'"})
+
+    assert out["result"] == "early"
+
+
+def test_sys_exit_with_an_error_code_fails(services):
+    err = failure(services, {"code": "import sys\nsys.exit(3)"})
+
+    assert err.message.startswith("line 2: SystemExit: the code called sys.exit(3)")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"code": ""}, "'code' is empty"),
+        ({"code": 5}, "'code' must be a string of Python, got int"),
+        ({"code": "x", "inputs": [1]}, "'inputs' must be an object"),
+        ({"code": "x", "inputs": {"my-var": 1}}, "'inputs' key 'my-var' is not a Python variable"),
+        ({"code": "x", "inputs": {"class": 1}}, "'inputs' key 'class' is not a Python variable"),
+        ({"code": "x", "inputs": {"__builtins__": {}}}, "names starting with '__' are reserved"),
+        ({"code": "x", "timeout": 0}, "'timeout' must be a positive number"),
+        ({"code": "x", "timeout": "soon"}, "'timeout' must be a positive number"),
+    ],
+)
+def test_bad_params_are_refused(services, params, message):
+    err = failure(services, params)
+
+    assert message in err.message
+    assert not err.retryable
+
+
+# ---------------------------------------------------------------------------
+# stdout and stderr
+
+
+def test_prints_are_captured_as_stdout_and_stderr(services):
+    code = (
+        "import sys\n"
+        "print('hello', name)\n"
+        "print('careful', file=sys.stderr)\n"
+        "sys.stdout.write('no newline')\n"
+        "sys.stdout.buffer.write(b' bytes too')\n"
+    )
+
+    out = run_item(services, {"code": code, "inputs": {"name": "Ada"}})
+
+    assert out["stdout"] == "hello Ada\nno newline bytes too"
+    assert out["stderr"] == "careful\n"
+
+
+def test_prints_of_libraries_the_code_calls_are_captured(services):
+    code = (
+        "import pprint, traceback\n"
+        "pprint.pprint({'a': 1})\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    traceback.print_exc()\n"
+    )
+
+    out = run_item(services, {"code": code})
+
+    assert out["stdout"] == "{'a': 1}\n"
+    assert out["stderr"].endswith("ZeroDivisionError: division by zero\n")
+
+
+def test_each_item_of_a_parallel_batch_gets_exactly_its_own_output(services):
+    node = CodeNode("calc")  # one instance for the batch, as the runtime does
+    code = "import sys\nprint(i)\nprint('err', i, file=sys.stderr)\nresult = i * i"
+
+    def item(i: int) -> dict[str, Any]:
+        return run_item(services, {"code": code, "inputs": {"i": i}}, node, i)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outs = list(pool.map(item, range(200)))
+
+    assert [o["stdout"] for o in outs] == [f"{i}\n" for i in range(200)]
+    assert [o["stderr"] for o in outs] == [f"err {i}\n" for i in range(200)]
+    assert [o["result"] for o in outs] == [i * i for i in range(200)]
+
+
+def test_the_process_output_is_never_redirected(services, capsys):
+    """While items run and print, other threads' prints still reach the real stdout."""
+    stdout_before, stderr_before = sys.stdout, sys.stderr
+    node = CodeNode("calc")
+    code = "import time\nprint('item', i)\ntime.sleep(0.05)\nprint('item', i, 'done')"
+    started = threading.Event()
+
+    def item(i: int) -> dict[str, Any]:
+        started.set()
+        return run_item(services, {"code": code, "inputs": {"i": i}}, node, i)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        futures = [pool.submit(item, i) for i in range(10)]
+        started.wait()
+        time.sleep(0.02)  # items are mid-way
+        print("from the main thread")
+        print("main thread error", file=sys.stderr)
+        outs = [f.result() for f in futures]
+
+    captured = capsys.readouterr()
+    assert captured.out == "from the main thread\n"
+    assert captured.err == "main thread error\n"
+    assert [o["stdout"] for o in outs] == [f"item {i}\nitem {i} done\n" for i in range(10)]
+    assert (sys.stdout, sys.stderr) == (stdout_before, stderr_before)
+
+
+def test_output_printed_before_an_error_is_kept(services):
+    err = failure(services, {"code": "print('step 1')\nraise ValueError('bad input')"})
+
+    assert err.outputs is not None
+    assert err.outputs["stdout"] == "step 1\n"
+
+
+# ---------------------------------------------------------------------------
+# errors name the line
+
+
+def test_an_exception_names_the_line_and_shows_it(services):
+    code = "total = 0\nfor n in [1, 2]:\n    total += n + x\nresult = total"
+
+    err = failure(services, {"code": code})
+
+    assert err.message == (
+        "line 3: NameError: name 'x' is not defined\n    3 | total += n + x"
+    )
+    assert not err.retryable
+
+
+def test_an_exception_inside_a_function_names_the_line_in_the_function(services):
+    code = "def first(xs):\n    return xs[0]\n\nresult = first([])\n"
+
+    err = failure(services, {"code": code})
+
+    assert err.message.startswith("line 2: IndexError: list index out of range")
+    assert "    2 | return xs[0]" in err.message
+
+
+def test_an_exception_in_a_library_names_the_codes_own_line(services):
+    err = failure(services, {"code": "import json\n\nresult = json.loads('{oops')"})
+
+    assert err.message.startswith("line 3: JSONDecodeError: ")
+    assert "    3 | result = json.loads('{oops')" in err.message
+
+
+def test_the_traceback_goes_to_stderr_with_the_source_lines(services):
+    code = "def f():\n    raise RuntimeError('boom')\nf()"
+
+    err = failure(services, {"code": code})
+
+    assert err.outputs is not None
+    stderr = err.outputs["stderr"]
+    assert stderr.startswith("Traceback (most recent call last):\n")
+    assert 'File "<plait code: calc>", line 3, in <module>\n    f()' in stderr
+    assert "line 2, in f\n    raise RuntimeError('boom')" in stderr
+    assert stderr.endswith("RuntimeError: boom\n")
+    assert "plait/nodes/code.py" not in stderr  # no frames of plait's own
+
+
+def test_a_syntax_error_names_the_line_and_points_at_it(services):
+    err = failure(services, {"code": "x = 1\nif x > 0\n    result = x"})
+
+    assert err.message == (
+        "line 2: SyntaxError: expected ':'\n    2 | if x > 0\n      |         ^"
+    )
+    assert not err.retryable
+
+
+def test_the_same_code_is_compiled_once_for_all_items(services):
+    node = CodeNode("calc")
+    code = "result = i"
+
+    for i in range(50):
+        run_item(services, {"code": code, "inputs": {"i": i}}, node, i)
+    first = node._compiled[code]
+    run_item(services, {"code": code, "inputs": {"i": 0}}, node, 0)
+
+    assert list(node._compiled) == [code]
+    assert node._compiled[code] is first
+
+
+# ---------------------------------------------------------------------------
+# timeout
+
+
+def test_a_runaway_loop_times_out_and_is_stopped(services):
+    started = time.monotonic()
+
+    err = failure(services, {"code": "n = 0\nwhile True:\n    n += 1", "timeout": 0.2})
+
+    assert time.monotonic() - started < 2
+    assert err.message == "timed out after 0.2s (the 'timeout' param)"
+    assert err.retryable
+    assert wait_for_code_threads_to_end() == []  # the loop was really stopped
+
+
+def test_a_timed_out_item_fails_at_the_deadline_and_runs_no_further_line(services, tmp_path):
+    marker = tmp_path / "marker"
+    code = "import time\nprint('before')\ntime.sleep(0.6)\nopen(path, 'w').write('ran')"
+    started = time.monotonic()
+
+    err = failure(services, {"code": code, "inputs": {"path": str(marker)}, "timeout": 0.1})
+
+    # A blocking call cannot be interrupted, but the item does not wait for it ...
+    assert time.monotonic() - started < 0.5
+    assert err.outputs is not None
+    assert err.outputs["stdout"] == "before\n"
+    # ... and the code is stopped as soon as the call returns.
+    assert wait_for_code_threads_to_end() == []
+    assert not marker.exists()
+
+
+def test_code_that_catches_exception_is_still_stopped_by_the_timeout(services):
+    code = "while True:\n    try:\n        sum(range(1000))\n    except Exception:\n        pass"
+
+    err = failure(services, {"code": code, "timeout": 0.1})
+
+    assert "timed out" in err.message
+    assert wait_for_code_threads_to_end() == []
+
+
+def test_timeout_null_means_no_limit(services):
+    assert run_item(services, {"code": "result = 1", "timeout": None})["result"] == 1
+
+
+def test_a_cancelled_run_stops_waiting_for_the_code(services):
+    threading.Timer(0.1, services.cancelled.set).start()
+    started = time.monotonic()
+
+    err = failure(services, {"code": "while True:\n    pass", "timeout": 30})
+
+    assert time.monotonic() - started < 2
+    assert err.message.startswith("cancelled")
+    assert wait_for_code_threads_to_end() == []
+
+
+# ---------------------------------------------------------------------------
+# whole workflows through the CLI
+
+
+@pytest.fixture
+def run_workflow(plait: Callable[..., Any], workflow: Callable[..., str]) -> Callable[..., Any]:
+    def _run(ir: dict[str, Any], *args: str) -> Any:
+        return plait("run", workflow(ir), *args, "--output-format", "json")
+
+    return _run
+
+
+def test_cli_code_node_computes_from_inputs_and_templates(run_workflow):
+    ir = {
+        "inputs": {"words": {"type": "array"}},
+        "nodes": [
+            {
+                "id": "count",
+                "type": "code",
+                "params": {
+                    "code": "result = {w: len(w) for w in words}\nprint(len(words), 'words')",
+                    "inputs": {"words": "${words}"},
+                },
+            }
+        ],
+        "outputs": {"lengths": {"source": "${count.result}"}, "log": {"source": "${count.stdout}"}},
+    }
+
+    result = run_workflow(ir, 'words=["plait", "is", "fast"]')
+
+    assert result.code == 0, result
+    assert result.json["outputs"] == {
+        "lengths": {"plait": 5, "is": 2, "fast": 4},
+        "log": "3 words\n",
+    }
+
+
+def test_cli_parallel_batch_of_200_items_each_print_their_own_index(run_workflow):
+    ir = {
+        "nodes": [
+            {"id": "numbers", "type": "code", "params": {"code": "result = list(range(200))"}},
+            {
+                "id": "show",
+                "type": "code",
+                "params": {"code": "print(n)\nresult = n * 2", "inputs": {"n": "${item}"}},
+                "batch": {"items": "${numbers.result}", "parallel": True, "max_concurrent": 20},
+            },
+        ],
+        "outputs": {"batch": {"source": "${show}"}},
+    }
+
+    result = run_workflow(ir)
+
+    assert result.code == 0, result
+    results = result.json["outputs"]["batch"]["results"]
+    assert [r["stdout"] for r in results] == [f"{i}\n" for i in range(200)]
+    assert [r["result"] for r in results] == [i * 2 for i in range(200)]
+    # and nothing the items printed leaked into plait's own output
+    assert result.json["outputs"]["batch"]["count"] == 200
+    assert "199\n" not in result.stderr
+
+
+def test_cli_error_names_the_line(run_workflow):
+    ir = {"nodes": [{"id": "calc", "type": "code", "params": {"code": "a = 1\nb = 2\nc = a + d"}}]}
+
+    result = run_workflow(ir)
+
+    assert result.code == 1, result
+    message = result.json["errors"][0]["message"]
+    assert message == "line 3: NameError: name 'd' is not defined\n    3 | c = a + d"
+
+
+def test_cli_timeout_fails_the_run(run_workflow):
+    ir = {
+        "nodes": [
+            {"id": "spin", "type": "code", "params": {"code": "while True:\n    pass", "timeout": 0.3}}
+        ]
+    }
+    started = time.monotonic()
+
+    result = run_workflow(ir)
+
+    assert result.code == 1, result
+    assert "timed out after 0.3s" in result.json["errors"][0]["message"]
+    assert time.monotonic() - started < 10
+
+
+def test_cli_code_result_feeds_a_batch(run_workflow, tmp_path: Path):
+    ir = {
+        "nodes": [
+            {
+                "id": "plan",
+                "type": "code",
+                "params": {"code": "result = [{'name': n, 'size': len(n)} for n in ['a', 'bbb']]"},
+            },
+            {
+                "id": "label",
+                "type": "code",
+                "params": {
+                    "code": "result = f\"{row['name']}:{row['size']}\"",
+                    "inputs": {"row": "${item}"},
+                },
+                "batch": {"items": "${plan.result}"},
+            },
+        ],
+        "outputs": {"labels": {"source": "${label.results}"}},
+    }
+
+    result = run_workflow(ir)
+
+    assert result.code == 0, result
+    assert [r["result"] for r in result.json["outputs"]["labels"]] == ["a:1", "bbb:3"]
