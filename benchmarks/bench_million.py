@@ -14,7 +14,6 @@ from pathlib import Path
 
 from _common import env, plait_cmd, table
 
-
 _WRAPPER = """
 import resource, subprocess, sys
 proc = subprocess.run(sys.argv[1:])

@@ -111,8 +111,7 @@ class OpenAIServer:
     @property
     def base_url(self) -> str:
         assert self._server is not None, "server not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
 
     def start(self) -> OpenAIServer:
         handler = type("Handler", (_Handler,), {"owner": self})

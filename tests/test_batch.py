@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -278,7 +279,7 @@ def test_retry_waits_grow_exponentially(plait, workflow, tmp_path):
     r = plait("run", wf, "-q")
     assert r.code == 1
     stamps = [float(x) for x in (tmp_path / "stamps").read_text().split()]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     assert len(gaps) == 3
     for gap, base in zip(gaps, (0.1, 0.2, 0.4), strict=True):
         assert base * 0.95 <= gap <= base * 1.25 + 0.15, gaps

@@ -98,7 +98,9 @@ def test_tuples_and_sets_become_lists(services):
 
 
 def test_a_result_that_is_not_json_data_is_a_clear_error(services):
-    err = failure(services, {"code": "import datetime\nresult = {'when': datetime.date(2024, 1, 2)}"})
+    err = failure(
+        services, {"code": "import datetime\nresult = {'when': datetime.date(2024, 1, 2)}"}
+    )
 
     assert "result['when'] is a date" in err.message
     assert "not JSON data" in err.message
@@ -132,7 +134,10 @@ def test_changing_an_input_in_place_does_not_change_the_callers_data(services):
 
     out = run_item(
         services,
-        {"code": "data['items'].sort()\ndata['new'] = 1\nresult = data", "inputs": {"data": shared}},
+        {
+            "code": "data['items'].sort()\ndata['new'] = 1\nresult = data",
+            "inputs": {"data": shared},
+        },
     )
 
     assert out["result"] == {"items": [1, 2, 3], "new": 1}
@@ -263,9 +268,7 @@ def test_an_exception_names_the_line_and_shows_it(services):
 
     err = failure(services, {"code": code})
 
-    assert err.message == (
-        "line 3: NameError: name 'x' is not defined\n    3 | total += n + x"
-    )
+    assert err.message == "line 3: NameError: name 'x' is not defined\n    3 | total += n + x"
     assert not err.retryable
 
 
@@ -302,9 +305,7 @@ def test_the_traceback_goes_to_stderr_with_the_source_lines(services):
 def test_a_syntax_error_names_the_line_and_points_at_it(services):
     err = failure(services, {"code": "x = 1\nif x > 0\n    result = x"})
 
-    assert err.message == (
-        "line 2: SyntaxError: expected ':'\n    2 | if x > 0\n      |         ^"
-    )
+    assert err.message == "line 2: SyntaxError: expected ':'\n    2 | if x > 0\n      |         ^"
     assert not err.retryable
 
 
@@ -451,7 +452,11 @@ def test_cli_error_names_the_line(run_workflow):
 def test_cli_timeout_fails_the_run(run_workflow):
     ir = {
         "nodes": [
-            {"id": "spin", "type": "code", "params": {"code": "while True:\n    pass", "timeout": 0.3}}
+            {
+                "id": "spin",
+                "type": "code",
+                "params": {"code": "while True:\n    pass", "timeout": 0.3},
+            }
         ]
     }
     started = time.monotonic()

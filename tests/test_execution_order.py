@@ -284,7 +284,7 @@ def test_loop_through_a_non_default_action(
     r = plait("run", "--nodes", nodes_file, workflow(wf))
     assert r.code == 0, r
     assert order(tmp_path) == ["work", "work"]
-    assert r.stdout == "counted 3\n\n"
+    assert r.stdout == "counted 3\n"
 
 
 def test_endless_loop_stops_at_the_visit_limit(plait: Run, workflow: Write, nodes_file: str) -> None:

@@ -111,6 +111,13 @@ def test_json_param_is_posted_as_json_and_echoed(server, services):
     assert out["response"]["headers"]["content-type"] == "application/json"
 
 
+def test_json_text_from_another_node_is_sent_as_the_value_it_holds(server, services):
+    out = run_item(services, {"url": server.url("/echo"), "json": '{"from": "stdout"}\n'})
+    assert out["response"]["json"] == {"from": "stdout"}
+    out = run_item(services, {"url": server.url("/echo"), "json": "just text"})
+    assert out["response"]["json"] == "just text"
+
+
 def test_explicit_method_wins_over_the_post_default(server, services):
     out = run_item(services, {"url": server.url("/echo"), "method": "put", "json": {"a": 1}})
     assert out["response"]["method"] == "PUT"
@@ -410,6 +417,18 @@ def test_json_and_body_together_are_refused(server, services):
     assert server.requests == []
 
 
+def test_non_ascii_header_value_is_a_clear_error(server, services):
+    err = failure(services, {"url": server.url("/echo"), "auth_token": "tökén"})
+    assert "header 'Authorization' has non-ASCII characters" in err.message
+    assert "tökén" not in err.message
+    assert err.retryable is False
+
+
+def test_headers_that_are_not_an_object_are_refused(server, services):
+    err = failure(services, {"url": server.url("/echo"), "headers": ["X-A: 1"]})
+    assert "'headers' must be an object" in err.message
+
+
 def test_non_positive_timeout_is_refused(server, services):
     err = failure(services, {"url": server.url("/json"), "timeout": 0})
     assert "'timeout' must be a positive number" in err.message
@@ -494,24 +513,15 @@ def test_one_client_serves_every_request(server):
 
 
 def run_plait(
-    tmp_path: Path, workflow: dict[str, Any], *args: str
+    plait: Any, workflow: Any, wf: dict[str, Any], *args: str
 ) -> tuple[int, dict[str, Any], str]:
-    path = tmp_path / "workflow.json"
-    path.write_text(json.dumps(workflow))
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "plait", "run", str(path), *args, "--output-format", "json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    """(exit code, the --output-format json result, everything printed)."""
+    res = plait("run", workflow(wf), *args, "--output-format", "json")
     try:
-        result = json.loads(proc.stdout)
+        result = json.loads(res.stdout)
     except ValueError:
         result = {}
-    return proc.returncode, result, proc.stdout + proc.stderr
+    return res.code, result, res.stdout + res.stderr
 
 
 def http_workflow(params: dict[str, Any], **node: Any) -> dict[str, Any]:
@@ -525,9 +535,9 @@ def http_workflow(params: dict[str, Any], **node: Any) -> dict[str, Any]:
     }
 
 
-def test_cli_get_json_from_a_workflow_input(tmp_path, server):
+def test_cli_get_json_from_a_workflow_input(plait, workflow, server):
     code, result, text = run_plait(
-        tmp_path, http_workflow({"url": "${base}/json"}), f"base={server.base_url}"
+        plait, workflow, http_workflow({"url": "${base}/json"}), f"base={server.base_url}"
     )
     assert code == 0, text
     assert result["status"] == "success"
@@ -535,14 +545,14 @@ def test_cli_get_json_from_a_workflow_input(tmp_path, server):
     assert result["outputs"]["status"] == 200
 
 
-def test_cli_post_json_body_is_echoed(tmp_path, server):
+def test_cli_post_json_body_is_echoed(plait, workflow, server):
     wf = http_workflow({"url": "${base}/echo", "method": "POST", "json": {"id": 7, "ok": True}})
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["response"]["json"] == {"id": 7, "ok": True}
 
 
-def test_cli_headers_auth_and_api_key_reach_the_server(tmp_path, server):
+def test_cli_headers_auth_and_api_key_reach_the_server(plait, workflow, server):
     wf = http_workflow(
         {
             "url": "${base}/echo",
@@ -552,7 +562,7 @@ def test_cli_headers_auth_and_api_key_reach_the_server(tmp_path, server):
             "api_key_header": "X-Key",
         }
     )
-    code, _, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, _, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     headers = server.requests[-1].headers
     assert (headers["x-run"], headers["authorization"], headers["x-key"]) == (
@@ -562,14 +572,14 @@ def test_cli_headers_auth_and_api_key_reach_the_server(tmp_path, server):
     )
 
 
-def test_cli_query_params(tmp_path, server):
+def test_cli_query_params(plait, workflow, server):
     wf = http_workflow({"url": "${base}/echo", "params": {"q": "plait", "page": 2}})
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["response"]["query"] == {"q": "plait", "page": "2"}
 
 
-def test_cli_text_and_binary_responses(tmp_path, server):
+def test_cli_text_and_binary_responses(plait, workflow, server):
     wf = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
@@ -582,23 +592,23 @@ def test_cli_text_and_binary_responses(tmp_path, server):
             "is_b64": {"source": "${bin.response_is_base64}"},
         },
     }
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["text"] == "hi"
     assert base64.b64decode(result["outputs"]["bin"]) == binary_payload(100)
     assert result["outputs"]["is_b64"] is True
 
 
-def test_cli_non_2xx_fails_the_run_with_status_and_body(tmp_path, server):
+def test_cli_non_2xx_fails_the_run_with_status_and_body(plait, workflow, server):
     wf = http_workflow({"url": "${base}/status/404?body=no+such+thing"})
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 1
     assert result["status"] != "success"
     assert "HTTP 404" in text
     assert "no such thing" in text
 
 
-def test_cli_error_edge_handler_reads_the_status_code(tmp_path, server):
+def test_cli_error_edge_handler_reads_the_status_code(plait, workflow, server):
     wf = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
@@ -612,24 +622,24 @@ def test_cli_error_edge_handler_reads_the_status_code(tmp_path, server):
         "edges": [{"from": "get", "to": "handle", "action": "error"}],
         "outputs": {"handled": {"source": "${handle.status}"}},
     }
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["handled"] == 418
 
 
-def test_cli_node_retry_honours_retry_after(tmp_path, server):
+def test_cli_node_retry_honours_retry_after(plait, workflow, server):
     wf = http_workflow(
         {"url": "${base}/flaky/node?fail=1&status=429&retry_after=1"},
         retry={"max_retries": 2, "retry_wait": 0},
     )
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["response"] == {"ok": True, "attempt": 2}
     first, second = server.requests_to("/flaky/node")
     assert second.time - first.time >= 0.9  # waited as Retry-After asked, not retry_wait=0
 
 
-def test_cli_batch_retry_honours_retry_after(tmp_path, server):
+def test_cli_batch_retry_honours_retry_after(plait, workflow, server):
     wf = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
@@ -647,7 +657,7 @@ def test_cli_batch_retry_honours_retry_after(tmp_path, server):
         ],
         "outputs": {"results": {"source": "${get.results}"}},
     }
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     results = result["outputs"]["results"]
     assert [r["response"]["attempt"] for r in results] == [2, 2, 2]
@@ -656,28 +666,30 @@ def test_cli_batch_retry_honours_retry_after(tmp_path, server):
         assert second.time - first.time >= 0.9
 
 
-def test_cli_size_cap_fails_the_run(tmp_path, server):
+def test_cli_size_cap_fails_the_run(plait, workflow, server):
     wf = http_workflow({"url": "${base}/large?bytes=100000", "max_response_bytes": 1000})
-    code, _, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, _, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 1
     assert "max_response_bytes" in text
 
 
-def test_cli_timeout_fails_the_run(tmp_path, server):
+def test_cli_timeout_fails_the_run(plait, workflow, server):
     wf = http_workflow({"url": "${base}/delay/3", "timeout": 0.3})
-    code, _, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, _, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 1
     assert "timed out after 0.3s" in text
 
 
-def test_cli_follows_redirects(tmp_path, server):
+def test_cli_follows_redirects(plait, workflow, server):
     wf = http_workflow({"url": "${base}/redirect/2"})
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     assert result["outputs"]["response"]["path"] == "/json"
 
 
-def test_cli_parallel_batch_of_100_keeps_input_order_and_reuses_connections(tmp_path, server):
+def test_cli_parallel_batch_of_100_keeps_input_order_and_reuses_connections(
+    plait, workflow, server
+):
     # within each window of ten, later items answer sooner: finishing order is not input order
     items = [{"n": i, "delay": (9 - i % 10) * 0.005} for i in range(100)]
     wf = {
@@ -692,7 +704,7 @@ def test_cli_parallel_batch_of_100_keeps_input_order_and_reuses_connections(tmp_
         ],
         "outputs": {"results": {"source": "${get.results}"}},
     }
-    code, result, text = run_plait(tmp_path, wf, f"base={server.base_url}")
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
     results = result["outputs"]["results"]
     assert [r["response"]["n"] for r in results] == list(range(100))

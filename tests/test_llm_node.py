@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from openai_server import OpenAIServer, write_llm_config
 from plait.nodes.base import ItemContext, NodeError, Services
 from plait.nodes.llm import LlmNode
-from openai_server import OpenAIServer, write_llm_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -508,7 +508,9 @@ def test_cli_rate_limited_call_succeeds_with_node_retry(server, run_llm_workflow
 
 def test_cli_rate_limit_without_retry_fails_and_says_how_to_retry(server, run_llm_workflow):
     server.rate_limit(1, retry_after=1)
-    ir = {"nodes": [{"id": "ask", "type": "llm", "params": {"prompt": "hi", "model": "local-test"}}]}
+    ir = {
+        "nodes": [{"id": "ask", "type": "llm", "params": {"prompt": "hi", "model": "local-test"}}]
+    }
 
     result = run_llm_workflow(ir)
 

@@ -476,3 +476,24 @@ def test_missing_or_unsupported_files(plait: Run, tmp_path: Path) -> None:
     (tmp_path / "wf.txt").write_text(json.dumps({"nodes": [shell("a")]}))
     r = plait("validate", "wf.txt")
     assert r.code == 2 and ".json" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("spec", "ok"),
+    [
+        ({"type": "integer", "default": "abc"}, False),
+        ({"type": "integer", "default": 1.5}, False),
+        ({"type": "string", "default": 7}, False),
+        ({"type": "array", "default": {}}, False),
+        ({"type": "number", "default": 2}, True),
+        ({"type": "int", "default": 2}, True),
+        ({"type": "object", "default": None}, True),
+        ({"default": [1]}, True),
+    ],
+)
+def test_input_default_must_fit_the_declared_type(spec: dict[str, Any], ok: bool) -> None:
+    raw = {"inputs": {"x": spec}, "nodes": [shell("a")]}
+    if ok:
+        compile_raw(raw, Registry())
+    else:
+        assert only(raw).path == "inputs.x.default"

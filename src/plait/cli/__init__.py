@@ -42,6 +42,9 @@ def cli() -> None:
     plait validate WORKFLOW               check it without running
     plait nodes [TYPE]                    node types, their params and outputs
     plait schema                          JSON Schema of the workflow format
+    plait runs                            recent runs, from .plait/runs.db
+    plait show RUN                        one run: nodes, failed items and errors
+    plait timeline RUN -o FILE.html       a picture of the run over time
     """
 
 
@@ -216,6 +219,61 @@ def schema(nodes_paths: tuple[str, ...]) -> None:
     except PlaitError as exc:
         _fail(exc)
     click.echo(json.dumps(workflow_schema(decls), indent=2))
+
+
+@cli.command()
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+def runs(limit: int, as_json: bool) -> None:
+    """List recent runs: id, start, workflow, status, duration, items.
+
+    Runs are recorded in .plait/runs.db of the working directory ($PLAIT_HOME
+    overrides the folder).
+    """
+    try:
+        from plait.cli.records_cmd import runs_command
+
+        sys.exit(runs_command(limit, as_json))
+    except PlaitError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def show(run_ref: str, as_json: bool) -> None:
+    """Summarise a run: nodes, counts, and every failed item with its error.
+
+    RUN is a run id, a unique prefix of one, or `last`.
+    """
+    try:
+        from plait.cli.records_cmd import show_command
+
+        sys.exit(show_command(run_ref, as_json))
+    except PlaitError as exc:
+        _fail(exc)
+
+
+@cli.command()
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="The HTML file to write [default: timeline-RUN.html].",
+)
+def timeline(run_ref: str, output: str | None) -> None:
+    """Draw a run as a timeline in a self-contained HTML file.
+
+    A lane per concurrency slot, a bar per item attempt coloured by outcome,
+    nodes as bands. RUN is a run id, a unique prefix of one, or `last`.
+    """
+    try:
+        from plait.cli.records_cmd import timeline_command
+
+        sys.exit(timeline_command(run_ref, output))
+    except PlaitError as exc:
+        _fail(exc)
 
 
 def main() -> None:

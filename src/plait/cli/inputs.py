@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, TextIO
 
 from plait.errors import UsageError, did_you_mean
 from plait.ir.model import InputSpec
 
+_INTEGER_RE = re.compile(r"[-+]?[0-9]+")
+_NUMBER_RE = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
@@ -17,16 +20,15 @@ def convert(spec: InputSpec | None, name: str, text: str) -> Any:
     if type_ == "string":
         return text
     if type_ == "integer":
-        try:
-            return int(text.strip())
-        except ValueError:
+        if not _INTEGER_RE.fullmatch(text.strip()):
             raise _bad(name, type_, text, "a whole number such as 42")
+        return int(text.strip())
     if type_ == "number":
-        try:
-            number = float(text.strip())
-        except ValueError:
+        # JSON numbers only: not Python's "1_000", "nan" or "inf"
+        if not _NUMBER_RE.fullmatch(text.strip()):
             raise _bad(name, type_, text, "a number such as 3.5")
-        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+        number = float(text.strip())
+        return int(number) if _INTEGER_RE.fullmatch(text.strip()) else number
     if type_ == "boolean":
         low = text.strip().lower()
         if low in _TRUE:
@@ -37,7 +39,7 @@ def convert(spec: InputSpec | None, name: str, text: str) -> Any:
     if type_ in ("object", "array"):
         try:
             value = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise _bad(name, type_, text, f"JSON ({exc.msg} at column {exc.colno})")
         if not isinstance(value, dict if type_ == "object" else list):
             raise _bad(name, type_, text, "a JSON object {...}" if type_ == "object" else "a JSON list [...]")
@@ -74,6 +76,16 @@ def parse_args(words: tuple[str, ...] | list[str], specs: dict[str, InputSpec]) 
             raise UsageError(f"input '{name}' given twice", hint="give each input once")
         values[name] = convert(specs[name], name, text)
     return values
+
+
+def add_piped(given: dict[str, Any], specs: dict[str, InputSpec], stream: TextIO) -> None:
+    """Give the one ``stdin`` input what was piped in, converted by its declared type."""
+    name = stdin_input(specs)
+    if name is None or name in given or stream.isatty():
+        return
+    text = stream.read()
+    if text:  # nothing piped (</dev/null, cron): the input counts as not given
+        given[name] = convert(specs[name], name, text)
 
 
 def stdin_input(specs: dict[str, InputSpec]) -> str | None:

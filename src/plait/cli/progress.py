@@ -111,6 +111,10 @@ class Tracker:
 
 
 def fmt_duration(ms: float) -> str:
+    if ms < 1:
+        return f"{ms * 1000:.0f} µs"
+    if ms < 10:
+        return f"{ms:.1f} ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     s = ms / 1000.0
@@ -283,6 +287,7 @@ class LiveDisplay(Display):
         mark, node_id, details = node_line(node, ev, self.marks)
         style = "green" if mark == self.marks["ok"] else "yellow" if mark == self.marks["stop"] else "red"
         line = Text.assemble((mark, f"bold {style}"), " ", (node_id, "bold"), "  ", (details, "dim"))
+        self.live.refresh()  # the tracker has let go of the node: clear its bar first
         self.console.print(line)
 
     def _render(self) -> Any:

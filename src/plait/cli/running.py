@@ -7,12 +7,12 @@ import signal
 import sys
 from typing import Any
 
-from plait.cli.inputs import parse_args, stdin_input
+from plait.cli.inputs import add_piped, parse_args
 from plait.cli.render import error_block, print_value
 from plait.errors import Interrupted, PlaitError, RunFailed
 from plait.nodes.registry import Registry
 from plait.runtime.compile import load_and_compile
-from plait.runtime.engine import RunResult, RunServices, Runner, coerce_inputs
+from plait.runtime.engine import Runner, RunResult, RunServices, coerce_inputs
 from plait.runtime.events import EventBus
 
 
@@ -31,9 +31,7 @@ def run_command(
     compiled = load_and_compile(workflow, registry)
     specs = compiled.workflow.inputs
     given = parse_args(words, specs)
-    piped = stdin_input(specs)
-    if piped is not None and piped not in given and not sys.stdin.isatty():
-        given[piped] = sys.stdin.read()
+    add_piped(given, specs, sys.stdin)
     values = coerce_inputs(compiled, given)
 
     bus = EventBus()
@@ -85,7 +83,7 @@ def run_command(
         sys.stderr.write(details)
         return 130
     if result.status != "success":
-        first = result.errors[0] if result.errors else {"message": "the run failed"}
+        first: dict[str, Any] = result.errors[0] if result.errors else {"message": "the run failed"}
         node_id = first.get("node_id")
         message = f"node '{node_id}' failed: {first['message']}" if node_id else first["message"]
         error_block(

@@ -115,6 +115,11 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _fits(value: Any, type_: str) -> bool:
+    actual = _type_name(value)
+    return type_ in ("any", actual) or (type_ == "number" and actual == "integer")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -243,6 +248,13 @@ def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
             stdin = False
         if stdin:
             stdin_inputs.append(name)
+        default = spec.get("default")
+        if default is not None and not _fits(default, type_):
+            c.add(
+                f"the default of input '{name}' must be {type_}, not {_type_name(default)} ({default!r})",
+                f"{path}.default",
+                "change the default or the declared type",
+            )
         desc = spec.get("description", "")
         out[name] = InputSpec(
             name=name,

@@ -41,6 +41,9 @@ class Param:
     description: str = ""
     #: hand a templated string over as :class:`TemplatedText`, pieces kept apart
     keep_parts: bool = False
+    #: False: the value is passed on untouched, its ``${...}`` belong to someone
+    #: else (an inline sub-workflow's own templates)
+    templates: bool = True
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -130,7 +133,7 @@ class ItemContext:
         self.outputs: dict[str, Any] | None = None
 
 
-class PlaitNode(_PocketFlowNode):  # type: ignore[misc]
+class PlaitNode(_PocketFlowNode):
     """Base class of every node type, built-in or custom."""
 
     #: the name used in a workflow's ``type`` field

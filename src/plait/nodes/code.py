@@ -42,7 +42,6 @@ line; a daemon thread never delays the process's exit. Code that catches
 from __future__ import annotations
 
 import builtins
-import ctypes
 import io
 import json
 import keyword
@@ -281,10 +280,13 @@ class _CodeThread:
         self.capture = _Capture()
         self.error: BaseException | None = None
         self.done = threading.Event()
-        # Guards `running` against the waiter interrupting a thread that is
-        # already past the user's code.
+        # `phase` goes starting -> running -> finished, under `lock`, so the
+        # waiter interrupts only a thread that is inside the user's code: not
+        # one still starting (the exception would escape the thread's own
+        # handlers), not one already past it.
         self.lock = threading.Lock()
-        self.running = True
+        self.phase = "starting"
+        self.abandoned = False  # the waiter gave up before the code began
         self.interrupted = False
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
@@ -311,7 +313,10 @@ class _CodeThread:
                 reason = "cancelled: the run is stopping"
                 break
         with self.lock:
-            if self.running:
+            if self.phase == "starting":
+                self.abandoned = True
+                return reason
+            if self.phase == "running":
                 self.interrupted = _raise_in_thread(self.thread.ident, CodeTimeout)
                 return reason
         self.done.wait()  # it finished just now; only its cleanup is left
@@ -321,10 +326,14 @@ class _CodeThread:
         _router.local.capture = self.capture
         try:
             try:
+                with self.lock:
+                    if self.abandoned:
+                        return
+                    self.phase = "running"
                 exec(self.code, self.namespace)
             finally:
                 with self.lock:
-                    self.running = False
+                    self.phase = "finished"
                     if self.interrupted:
                         # Cancel an interrupt that was sent but not yet delivered,
                         # so it cannot go off in the cleanup below.
@@ -343,6 +352,8 @@ def _raise_in_thread(thread_id: int | None, exc_type: type[BaseException] | None
     """Schedule ``exc_type`` in a thread (None clears it). False where unsupported."""
     if thread_id is None:
         return False
+    import ctypes  # only when a timeout fires
+
     try:
         set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
     except AttributeError:  # not CPython

@@ -100,7 +100,12 @@ class WriteFileNode(PlaitNode):
 
 _TRANSFER_PARAMS = (
     Param("source_path", "string", required=True, description="file or folder to take"),
-    Param("dest_path", "string", required=True, description="where it goes (a folder keeps the name)"),
+    Param(
+        "dest_path",
+        "string",
+        required=True,
+        description="where it goes; into a folder that exists or ends with '/', keeping the name",
+    ),
     Param("overwrite", "boolean", default=False, description="replace an existing destination"),
     Param("create_dirs", "boolean", default=True, description="create missing parent folders"),
 )
@@ -111,15 +116,31 @@ def _destination(p: dict[str, Any]) -> tuple[Path, Path]:
     dest = Path(p["dest_path"])
     if not src.exists():
         raise _missing(str(src), "source")
-    if dest.is_dir():
+    # Like cp and mv: into an existing folder, or a new one when the path ends with '/'.
+    if dest.is_dir() or str(p["dest_path"]).endswith(("/", os.sep)):
         dest = dest / src.name
-    if dest.exists() and not p["overwrite"]:
-        raise NodeError(
-            f"destination exists: {dest}; set \"overwrite\": true to replace it", retryable=False
-        )
+    if dest.exists():
+        if os.path.samefile(src, dest):
+            raise NodeError(f"source and destination are the same file: {dest}", retryable=False)
+        if not p["overwrite"]:
+            raise NodeError(
+                f"destination exists: {dest}; set \"overwrite\": true to replace it", retryable=False
+            )
+    if src.is_dir() and dest.resolve().is_relative_to(src.resolve()):
+        raise NodeError(f"cannot put the folder {src} inside itself ({dest})", retryable=False)
     if p["create_dirs"]:
         dest.parent.mkdir(parents=True, exist_ok=True)
+    elif not dest.parent.exists():
+        raise NodeError(f"folder {dest.parent} does not exist", retryable=False)
     return src, dest
+
+
+def _clear(dest: Path) -> None:
+    """Remove what "overwrite" replaces, so a folder is replaced rather than merged into."""
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
 
 
 class CopyFileNode(PlaitNode):
@@ -131,10 +152,14 @@ class CopyFileNode(PlaitNode):
 
     def exec(self, p: dict[str, Any]) -> dict[str, Any]:
         src, dest = _destination(p)
-        if src.is_dir():
-            shutil.copytree(src, dest, dirs_exist_ok=bool(p["overwrite"]))
-        else:
-            shutil.copy2(src, dest)
+        try:
+            _clear(dest)
+            if src.is_dir():
+                shutil.copytree(src, dest, symlinks=True)
+            else:
+                shutil.copy2(src, dest)
+        except OSError as exc:
+            raise NodeError(f"cannot copy {src} to {dest}: {exc.strerror or exc}", retryable=False)
         return {"copied": str(dest)}
 
 
@@ -147,9 +172,11 @@ class MoveFileNode(PlaitNode):
 
     def exec(self, p: dict[str, Any]) -> dict[str, Any]:
         src, dest = _destination(p)
-        if dest.exists() and dest.is_dir():
-            shutil.rmtree(dest)
-        shutil.move(str(src), str(dest))
+        try:
+            _clear(dest)
+            shutil.move(str(src), str(dest))
+        except OSError as exc:
+            raise NodeError(f"cannot move {src} to {dest}: {exc.strerror or exc}", retryable=False)
         return {"moved": str(dest)}
 
 

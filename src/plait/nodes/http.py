@@ -1,12 +1,12 @@
 """The ``http`` node: one HTTP request per run (or per batch item).
 
-Requests go through the run's one shared ``httpx.Client`` (``ctx.services.http_client()``),
-so a batch of a thousand GETs to one host reuses a handful of pooled connections
-instead of opening a thousand. ``httpx`` is imported inside ``prep``/``exec`` only:
+Requests go through the client the runtime lends (``ctx.services.http_client()``, an
+``httpx.Client`` it owns and closes), so a batch of a thousand GETs to one host reuses
+a handful of pooled connections instead of opening a thousand. ``httpx`` is imported inside ``prep``/``exec`` only:
 ``plait --help`` and workflows without an ``http`` node never pay for it.
 
 Failures are :class:`NodeError` with ``retryable`` set the way a retry policy needs:
-429, 5xx, refused connections and timeouts may get better on their own; other 4xx,
+408, 425, 429, 5xx, refused connections and timeouts may get better on their own; other 4xx,
 a bad URL or an oversized body will not. ``Retry-After`` (seconds or an HTTP date)
 becomes ``NodeError.retry_after``, which node and batch retries honour.
 """
@@ -94,7 +94,12 @@ class HttpNode(PlaitNode):
             default=None,
             description="Query parameters, merged into any query already in the URL",
         ),
-        Param("json", "any", default=None, description="A JSON request body"),
+        Param(
+            "json",
+            "any",
+            default=None,
+            description="A JSON request body; a string holding a JSON object or list is sent as that value",
+        ),
         Param(
             "body",
             "string|object|array",
@@ -150,7 +155,7 @@ class HttpNode(PlaitNode):
             hint = " (did you forget 'http://'?)" if "://" not in url else ""
             raise _invalid(f"'url' must start with http:// or https://, got '{url}'{hint}")
 
-        json_body = p.get("json")
+        json_body = _maybe_json(p.get("json"))
         body = p.get("body")
         if json_body is not None and body is not None:
             raise _invalid("give either 'json' or 'body', not both")
@@ -172,9 +177,14 @@ class HttpNode(PlaitNode):
             header_name = p.get("api_key_header") or "X-API-Key"
             _set_header(headers, str(header_name), str(api_key))
 
-        query = p.get("params")
-        if query is not None and not isinstance(query, dict):
-            raise _invalid(f"'params' must be an object, got {type(query).__name__}")
+        for name, value in headers.items():
+            if not (name.isascii() and value.isascii()):
+                # the value is not shown: it may be a token
+                raise _invalid(
+                    f"header '{name}' has non-ASCII characters; HTTP headers must be ASCII"
+                )
+
+        query = _object(p.get("params"), "params")
 
         timeout = _positive_number(p.get("timeout"), "timeout", DEFAULT_TIMEOUT)
         max_bytes = int(
@@ -244,10 +254,6 @@ class HttpNode(PlaitNode):
         except httpx.HTTPError as exc:
             # ReadError, RemoteProtocolError and friends: the server hung up mid-exchange.
             raise NodeError(f"{what} failed: {_reason(exc)}", retryable=True) from exc
-        except UnicodeEncodeError as exc:
-            raise NodeError(
-                f"{what}: a header name or value is not ASCII: {exc.object!r}", retryable=False
-            ) from exc
         elapsed = time.perf_counter() - started
 
         response, is_base64 = _decode(data, headers.get("content-type", ""))
@@ -261,6 +267,7 @@ class HttpNode(PlaitNode):
         }
         if 200 <= status < 300 or (300 <= status < 400 and not req.follow_redirects):
             return outputs
+        # 408 and 425 are 4xx whose definitions say "send it again"; other 4xx never improve.
         retryable = status in (408, 425, 429) or status >= 500
         raise NodeError(
             f"HTTP {status}{_reason_phrase(status)} from {what}: {_body_preview(data, response, is_base64, headers)}",
@@ -293,11 +300,27 @@ def _method(value: Any, *, has_body: bool) -> str:
     return method
 
 
+def _maybe_json(value: Any) -> Any:
+    """A string holding a JSON object or list (a shell node's stdout) means that value."""
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _object(value: Any, name: str) -> dict[str, Any] | None:
+    value = _maybe_json(value)
+    if value is None or isinstance(value, dict):
+        return value
+    raise _invalid(f"'{name}' must be an object, got {type(value).__name__} {_preview(value)}")
+
+
 def _headers(value: Any) -> dict[str, str]:
-    if value is None:
+    value = _object(value, "headers")
+    if not value:
         return {}
-    if not isinstance(value, dict):
-        raise _invalid(f"'headers' must be an object, got {type(value).__name__}")
     out: dict[str, str] = {}
     for name, v in value.items():
         if v is None:

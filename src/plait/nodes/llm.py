@@ -8,8 +8,9 @@ workflows without an ``llm`` node never pay.
 
 Sharing models between threads: a node instance resolves each model name once
 and keeps the model object; parallel items then share it. That is safe for the
-models we rely on — the OpenAI plugin builds a new client inside every
-``execute`` call and keeps per-call state on the ``Response``, and ``echo``
+models we rely on — the OpenAI plugin keeps per-call state on the ``Response``
+and its model object holds only configuration (plus, here, one ``openai``
+client, which is documented as safe to share between threads), and ``echo``
 keeps none — and it is what the ``llm`` CLI itself does within a conversation.
 Resolving a name runs ``llm``'s plugin loading, which is not thread-safe on
 first use (it flags itself loaded before it has registered the plugins, so a
@@ -182,11 +183,11 @@ class LlmNode(PlaitNode):
             return {"response": text, "llm_usage": llm_usage}
         try:
             parsed = json.loads(_strip_fences(text))
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             # A model's output varies from one call to the next, so a retry may fix it.
             raise NodeError(
                 f"model '{model_id}' was asked for JSON matching 'schema' but answered "
-                f"with text that is not JSON ({exc.msg if hasattr(exc, 'msg') else exc}): "
+                f"with text that is not JSON ({exc.msg}): "
                 f"{_preview(text)}",
                 outputs={"response": text, "llm_usage": llm_usage},
                 retryable=True,

@@ -20,6 +20,7 @@ The shell expands a variable once and never evaluates the result, so
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -81,28 +82,85 @@ def _render(value: Any) -> str:
     return str(value)
 
 
+# Where a template value stands in the command, as a stack of contexts:
+#   u  unquoted (top level)     c  inside $( ) or ( )     b  inside `backticks`
+#   d  "double quotes"          s  'single quotes'        a  $'ANSI-C quotes'
+#   p  inside ${ } (the shell's own parameter expansion)  k  a # comment
+#   t  inside [[ ]]             h  an expanding heredoc   H  a quoted heredoc
+#   A  $(( )) or (( ))          P  ( ) inside arithmetic
+#   S  a [subscript] or $[ ]    O  ${x:offset:length}
+_ARITHMETIC = frozenset("APSO")
+_TEST = frozenset("t")
+_DOUBLE = frozenset("d")
+_COMMAND = frozenset("ucbh")  # contexts that start afresh: arithmetic above them does not count
+_WORD_START = frozenset(" \t\n;&|()")
+_INTEGER_RE = re.compile(r"\s*[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PARAM_NAME_RE = re.compile(r"\$\{[A-Za-z0-9_@*]+$")
+# [[ a -eq b ]] evaluates both sides as arithmetic; [[ -v name ]] evaluates a subscript.
+_TEST_BEFORE_RE = re.compile(r"-(eq|ne|lt|le|gt|ge|v)\s+[\"']*$")
+_TEST_AFTER_RE = re.compile(r"[\"']*\s+-(?:eq|ne|lt|le|gt|ge)\b")
+_HEREDOC_RE = re.compile(r"<<(-?)[ \t]*((?:'[^'\n]*'|\"[^\"\n]*\"|\\?[A-Za-z0-9_.-])+)")
+
+
+def _in(stack: list[str], kinds: frozenset[str]) -> bool:
+    """Whether one of ``kinds`` encloses the current position within the same command."""
+    for ctx in reversed(stack):
+        if ctx in kinds:
+            return True
+        if ctx in _COMMAND:
+            return False
+    return False
+
+
+def _must_be_integer(value: str) -> None:
+    # bash evaluates arithmetic recursively and expands $( ) inside an array
+    # subscript, so a value like a[$(rm -rf ~)] would run there even as data.
+    if not _INTEGER_RE.fullmatch(value):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise NodeError(
+            "a template value used in shell arithmetic ($(( )), (( )), [[ -eq ]], an array "
+            f"index or an offset) must be an integer, got {shown!r}",
+            retryable=False,
+        )
+
+
 def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str]]:
     """Turn a templated command into (script, variables) with values kept as data."""
     out: list[str] = []
     env: dict[str, str] = {}
-    # Quoting contexts as a stack: 'u' unquoted at top level, 'u(' inside $( ),
-    # 'u`' inside backticks, 'd' double quotes, 's' single quotes, 'a' $'...'.
     stack = ["u"]
-    for kind, value in parts:
+    heredocs: list[tuple[str, bool, bool]] = []  # waiting for the next line: (word, quoted, strip tabs)
+    tests: list[tuple[int, str]] = []  # values inside [[ ]]: (position in out, value)
+    prev = "\n"  # the character before the current position, for word starts
+    last = len(parts) - 1
+    for part_no, (kind, value) in enumerate(parts):
         if kind == "value":
             name = f"{_VAR}{len(env)}"
-            env[name] = _render(value)
-            ctx = stack[-1][0]
-            if ctx == "u":
-                out.append(f'"${{{name}}}"')
-            elif ctx == "d":
+            text = env[name] = _render(value)
+            ctx = stack[-1]
+            if ctx == "H":
+                raise NodeError(
+                    "a template inside a quoted heredoc (<<'EOF') would stay literal text; "
+                    "use an unquoted delimiter (<<EOF) to pass the value",
+                    retryable=False,
+                )
+            if _in(stack, _TEST):
+                tests.append((len(out), text))
+            if _in(stack, _ARITHMETIC):
+                _must_be_integer(text)
+                out.append(f"${{{name}}}")
+            elif ctx in ("d", "h"):
                 out.append(f"${{{name}}}")
             elif ctx == "s":
                 out.append(f"'\"${{{name}}}\"'")
-            else:
+            elif ctx == "a":
                 out.append(f"'\"${{{name}}}\"$'")
+            else:
+                out.append(f'"${{{name}}}"')
+            prev = "x"
             continue
-        text: str = value
+        text = value
         out.append(text)
         i, n = 0, len(text)
         while i < n:
@@ -116,38 +174,117 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                     i += 1
                 elif ch == "'":
                     stack.pop()
+            elif ctx == "k":
+                if ch == "\n":
+                    stack.pop()
+                    continue  # the newline ends the command line too
+            elif ch == "\n" and ctx in ("h", "H"):
+                line_end = text.find("\n", i + 1)
+                line = text[i + 1 : n if line_end < 0 else line_end]
+                word, _, strip = heredocs[0]
+                if (line.lstrip("\t") if strip else line) == word and (line_end >= 0 or part_no == last):
+                    stack.pop()
+                    heredocs.pop(0)
+                    i = n if line_end < 0 else line_end
+                    continue  # the newline after the delimiter may start another heredoc
+            elif ctx == "H":
+                pass
             elif ch == "\\":
                 i += 1
+            elif text.startswith("$((", i):
+                stack.append("A")
+                i += 2
+            elif text.startswith("$(", i):
+                stack.append("c")
+                i += 1
+            elif text.startswith("${", i):
+                stack.append("p")
+                i += 1
+            elif text.startswith("$[", i):
+                stack.append("S")
+                i += 1
+            elif ch == "`":
+                if ctx == "b":
+                    stack.pop()
+                else:
+                    stack.append("b")
+            elif ctx == "h":
+                pass
             elif ctx == "d":
                 if ch == '"':
                     stack.pop()
-                elif ch == "$" and text.startswith("$(", i):
-                    stack.append("u(")
-                    i += 1
-                elif ch == "`":
-                    stack.append("u`")
-            else:  # unquoted, possibly inside $( ) or ``
-                if ch == "'":
-                    stack.append("s")
-                elif ch == '"':
-                    stack.append("d")
-                elif ch == "$" and text.startswith("$'", i):
-                    stack.append("a")
-                    i += 1
-                elif ch == "$" and text.startswith("$(", i):
-                    stack.append("u(")
-                    i += 1
-                elif ch == "(" and ctx == "u(":
-                    stack.append("u(")
-                elif ch == ")" and ctx == "u(" and len(stack) > 1:
+            elif ch == '"':
+                stack.append("d")
+            elif ch == "'" and (ctx in "ucbt" or (ctx == "p" and not _in(stack[:-1], _DOUBLE))):
+                stack.append("s")  # (inside "${x:-'a'}" a single quote is plain text)
+            elif ctx in _ARITHMETIC:
+                if ch == "(":
+                    stack.append("P")
+                elif ch == "[":
+                    stack.append("S")
+                elif ch == ")" and ctx == "A":
                     stack.pop()
-                elif ch == "`":
-                    if ctx == "u`":
-                        stack.pop()
-                    else:
-                        stack.append("u`")
+                    i += 1  # the second ')' of '))'
+                elif (ch == ")" and ctx == "P") or (ch == "]" and ctx == "S"):
+                    stack.pop()
+                elif ch == "}" and ctx == "O":
+                    stack.pop()
+                    stack.pop()  # the ${ it belongs to
+            elif ctx == "p":
+                if ch == "}":
+                    stack.pop()
+                elif ch == "[":
+                    stack.append("S")
+                elif (
+                    ch == ":"
+                    and text[i + 1 : i + 2] not in ("-", "=", "?", "+")
+                    and _PARAM_NAME_RE.search(text, 0, i)
+                ):
+                    stack.append("O")
+            elif ctx == "t" and text.startswith("]]", i):
+                stack.pop()
+                i += 1
+            elif ch == "#" and prev in _WORD_START and ctx != "t":
+                stack.append("k")
+            elif ch == "$" and text.startswith("$'", i):
+                stack.append("a")
+                i += 1
+            elif ch == "(" and text.startswith("((", i) and prev in _WORD_START and ctx != "t":
+                stack.append("A")
+                i += 1
+            elif ch == "(" and ctx != "t":
+                stack.append("c")
+            elif ch == ")" and ctx == "c":
+                stack.pop()
+            elif text.startswith("[[", i) and prev in _WORD_START:
+                stack.append("t")
+                i += 1
+            elif text.startswith("<<", i) and not text.startswith("<<<", i):
+                m = _HEREDOC_RE.match(text, i)
+                if m:
+                    word = m.group(2)
+                    quoted = any(q in word for q in "'\"\\")
+                    for q in "'\"\\":
+                        word = word.replace(q, "")
+                    heredocs.append((word, quoted, m.group(1) == "-"))
+                    i = m.end() - 1
+            elif ch == "\n" and heredocs and ctx in ("u", "c", "b"):
+                stack.append("H" if heredocs[0][1] else "h")
+                continue  # look at the first body line from this newline
+            prev = text[i] if i < n else prev
             i += 1
-    return "".join(out), env
+    script = "".join(out)
+    for k, text in tests:
+        before = _TEST_BEFORE_RE.search("".join(out[:k]))
+        if before and before.group(1) == "v":
+            if not _NAME_RE.fullmatch(text):
+                raise NodeError(
+                    f"a template value used as a variable name in [[ -v ]] must be a plain name, got {text!r}",
+                    retryable=False,
+                )
+        elif before or _TEST_AFTER_RE.match("".join(out[k + 1 :])):
+            _must_be_integer(text)
+    return script, env
 
 
 class ShellNode(PlaitNode):

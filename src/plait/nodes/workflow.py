@@ -29,6 +29,8 @@ class WorkflowNode(PlaitNode):
             "workflow_ir",
             "object",
             description="the child workflow written inline, instead of a path",
+            # its ${...} are the child's own, resolved when the child runs
+            templates=False,
         ),
         Param(
             "inputs",

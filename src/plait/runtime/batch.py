@@ -181,7 +181,7 @@ def drive(
     cancelled = services.cancelled
     emit = bus.emit if bus.active else None
     task = partial(run_item, cn, base, services, bus)
-    retries: list[tuple[float, int, int, Any, int]] = []  # (due, seq, index, item, attempt)
+    retries: list[tuple[float, int, int | None, Any, int]] = []  # (due, seq, index, item, attempt)
     seq = 0
     in_flight = 0
     failures = 0
@@ -356,8 +356,7 @@ def run_batch(
     lock = threading.Lock()  # on_final runs in the coordinator; the lock is cheap insurance
 
     def on_final(out: Outcome) -> None:
-        i = out.index
-        assert i is not None
+        i: int = out.index  # type: ignore[assignment]  # batch items always have one
         if out.ok:
             assert out.outputs is not None
             result = {"index": i, "item": out.item, "attempts": out.attempt, **out.outputs}

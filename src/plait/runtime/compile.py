@@ -25,7 +25,7 @@ from plait.templates.check import check_workflow, fits, value_type
 @dataclass
 class CompiledNode:
     id: str
-    type: str
+    node_type: str
     cls: type[PlaitNode]
     node: PlaitNode
     static_params: dict[str, Any]
@@ -122,6 +122,9 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
             static[p.name] = p.default
     for name, value in spec.params.items():
         pspec = declared.get(name)
+        if pspec is not None and not pspec.templates:
+            static[name] = value
+            continue
         compiled = compile_value(value, keep_parts=bool(pspec and pspec.keep_parts))
         if compiled.static:
             static[name] = compiled.value
@@ -135,7 +138,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
     node = cls(spec.id, max_retries=max_retries, wait=retry_wait)
     return CompiledNode(
         id=spec.id,
-        type=spec.type,
+        node_type=spec.type,
         cls=cls,
         node=node,
         static_params=static,

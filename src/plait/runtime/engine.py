@@ -393,7 +393,7 @@ class Runner:
     ) -> tuple[str, bool, str | None, int | None]:
         bus = self.bus
         t0 = time.perf_counter()
-        bus.emit(Event("node_started", cn.id, data={"type": cn.type, "batch": cn.batch is not None}))
+        bus.emit(Event("node_started", cn.id, data={"type": cn.node_type, "batch": cn.batch is not None}))
         action, ok, error, index = "default", True, None, None
         if cn.batch is not None:
             spec = cn.batch

@@ -89,7 +89,7 @@ MIGRATIONS: list[str] = [
         ended REAL,
         error TEXT
     );
-    CREATE INDEX items_run ON items(run, node_id, idx);
+    CREATE INDEX items_run ON items(run);
     """,
     # 2: token usage per run, node and item; a preview of each batch item
     """
@@ -308,12 +308,12 @@ class RunRecorder:
                 if kind == "item_finished":
                     status, error = "success", None
                     node.ok += 1
-                    if "/" not in node_id:
+                    if idx is not None and "/" not in node_id:
                         self._items_ok += 1
                 elif kind == "item_failed":
                     status, error = "failed", text(ev.error or "")
                     node.failed += 1
-                    if "/" not in node_id:
+                    if idx is not None and "/" not in node_id:
                         self._items_failed += 1
                 else:
                     status, error = "retried", text(ev.error or "")
@@ -348,6 +348,8 @@ class RunRecorder:
             elif kind == "node_finished":
                 node = self._node(ev.node_id or "")
                 node.status = ev.status or "success"
+                if node.status == "failed" and ev.error == "interrupted":
+                    node.status = "interrupted"
                 node.ended = ev.time
                 node.duration_ms = ev.duration_ms
                 node.error = text(ev.error) if ev.error else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -154,10 +155,10 @@ def check_workflow(
                         hint='e.g. "items": "${list.files}" or "items": ["a", "b"]',
                     )
                 )
-            elif items_c.static and isinstance(n.batch.items, str):
+            elif items_c.static and isinstance(n.batch.items, str) and not _json_list(items_c.value):
                 problems.append(
                     Problem(
-                        "batch.items is a plain string, not a list or a template",
+                        "batch.items is a plain string, not a list, a JSON list or a template",
                         path=f"{npath}.batch.items",
                         node_id=n.id,
                         hint='write "${node.output}" to use a list another node produced',
@@ -167,10 +168,12 @@ def check_workflow(
         specs = {p.name: p for p in cls.param_specs} if cls is not None else {}
         for key, value in n.params.items():
             ppath = f"{npath}.params.{key}"
+            spec = specs.get(key)
+            if spec is not None and not spec.templates:
+                continue
             compiled = compile_value(value)
             for ref in compiled.refs:
                 check_ref(ref, ppath, n.id, local)
-            spec = specs.get(key)
             if spec is None or not compiled.static:
                 continue
             if not fits(value, spec.type):
@@ -190,6 +193,13 @@ def check_workflow(
         if isinstance(out.source, str) and not TEMPLATE_RE.search(out.source):
             warnings.append(f"output '{name}' has no template in its source; it is the fixed text {out.source!r}")
     return problems, warnings
+
+
+def _json_list(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), list)
+    except ValueError:
+        return False
 
 
 def _aliases(wf: Workflow) -> set[str]:

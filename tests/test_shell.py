@@ -1,0 +1,375 @@
+"""The shell node (SPEC §8): template values reach bash as data, never as code."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Run = Callable[..., Any]
+Write = Callable[..., str]
+
+NASTY = "a$(touch pwned);touch pwned2;'x\"; touch pwned3; \""
+
+# The same value standing in every quoting context of a command.
+CONTEXTS = {
+    "unquoted": "echo ${v}",
+    "double": 'echo "${v}"',
+    "single": "echo '${v}'",
+    "subst": "echo $(echo ${v})",
+    "subst_double": 'echo "$(echo "${v}")"',
+    "backticks": "echo `echo ${v}`",
+    "ansi_c": "echo $'>\\t'${v}$'<${v}>'",
+    "default": "echo ${UNSET_PLAIT_VAR:-${v}}",
+    "mixed": "echo \"[${v}]\" '[${v}]' [${v}]",
+}
+EXPECTED = {
+    "unquoted": NASTY,
+    "double": NASTY,
+    "single": NASTY,
+    "subst": NASTY,
+    "subst_double": NASTY,
+    "backticks": NASTY,
+    "ansi_c": f">\t{NASTY}<{NASTY}>",
+    "default": NASTY,
+    "mixed": f"[{NASTY}] [{NASTY}] [{NASTY}]",
+}
+
+
+def no_pwned(tmp_path: Path) -> None:
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pwned")) == []
+
+
+def sh(node_id: str, command: str, **params: Any) -> dict[str, Any]:
+    return {"id": node_id, "type": "shell", "params": {"command": command, **params}}
+
+
+def test_value_from_an_input_is_printed_in_every_context(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    wf = {
+        "inputs": {"v": {"type": "string"}},
+        "nodes": [sh(name, command) for name, command in CONTEXTS.items()],
+        "outputs": {name: {"source": f"${{{name}.stdout}}"} for name in CONTEXTS},
+    }
+    r = plait("run", "-o", "json", workflow(wf), f"v={NASTY}")
+    assert r.code == 0, r
+    assert r.json["outputs"] == {name: text + "\n" for name, text in EXPECTED.items()}
+    no_pwned(tmp_path)
+
+
+def test_value_from_a_batch_item_is_printed_in_every_context(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    wf = {
+        "nodes": [
+            {**sh(name, command.replace("${v}", "${item}")), "batch": {"items": [NASTY, "plain"]}}
+            for name, command in CONTEXTS.items()
+        ],
+        "outputs": {name: {"source": f"${{{name}.results}}"} for name in CONTEXTS},
+    }
+    r = plait("run", "-o", "json", workflow(wf))
+    assert r.code == 0, r
+    for name, text in EXPECTED.items():
+        results = r.json["outputs"][name]
+        assert results[0]["stdout"] == text + "\n", name
+        assert results[1]["stdout"] == text.replace(NASTY, "plain") + "\n", name
+    no_pwned(tmp_path)
+
+
+def test_value_from_another_nodes_output(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    # The value arrives the way an HTTP response would: as another node's output.
+    wf = {
+        "nodes": [
+            {"id": "src", "type": "echo", "params": {"payload": {"name": NASTY}}},
+            sh("use", "printf '%s|%s' ${src.payload.name} \"${src.payload.name}\""),
+        ]
+    }
+    r = plait("run", workflow(wf))
+    assert r.code == 0, r
+    assert r.stdout == f"{NASTY}|{NASTY}\n"
+    no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "$(touch pwned)",
+        "`touch pwned`",
+        "'; touch pwned; '",
+        '"; touch pwned; "',
+        "$HOME ${HOME}",
+        "*",
+        "a  b\tc",
+        "line1\nline2",
+        "\\n \\\\ \\",
+        "ünïcödé ✓",
+        "",
+        "}{)(][",
+    ],
+)
+def test_values_keep_every_character(plait: Run, workflow: Write, tmp_path: Path, value: str) -> None:
+    (tmp_path / "somefile").write_text("")  # a glob that expanded would show it
+    wf = {
+        "inputs": {"v": {"type": "string"}},
+        "nodes": [sh("p", "printf '<%s>' ${v} \"${v}\" '${v}'")],
+    }
+    r = plait("run", workflow(wf), f"v={value}")
+    assert r.code == 0, r
+    assert r.stdout == f"<{value}>" * 3 + "\n"
+    no_pwned(tmp_path)
+
+
+def test_whole_value_list_and_object_render_as_json(plait: Run, workflow: Write) -> None:
+    wf = {
+        "inputs": {"data": {"type": "object"}},
+        "nodes": [sh("p", "printf '%s' ${data}")],
+    }
+    r = plait("run", workflow(wf), 'data={"a": [1, true, null]}')
+    assert r.code == 0, r
+    assert r.stdout == '{"a": [1, true, null]}\n'
+
+
+# -- shell syntax is left to bash -----------------------------------------------------
+
+
+def test_shell_parameter_expansion_reaches_bash(plait: Run, workflow: Write) -> None:
+    wf = {"nodes": [sh("p", "arr=(a b c); echo ${HOME:-x} ${#arr[@]} ${UNSET_PLAIT_VAR:-dflt}")]}
+    r = plait("run", workflow(wf), env={"HOME": "/home/tester"})
+    assert r.code == 0, r
+    assert r.stdout == "/home/tester 3 dflt\n"
+
+
+def test_double_dollar_passes_a_shell_variable(plait: Run, workflow: Write) -> None:
+    wf = {"nodes": [sh("p", "X=inner; echo $${X} $X")]}
+    r = plait("run", workflow(wf))
+    assert r.code == 0, r
+    assert r.stdout == "inner inner\n"
+
+
+def test_env_template_passes_the_value(plait: Run, workflow: Write) -> None:
+    wf = {"nodes": [sh("p", "echo ${env.PLAIT_TEST_SECRET}")]}
+    r = plait("run", workflow(wf), env={"PLAIT_TEST_SECRET": "$(touch pwned)"})
+    assert r.code == 0, r
+    assert r.stdout == "$(touch pwned)\n"
+
+
+def test_comment_with_a_quote_does_not_confuse_later_values(plait: Run, workflow: Write) -> None:
+    wf = {
+        "inputs": {"v": {"type": "string"}},
+        "nodes": [sh("p", "echo start # it's a comment\necho ${v}")],
+    }
+    r = plait("run", workflow(wf), "v=x y")
+    assert r.code == 0, r
+    assert r.stdout == "start\nx y\n"
+
+
+def test_heredoc_body_gets_the_value_as_is(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    wf = {
+        "inputs": {"v": {"type": "string"}},
+        "nodes": [sh("p", "cat <<EOF\nvalue: ${v}\nit's fine\nEOF\necho after ${v}")],
+    }
+    r = plait("run", workflow(wf), f"v={NASTY}")
+    assert r.code == 0, r
+    assert r.stdout == f"value: {NASTY}\nit's fine\nafter {NASTY}\n"
+    no_pwned(tmp_path)
+
+
+def test_template_in_a_quoted_heredoc_is_refused(plait: Run, workflow: Write) -> None:
+    wf = {"inputs": {"v": {}}, "nodes": [sh("p", "cat <<'EOF'\n${v}\nEOF")]}
+    r = plait("run", workflow(wf), "v=x")
+    assert r.code == 1
+    assert "quoted heredoc" in r.stderr
+
+
+# -- arithmetic evaluates text: only integers may go there --------------------------
+
+ARITHMETIC = [
+    "echo $(( ${v} + 1 ))",
+    'echo $(( "${v}" + 1 ))',
+    "(( ${v} > 1 )); echo done",
+    "a=(x y z); echo ${a[${v}]}",
+    "s=abcdef; echo ${s:${v}}",
+    "[[ ${v} -eq 1 ]]; echo done",
+    '[[ 1 -lt "${v}" ]]; echo done',
+]
+
+
+@pytest.mark.parametrize("command", ARITHMETIC)
+def test_arithmetic_refuses_a_value_that_is_not_an_integer(
+    plait: Run, workflow: Write, tmp_path: Path, command: str
+) -> None:
+    wf = {"inputs": {"v": {"type": "string"}}, "nodes": [sh("p", command)]}
+    r = plait("run", workflow(wf), "v=a[$(touch pwned)]")
+    assert r.code == 1, r
+    assert "must be an integer" in r.stderr
+    no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("echo $(( ${v} + 1 ))", "3"),
+        ("(( ${v} > 1 )) && echo big", "big"),
+        ("a=(x y z); echo ${a[${v}]}", "z"),
+        ("s=abcdef; echo ${s:${v}}", "cdef"),
+        ("[[ ${v} -eq 2 ]] && echo two", "two"),
+        ("[[ ${v} == 2 ]] && echo string-compare", "string-compare"),
+    ],
+)
+def test_arithmetic_accepts_integers(plait: Run, workflow: Write, command: str, expected: str) -> None:
+    wf = {"inputs": {"v": {"type": "integer"}}, "nodes": [sh("p", command)]}
+    r = plait("run", workflow(wf), "v=2")
+    assert r.code == 0, r
+    assert r.stdout == expected + "\n"
+
+
+def test_string_comparison_in_double_brackets_takes_any_value(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    wf = {"inputs": {"v": {}}, "nodes": [sh("p", '[[ ${v} == "x" ]] || echo "no: ${v}"')]}
+    r = plait("run", workflow(wf), f"v={NASTY}")
+    assert r.code == 0, r
+    assert r.stdout == f"no: {NASTY}\n"
+    no_pwned(tmp_path)
+
+
+# -- params -----------------------------------------------------------------------------
+
+
+def test_stdin(plait: Run, workflow: Write) -> None:
+    wf = {
+        "inputs": {"text": {"type": "string"}},
+        "nodes": [
+            sh("count", "wc -l", stdin="${text}"),
+            sh("json", "cat", stdin={"k": [1, 2]}),
+        ],
+        "outputs": {"lines": {"source": "${count.stdout}"}, "json": {"source": "${json.stdout}"}},
+    }
+    r = plait("run", "-o", "json", workflow(wf), "text=a\nb\nc\n")
+    assert r.code == 0, r
+    assert r.json["outputs"]["lines"].strip() == "3"
+    assert r.json["outputs"]["json"] == '{"k": [1, 2]}'
+
+
+def test_without_stdin_the_command_reads_nothing(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("p", "cat; echo end")]}), input="should not be read")
+    assert r.code == 0, r
+    assert r.stdout == "end\n"
+
+
+def test_cwd(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    r = plait("run", workflow({"nodes": [sh("p", "pwd", cwd="sub")]}))
+    assert r.code == 0, r
+    assert Path(r.stdout.strip()).resolve() == (tmp_path / "sub").resolve()
+
+
+def test_missing_cwd_is_a_clear_failure(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("p", "pwd", cwd="nowhere")]}))
+    assert r.code == 1
+    assert "working directory not found: nowhere" in r.stderr
+
+
+def test_env(plait: Run, workflow: Write) -> None:
+    wf = {
+        "inputs": {"who": {"type": "string"}},
+        "nodes": [sh("p", 'echo "$GREETING $WHO $N"', env={"GREETING": "hello", "WHO": "${who}", "N": 3})],
+    }
+    r = plait("run", workflow(wf), "who=$(touch pwned)")
+    assert r.code == 0, r
+    assert r.stdout == "hello $(touch pwned) 3\n"
+
+
+def test_the_process_environment_is_inherited(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("p", "echo $PLAIT_TEST_INHERIT")]}), env={"PLAIT_TEST_INHERIT": "yes"})
+    assert r.stdout == "yes\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_timeout_kills_the_whole_process_group(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    wf = {"nodes": [sh("slow", "sleep 30 & echo $! > child.pid; sleep 30", timeout=0.5)]}
+    started = time.monotonic()
+    r = plait("run", workflow(wf))
+    assert time.monotonic() - started < 10
+    assert r.code == 1
+    assert "timed out after 0.5 s" in r.stderr
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the background child outlived the timeout"
+
+
+def test_timeout_as_a_template(plait: Run, workflow: Write) -> None:
+    wf = {"inputs": {"t": {"type": "number"}}, "nodes": [sh("slow", "sleep 5", timeout="${t}")]}
+    r = plait("run", workflow(wf), "t=0.2")
+    assert r.code == 1
+    assert "timed out" in r.stderr
+
+
+def test_non_zero_exit_fails_with_stderr_in_the_message(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("bad", "echo out; echo 'disk is full' >&2; exit 7")]}))
+    assert r.code == 1
+    assert "bad" in r.stderr
+    assert "exited with code 7" in r.stderr
+    assert "disk is full" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_non_zero_exit_without_stderr_shows_stdout(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("bad", "echo what went wrong; exit 2")]}))
+    assert r.code == 1
+    assert "what went wrong" in r.stderr
+
+
+def test_ignore_errors(plait: Run, workflow: Write) -> None:
+    wf = {
+        "nodes": [
+            sh("soft", "echo partial; echo warn >&2; exit 5", ignore_errors=True),
+            sh("next", "echo code=${soft.exit_code} err=${soft.stderr}"),
+        ]
+    }
+    r = plait("run", workflow(wf))
+    assert r.code == 0, r
+    assert r.stdout == "code=5 err=warn\n\n"
+
+
+def test_command_not_found(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("p", "no-such-command-plait --flag")]}))
+    assert r.code == 1
+    assert "127" in r.stderr
+    assert "not found" in r.stderr
+
+
+def test_plain_commands_and_pipelines(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("")
+    (tmp_path / "a.txt").write_text("")
+    wf = {"nodes": [sh("ls", "ls"), sh("pipe", "ls *.txt | sort -r | head -n 1")]}
+    r = plait("run", "-o", "json", workflow(wf))
+    assert r.code == 0, r
+    assert r.json["outputs"]["stdout"] == "b.txt\n"
+
+
+def test_exit_code_output_on_success(plait: Run, workflow: Write) -> None:
+    r = plait("run", "-o", "json", workflow({"nodes": [sh("p", "true")]}))
+    assert r.json["outputs"] == {"stdout": "", "stderr": "", "exit_code": 0}
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups")
+def test_commands_run_in_their_own_process_group(plait: Run, workflow: Write) -> None:
+    r = plait("run", workflow({"nodes": [sh("p", "ps -o pgid= -p $$; ps -o pgid= -p $PPID")]}))
+    assert r.code == 0, r
+    own, parent = r.stdout.split()
+    assert own != parent
