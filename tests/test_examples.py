@@ -165,11 +165,25 @@ def test_code_transform_totals_by_region(plait):
     ]
 
 
-def test_code_transform_takes_csv_and_vat_from_the_command_line(plait):
-    csv = "region,product,units,unit_price\nwest,widget,4,2.5\nwest,gizmo,1,5\n"
+def test_code_transform_reads_csv_from_stdin_or_the_command_line(plait):
+    csv = "region,product,units,unit_price\nwest,widget,4,2.5\nwest,gizmo,1,5\neast,gizmo,1,5\n"
+    expected = [
+        {"region": "west", "rows": 2, "net": 15.0, "gross": 15.0},
+        {"region": "east", "rows": 1, "net": 5.0, "gross": 5.0},
+    ]
+    r = plait("run", example("code_transform.json"), "vat=0", "-q", input=csv)
+    assert r.code == 0, r
+    assert json.loads(r.stdout) == expected
     r = plait("run", example("code_transform.json"), f"csv={csv}", "vat=0", "-q")
     assert r.code == 0, r
-    assert json.loads(r.stdout) == [{"region": "west", "rows": 2, "net": 15.0, "gross": 15.0}]
+    assert json.loads(r.stdout) == expected
+
+
+def test_code_transform_names_the_bad_csv_line(plait):
+    csv = "region,product,units,unit_price\nwest,widget,4,2.5\nwest,gizmo,many,5\n"
+    r = plait("run", example("code_transform.json"), "-q", input=csv)
+    assert r.code == 1, r
+    assert "node 'parse' failed" in r.stderr and "CSV line 3" in r.stderr
 
 
 def test_nested_prices_each_order_through_the_child_workflow_in_order(plait):

@@ -373,3 +373,15 @@ def test_commands_run_in_their_own_process_group(plait: Run, workflow: Write) ->
     assert r.code == 0, r
     own, parent = r.stdout.split()
     assert own != parent
+
+
+def test_stepping_into_json_a_shell_node_printed(plait: Run, workflow: Write) -> None:
+    wf = {
+        "nodes": [
+            sh("gen", """echo '{"items": [{"name": "first"}, {"name": "second"}]}'"""),
+            sh("use", "echo ${gen.stdout.items[1].name} of ${gen.stdout.items}"),
+        ]
+    }
+    r = plait("run", workflow(wf))
+    assert r.code == 0, r
+    assert r.stdout == 'second of [{"name": "first"}, {"name": "second"}]\n'

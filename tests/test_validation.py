@@ -497,3 +497,8 @@ def test_input_default_must_fit_the_declared_type(spec: dict[str, Any], ok: bool
         compile_raw(raw, Registry())
     else:
         assert only(raw).path == "inputs.x.default"
+
+
+def test_batch_items_may_be_a_json_list_string() -> None:
+    compiled = compile_raw({"nodes": [{**shell("a", "echo ${item}"), "batch": {"items": "[1, 2]"}}]}, Registry())
+    assert compiled.nodes["a"].batch is not None

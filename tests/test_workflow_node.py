@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 from typing import Any
-
-PY = shlex.quote(sys.executable)
 
 
 def write(path: Path, content: dict[str, Any]) -> str:
@@ -166,6 +162,56 @@ def test_inline_workflow_ir_runs_with_inputs_from_the_parent(workflow, plait):
     assert r.stdout == "weather in Oslo\n"
 
 
+def test_inline_workflow_ir_in_a_parallel_batch_sees_each_items_inputs(workflow, plait):
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {"items": list(range(12)), "as": "n", "parallel": True},
+                    "params": {
+                        "workflow_ir": {
+                            "inputs": {"n": {"type": "integer"}},
+                            "outputs": {"square": {"source": "${sq.result}"}},
+                            "nodes": [
+                                {
+                                    "id": "sq",
+                                    "type": "code",
+                                    "params": {"code": "result = n * n", "inputs": {"n": "${n}"}},
+                                }
+                            ],
+                        },
+                        "inputs": {"n": "${n}"},
+                    },
+                }
+            ],
+            "outputs": {"results": {"source": "${each.results}"}},
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 0, r
+    assert [x["square"] for x in json.loads(r.stdout)] == [n * n for n in range(12)]
+
+
+def test_a_child_without_declared_outputs_gives_its_last_nodes_outputs(workflow, plait):
+    workflow(
+        {"nodes": [{"id": "last", "type": "echo", "params": {"a": 1, "b": [2, 3]}}]},
+        "child.json",
+    )
+    parent = workflow(
+        {
+            "nodes": [
+                {"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}},
+                {"id": "use", "type": "echo", "params": {"b1": "${sub.b[1]}"}},
+            ]
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 0, r
+    assert json.loads(r.stdout) == {"b1": 3}
+
+
 def test_giving_both_or_neither_of_workflow_and_workflow_ir_is_a_clear_error(workflow, plait):
     workflow(GREETER, "greeter.json")
     both = workflow(
@@ -292,7 +338,8 @@ def test_nesting_deeper_than_the_limit_is_refused(tmp_path, plait):
     r = plait("run", str(tmp_path / "level0.json"), "-q")
     assert r.code == 1, r
     assert "sub-workflows nested more than 10 deep" in r.stderr
-    assert "level0.json -> level1.json" in r.stderr
+    assert "level10.json cannot run level11.json" in r.stderr
+    assert "sub-workflow level1.json failed at node 'down1'" in r.stderr
 
     # ten levels is fine
     r = plait("run", str(tmp_path / "level2.json"), "-q")
@@ -343,12 +390,10 @@ def test_the_child_reads_the_environment(workflow, plait):
 def test_a_parallel_batch_of_children_with_their_own_parallel_batches_keeps_order(
     tmp_path, workflow, plait
 ):
-    # The child splits its word into letters and handles each in a parallel batch;
-    # the earlier letters sleep longer, so they finish last.
-    split = f"printf '%s' '${{word}}' | {PY} -c " + shlex.quote(
-        "import json,sys; w=sys.stdin.read(); "
-        "print(json.dumps([{'ch': c, 'delay': 0.01 * (len(w) - i)} for i, c in enumerate(w)]))"
-    )
+    # The child splits its word into letters (a list derived from the parent's
+    # item) and handles each in a parallel batch of shell commands; the earlier
+    # letters sleep longer, so they finish last.
+    split = "result = [{'ch': c, 'delay': 0.01 * (len(word) - i)} for i, c in enumerate(word)]"
     workflow(
         {
             "inputs": {"word": {"type": "string"}, "n": {"type": "integer"}},
@@ -357,12 +402,16 @@ def test_a_parallel_batch_of_children_with_their_own_parallel_batches_keeps_orde
                 "count": {"source": "${letters.count}"},
             },
             "nodes": [
-                {"id": "split", "type": "shell", "params": {"command": split}},
+                {
+                    "id": "split",
+                    "type": "code",
+                    "params": {"code": split, "inputs": {"word": "${word}"}},
+                },
                 {
                     "id": "letters",
                     "type": "shell",
                     "batch": {
-                        "items": "${split.stdout}",
+                        "items": "${split.result}",
                         "as": "x",
                         "parallel": True,
                         "max_concurrent": 4,
@@ -538,3 +587,24 @@ def test_child_events_reach_the_parent_run_with_prefixed_node_ids(tmp_path):
         assert mine[-1] == ("child_run_finished", f"each[{i}]", "success")
     assert ("node_finished", "each", None, "success") in seen
     assert seen[-1] == ("run_finished", None, None, "success")
+
+
+def test_the_run_record_counts_the_node_runs_inside_children(tmp_path, workflow, plait):
+    workflow(GREETER, "greeter.json")
+    parent = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "each",
+                    "type": "workflow",
+                    "batch": {"items": ["x", "y", "z"], "parallel": True},
+                    "params": {"workflow": "greeter.json", "inputs": {"name": "${item}"}},
+                }
+            ]
+        }
+    )
+    r = plait("run", parent, "-q")
+    assert r.code == 0, r
+    r = plait("show", "last")
+    assert r.code == 0, r
+    assert "6 node runs inside sub-workflows" in r.stdout  # 3 children x 2 nodes

@@ -156,10 +156,14 @@ def summary(node: NodeProgress, rate: float | None) -> str:
     return ", ".join(parts)
 
 
-def node_line(node: NodeProgress, ev: Event, marks: dict[str, str]) -> tuple[str, str, str]:
+def node_line(
+    node: NodeProgress, ev: Event, marks: dict[str, str], cancelled: threading.Event | None = None
+) -> tuple[str, str, str]:
     """(mark, node id, details) of a finished node."""
     status = ev.status or "success"
-    interrupted = status != "success" and ev.error == "interrupted"
+    interrupted = status != "success" and (
+        ev.error == "interrupted" or (cancelled is not None and cancelled.is_set())
+    )
     mark = marks["stop"] if interrupted else marks["ok"] if status == "success" else marks["fail"]
     details = []
     counts = ev.data or {}
@@ -208,8 +212,9 @@ class Display:
 class PlainDisplay(Display):
     """No terminal: plain lines only, and a summary of a long batch now and then."""
 
-    def __init__(self, stream: TextIO, every: float) -> None:
+    def __init__(self, stream: TextIO, every: float, cancelled: threading.Event | None = None) -> None:
         self.stream = stream
+        self.cancelled = cancelled
         self.every = every
         self.marks = _marks(stream)
         self._lock = threading.Lock()
@@ -244,7 +249,7 @@ class PlainDisplay(Display):
                 self._write(summary(node, r))
 
     def node_finished(self, node: NodeProgress, ev: Event) -> None:
-        mark, node_id, details = node_line(node, ev, self.marks)
+        mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
         self._write(f"{mark} {node_id}  {details}")
 
     def close(self) -> None:
@@ -284,7 +289,7 @@ class LiveDisplay(Display):
     def node_finished(self, node: NodeProgress, ev: Event) -> None:
         from rich.text import Text
 
-        mark, node_id, details = node_line(node, ev, self.marks)
+        mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
         style = "green" if mark == self.marks["ok"] else "yellow" if mark == self.marks["stop"] else "red"
         line = Text.assemble((mark, f"bold {style}"), " ", (node_id, "bold"), "  ", (details, "dim"))
         self.live.refresh()  # the tracker has let go of the node: clear its bar first
@@ -345,7 +350,7 @@ def attach_progress(
         display = LiveDisplay(stream, cancelled)
     else:
         every = float(os.environ.get("PLAIT_PROGRESS_EVERY") or SUMMARY_EVERY_S)
-        display = PlainDisplay(stream, every)
+        display = PlainDisplay(stream, every, cancelled)
     tracker = Tracker(display)
     display.tracker = tracker
     bus.subscribe(tracker)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from plait.cli.progress import fmt_duration
-from plait.runtime.records import Records
+from plait.runtime.records import Records, db_path, records_dir
 
 _STATUS_STYLE = {
     "success": "32",
@@ -58,6 +58,9 @@ def _table(rows: list[list[str]], stream: TextIO, statuses: list[str] | None = N
 
 
 def runs_command(limit: int, as_json: bool, stream: TextIO = sys.stdout) -> int:
+    if not db_path().exists():
+        stream.write("[]\n" if as_json else f"no runs recorded yet in {records_dir()}\n")
+        return 0
     records = Records.open()
     try:
         runs = records.recent(limit)
@@ -102,7 +105,7 @@ def show_command(ref: str, as_json: bool, stream: TextIO = sys.stdout) -> int:
     mark = _MARKS.get(status, "?")
     out = [f"run {run['run_id']}  " + _color(f"{mark} {status}", status, stream)]
     info = [
-        ("workflow", run["workflow"] + (f"  ({run['workflow_path']})" if run.get("workflow_path") else "")),
+        ("workflow", _workflow(run)),
         ("started", f"{_when(run['started'])}   duration {_duration(run)}"),
     ]
     if run["inputs"]:
@@ -137,7 +140,7 @@ def show_command(ref: str, as_json: bool, stream: TextIO = sys.stdout) -> int:
             details.append(f"{n['visits']} visits")
         if n.get("llm_calls"):
             details.append(f"{n['llm_calls']} llm calls, {n['input_tokens']}+{n['output_tokens']} tokens")
-        if n["status"] == "failed" and n.get("error") and not n["items_failed"]:
+        if n["status"] == "failed" and n.get("error"):
             details.append(n["error"])
         shown = "not run" if n["status"] == "pending" else n["status"]
         rows.append(
@@ -189,6 +192,11 @@ def timeline_command(ref: str, output: str | None, stream: TextIO = sys.stdout) 
     path.write_text(html, encoding="utf-8")
     stream.write(f"wrote {path} (run {run['run_id']}, {bars} item attempts)\n")
     return 0
+
+
+def _workflow(run: dict[str, Any]) -> str:
+    shown, full = run.get("workflow") or "-", run.get("workflow_path")
+    return f"{shown}  ({full})" if full and full != shown else shown
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -166,6 +166,10 @@ class PlaitNode(_PocketFlowNode):
         return "default"
 
     @classmethod
+    def warm_up(cls, services: Services) -> None:
+        """Optional: prepare slow shared resources in the background at run start."""
+
+    @classmethod
     def interface(cls) -> dict[str, Any]:
         """The declaration as plain data (``plait nodes --json``, docs, schema)."""
         return {

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode
+from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode, Services
 
 DEFAULT_TIMEOUT = 30
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
@@ -144,6 +144,12 @@ class HttpNode(PlaitNode):
             "response_time", "number", "Seconds from sending the request to the end of the body"
         ),
     )
+
+    @classmethod
+    def warm_up(cls, services: Services) -> None:
+        # Importing httpx and building the SSL context take ~0.1 s; do it while
+        # the nodes before this one run, not inside the first wave of items.
+        services.http_client()
 
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params

@@ -11,10 +11,24 @@ unquoted        ``"${PLAIT_V0}"``           one word, no globbing/splitting
 "double"        ``${PLAIT_V0}``             already one word
 'single'        ``'"${PLAIT_V0}"'``         close, expand as data, reopen
 $'ansi-c'       ``'"${PLAIT_V0}"$'``        the same for ANSI-C quoting
+heredoc body    ``${PLAIT_V0}``             expanded, quotes would show
+arithmetic      ``${PLAIT_V0}``             only if the value is an integer
 ==============  ==========================  ===============================
 
 The shell expands a variable once and never evaluates the result, so
 ``$(rm -rf ~)`` or ``"; rm -rf ~; "`` in a value is printed, not run.
+
+Arithmetic is the exception: bash evaluates the text of an arithmetic
+expression, and ``a[$(cmd)]`` there runs ``cmd`` even when it came from a
+variable. So a value inside ``$(( ))``, ``(( ))``, ``$[ ]``, an array index,
+a ``${x:offset:length}`` or beside ``-eq``/``-lt``/... in ``[[ ]]`` must be an
+integer, and a value after ``[[ -v`` a plain name; anything else fails the
+node. Text that reaches arithmetic indirectly (a variable set from a value,
+``declare -i``, ``let``, ``test -v``) is the command's own business: check it
+first, e.g. ``[[ $n =~ ^[0-9]+$ ]]``. A template in a quoted heredoc
+(``<<'EOF'``) would stay literal, so it fails the node too. The scanner does not
+follow ``case`` patterns inside ``$( )``: a value after one may be split into
+words there (still never run).
 """
 
 from __future__ import annotations

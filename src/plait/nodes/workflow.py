@@ -28,8 +28,9 @@ class WorkflowNode(PlaitNode):
         Param(
             "workflow_ir",
             "object",
-            description="the child workflow written inline, instead of a path",
-            # its ${...} are the child's own, resolved when the child runs
+            description="the child workflow written inline, instead of a path; its ${...} are "
+            "the child's own, so pass the parent's values through 'inputs'",
+            # its ${...} are resolved when the child runs, against the child's inputs and nodes
             templates=False,
         ),
         Param(

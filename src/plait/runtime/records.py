@@ -198,7 +198,7 @@ class RunRecorder:
         assert conn is not None
         self._conn = conn
         safe_inputs = self.redactor.value(inputs)
-        for _ in range(5):
+        for attempt in range(5):
             self.run_id = secrets.token_hex(4)
             try:
                 cur = conn.execute(
@@ -217,9 +217,10 @@ class RunRecorder:
                 )
                 break
             except Exception as exc:  # an id taken by another run: draw again
-                if "UNIQUE" not in str(exc):
+                if "UNIQUE" not in str(exc) or attempt == 4:
                     raise
-        self._run = cur.lastrowid
+        assert cur.lastrowid is not None
+        self._run: int = cur.lastrowid
         conn.execute("BEGIN")
         for spec in compiled.workflow.nodes:
             batch = None
@@ -389,6 +390,9 @@ class RunRecorder:
             node.llm[1] += inp
             node.llm[2] += outp
 
+    def _write_node(self, node: _NodeState) -> None:
+        self._conn.execute(_UPSERT_NODE, node.row(self._run))
+
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self._conn
         conn.execute("BEGIN")
@@ -433,9 +437,19 @@ class RunRecorder:
         try:
             self._write(rows)
             if result is not None:
+                for entry in result.errors:
+                    stopped = self._nodes.get(str(entry.get("node_id")))
+                    if entry.get("message") == "interrupted" and stopped is not None:
+                        stopped.status = "interrupted"
+                        self._write_node(stopped)
                 final = result.status
                 first = result.errors[0] if result.errors else None
-                error = self.redactor.text(str(first.get("message"))) if first else None
+                error = None
+                if first:
+                    error = str(first.get("message"))
+                    if first.get("node_id") and error != "interrupted":
+                        error = f"node '{first['node_id']}' failed: {error}"
+                    error = self.redactor.text(error)
                 usage = result.llm_usage
                 duration_ms = result.duration_ms
             else:
@@ -667,7 +681,7 @@ class Records:
             "SELECT i.node_id, i.idx, i.attempt, i.error, i.started, i.ended, v.preview"
             " FROM items i LEFT JOIN item_values v"
             "   ON v.run = i.run AND v.node_id = i.node_id AND v.idx = i.idx"
-            " WHERE i.run = ? AND i.status = 'failed' AND i.node_id NOT LIKE '%/%'"
+            " WHERE i.run = ? AND i.status = 'failed' AND i.idx IS NOT NULL AND i.node_id NOT LIKE '%/%'"
             " ORDER BY i.node_id, i.idx",
             (run["id"],),
         )

@@ -58,10 +58,14 @@ class Redactor:
                 self.learn(value)
 
     def learn(self, value: Any) -> None:
-        if isinstance(value, str) and len(value) >= _MIN_SECRET_LEN and not _TEMPLATES_ONLY.match(value):
-            if value not in self._secrets:
-                self._secrets.add(value)
-                self._pattern = None
+        if (
+            isinstance(value, str)
+            and len(value) >= _MIN_SECRET_LEN
+            and value not in self._secrets
+            and not _TEMPLATES_ONLY.match(value)
+        ):
+            self._secrets.add(value)
+            self._pattern = None
 
     def value(self, value: Any, name: str | None = None) -> Any:
         """A copy of ``value`` with secret-named entries masked (recursively)."""

@@ -1,0 +1,126 @@
+"""Secrets never reach what plait writes down: the run records, `plait show`
+and the timeline page. Checked on the bytes of every file plait leaves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import Result
+from plait.runtime.redact import Redactor, redact
+
+Plait = Callable[..., Result]
+Workflow = Callable[..., str]
+
+INPUT_SECRET = "sk-live-4f9a7c2e11"
+PARAM_SECRET = "hunter2-correct-horse"
+HEADER_SECRET = "eyJhbGciOiJIUzI1NiJ9.payload"
+ENV_SECRET = "env-secret-77aa99bb"
+
+
+def written_by_plait(tmp_path: Path, *extra: Path) -> bytes:
+    files = [p for p in (tmp_path / ".plait").iterdir() if p.is_file()]
+    return b"".join(p.read_bytes() for p in [*files, *extra])
+
+
+@pytest.fixture
+def secret_run(plait: Plait, workflow: Workflow, tmp_path: Path) -> tuple[Result, Path]:
+    wf = {
+        "inputs": {"api_token": {"type": "string"}, "region": {"type": "string", "default": "eu"}},
+        "nodes": [
+            {
+                "id": "call",
+                "type": "echo",
+                "params": {
+                    "url": f"https://api.example.test/v1?api_key={PARAM_SECRET}&page=2",
+                    "headers": {"Authorization": f"Bearer {HEADER_SECRET}", "Accept": "application/json"},
+                    "password": PARAM_SECRET,
+                    "token_from_env": "${env.MY_SERVICE_TOKEN}",
+                    "max_tokens": 500,
+                },
+            },
+            {
+                "id": "use",
+                "type": "shell",
+                # the secrets show up in an item's error message
+                "params": {"command": "echo \"login ${api_token} / $MY_SERVICE_TOKEN refused\" >&2; exit 1"},
+                "batch": {"items": ["x", "y"], "error_handling": "continue"},
+            },
+        ],
+    }
+    result = plait(
+        "run",
+        workflow(wf),
+        f"api_token={INPUT_SECRET}",
+        "-o",
+        "json",
+        env={"MY_SERVICE_TOKEN": ENV_SECRET},
+    )
+    assert result.code == 0, result
+    page = tmp_path / "t.html"
+    assert plait("timeline", "last", "-o", str(page)).code == 0
+    return result, page
+
+
+def test_secrets_are_not_in_the_records_or_the_timeline(
+    secret_run: tuple[Result, Path], plait: Plait, tmp_path: Path
+) -> None:
+    _, page = secret_run
+    shown = plait("show", "last", "--json")
+    everything = written_by_plait(tmp_path, page) + shown.stdout.encode() + plait("show", "last").stdout.encode()
+    for secret in (INPUT_SECRET, PARAM_SECRET, HEADER_SECRET, ENV_SECRET):
+        assert secret.encode() not in everything, secret
+    # what is not secret is kept, so the record stays useful
+    params = next(n["params"] for n in shown.json["nodes"] if n["node_id"] == "call")
+    assert params["headers"] == {"Authorization": "***", "Accept": "application/json"}
+    assert params["password"] == "***"
+    assert params["url"] == "https://api.example.test/v1?api_key=***&page=2"
+    assert params["token_from_env"] == "${env.MY_SERVICE_TOKEN}"  # where it comes from, not what it is
+    assert params["max_tokens"] == 500
+    assert shown.json["run"]["inputs"] == {"api_token": "***", "region": "eu"}
+    errors = [item["error"] for item in shown.json["failed_items"]]
+    assert errors == ["command exited with code 1: login *** / *** refused"] * 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET https://bob:pa55word@host/x failed", "GET https://bob:***@host/x failed"),
+        ("401 for /v1/items?page=2&access_token=abc123&x=1", "401 for /v1/items?page=2&access_token=***&x=1"),
+        ("sent Authorization: Bearer abc.def.ghi", "sent Authorization: Bearer ***"),
+        ("header x-api-key: 1234567 rejected", "header x-api-key: *** rejected"),
+        ('{"client_secret": "s3cr3t", "name": "n"}', '{"client_secret": "***", "name": "n"}'),
+        ("nothing to hide, page=2", "nothing to hide, page=2"),
+    ],
+)
+def test_credentials_in_free_text_are_masked(text: str, expected: str) -> None:
+    assert Redactor({}).text(text) == expected
+
+
+def test_redact_masks_by_name_and_keeps_harmless_values() -> None:
+    value = {
+        "Cookie": "session=1",
+        "auth": {"user": "u", "pass": "p"},
+        "author": "Ada",
+        "keys": ["a", "b"],
+        "retries": 3,
+        "api_key": None,
+        "nested": [{"secret_word": "xyzzy"}],
+    }
+    assert redact(value) == {
+        "Cookie": "***",
+        "auth": "***",
+        "author": "Ada",
+        "keys": "***",
+        "retries": 3,
+        "api_key": None,
+        "nested": [{"secret_word": "***"}],
+    }
+
+
+def test_a_value_hidden_once_is_hidden_everywhere() -> None:
+    redactor = Redactor({"GITHUB_TOKEN": "ghp_0123456789"})
+    redactor.value({"password": "opensesame99"})
+    assert redactor.text("tried opensesame99 and ghp_0123456789") == "tried *** and ***"
