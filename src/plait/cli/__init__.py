@@ -181,8 +181,9 @@ def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...]) ->
 @cli.command()
 @click.argument("type_name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the declarations as JSON.")
+@click.option("--markdown", is_flag=True, help="Print the reference as Markdown (docs/nodes.md).")
 @_nodes_option
-def nodes(type_name: str | None, as_json: bool, nodes_paths: tuple[str, ...]) -> None:
+def nodes(type_name: str | None, as_json: bool, markdown: bool, nodes_paths: tuple[str, ...]) -> None:
     """List node types with their params and outputs (or describe TYPE_NAME)."""
     try:
         registry = _registry(nodes_paths)
@@ -202,7 +203,11 @@ def nodes(type_name: str | None, as_json: bool, nodes_paths: tuple[str, ...]) ->
     if as_json:
         click.echo(json.dumps(decls, indent=2, default=str))
         return
-    from plait.cli.render import describe_node
+    from plait.cli.render import describe_node, node_markdown
+
+    if markdown:
+        click.echo(node_markdown(decls), nl=False)
+        return
 
     click.echo("\n".join(describe_node(d) for d in decls))
 
