@@ -240,3 +240,11 @@ def test_refs_are_parsed_once_with_their_steps() -> None:
         ("gen", ("stdout", "items", 1, "name")),
         ("count", ()),
     ]
+
+
+def test_an_escaped_template_inside_a_static_object_or_list_is_unescaped():
+    from plait.templates import compile_value
+
+    compiled = compile_value({"top": "$${x}", "nested": {"b": "$${x}"}, "list": ["$${y}", 1]})
+    assert compiled.static
+    assert compiled.resolve({}, {}) == {"top": "${x}", "nested": {"b": "${x}"}, "list": ["${y}", 1]}

@@ -166,6 +166,12 @@ class PlaitNode(_PocketFlowNode):
         return "default"
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        """Optional static checks beyond the declared types, run by `plait validate`
+        and before every run: a list of (message, param name or None)."""
+        return []
+
+    @classmethod
     def warm_up(cls, services: Services) -> None:
         """Optional: prepare slow shared resources in the background at run start."""
 

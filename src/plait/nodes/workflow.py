@@ -44,6 +44,19 @@ class WorkflowNode(PlaitNode):
     # declares none): known only once the child is loaded, so not checked statically.
     dynamic_outputs = True
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        has_path, has_ir = "workflow" in params, "workflow_ir" in params
+        if has_path == has_ir:
+            return [
+                (
+                    "give exactly one of 'workflow' (a path) or 'workflow_ir' (an inline workflow)"
+                    + (", not both" if has_path else ""),
+                    None,
+                )
+            ]
+        return []
+
     def prep(self, shared: ItemContext) -> dict[str, Any]:
         params = shared.params
         path = params.get("workflow")

@@ -487,7 +487,11 @@ class RunRecorder:
                 continue
             for result in out.get("results") or ():
                 if isinstance(result, dict) and "index" in result:
-                    rows.append((self._run, node_id, result["index"], text(preview(result.get("item")))))
+                    item = result.get("item")
+                    shown = preview(item)
+                    if not isinstance(item, bool | int | float) and item is not None:
+                        shown = text(shown)
+                    rows.append((self._run, node_id, result["index"], shown))
         if rows:
             conn = self._conn
             conn.execute("BEGIN")
@@ -566,6 +570,8 @@ _UPSERT_NODE = (
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
     if isinstance(value, str):
         text = value
+    elif value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
     else:
         try:
             text = json.dumps(value, ensure_ascii=False, default=str)

@@ -36,6 +36,9 @@ _HEADER_LINE = re.compile(
     r"(?!(?:Bearer|Basic|Token)\s)([^\s,;\"'}]+)",
     re.IGNORECASE,
 )
+_SUSPECT = re.compile(
+    r"://|=|\"\s*:|bearer|basic|token|authorization|cookie|api-key", re.IGNORECASE
+)
 _JSON_PAIR = re.compile(r'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
 # Short values would match by accident inside ordinary text.
 _MIN_SECRET_LEN = 6
@@ -89,6 +92,8 @@ class Redactor:
                 ordered = sorted(self._secrets, key=len, reverse=True)
                 self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
             text = self._pattern.sub(MASK, text)
+        if not _SUSPECT.search(text):  # most text: one scan, nothing to mask
+            return text
         if "://" in text:
             text = _URL_USERINFO.sub(rf"\1:{MASK}@", text)
         if '":' in text or '" :' in text:

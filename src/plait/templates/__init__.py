@@ -201,6 +201,9 @@ def compile_value(value: Any, keep_parts: bool = False) -> Compiled:
         items = {k: compile_value(v) for k, v in value.items()}
         refs = [r for c in items.values() for r in c.refs]
         if all(c.static for c in items.values()):
+            # rebuilt only when an escape ($${x}) inside changed something
+            if any(c.value is not value[k] for k, c in items.items()):
+                return Compiled({k: c.value for k, c in items.items()}, refs, None)
             return Compiled(value, refs, None)
         pairs = [(k, c.resolve) for k, c in items.items()]
         return Compiled(value, refs, lambda base, local: {k: f(base, local) for k, f in pairs})
@@ -208,6 +211,8 @@ def compile_value(value: Any, keep_parts: bool = False) -> Compiled:
         elems = [compile_value(v) for v in value]
         refs = [r for c in elems for r in c.refs]
         if all(c.static for c in elems):
+            if any(c.value is not v for c, v in zip(elems, value, strict=True)):
+                return Compiled([c.value for c in elems], refs, None)
             return Compiled(value, refs, None)
         fns = [c.resolve for c in elems]
         return Compiled(value, refs, lambda base, local: [f(base, local) for f in fns])

@@ -166,6 +166,17 @@ def check_workflow(
                 )
         cls = node_types.get(n.type)
         specs = {p.name: p for p in cls.param_specs} if cls is not None else {}
+        if cls is not None:
+            for message, param in cls.check_params(n.params):
+                problems.append(
+                    Problem(
+                        message,
+                        path=f"{npath}.params.{param}" if param else f"{npath}.params",
+                        node_id=n.id,
+                        param=param,
+                        hint=f"`plait nodes {n.type}` describes its params",
+                    )
+                )
         for key, value in n.params.items():
             ppath = f"{npath}.params.{key}"
             spec = specs.get(key)
