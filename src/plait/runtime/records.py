@@ -101,13 +101,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE nodes ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE items ADD COLUMN input_tokens INTEGER;
     ALTER TABLE items ADD COLUMN output_tokens INTEGER;
-    CREATE TABLE item_values (
+    CREATE TABLE item_previews (
         run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
         node_id TEXT NOT NULL,
-        idx INTEGER NOT NULL,
-        preview TEXT,
-        PRIMARY KEY (run, node_id, idx)
-    ) WITHOUT ROWID;
+        previews TEXT NOT NULL,  -- a JSON list: the preview of item i at position i
+        PRIMARY KEY (run, node_id)
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -479,24 +478,26 @@ class RunRecorder:
             self._conn.close()
 
     def _write_previews(self, values: dict[str, Any]) -> None:
-        rows = []
+        # One JSON list per batch node: a row per item would cost more than
+        # the rest of the record at 100k items.
         text = self.redactor.text
         for node_id, node in self._nodes.items():
             out = values.get(node_id) if "/" not in node_id else None
             if node.total is None or not isinstance(out, dict):
                 continue
+            shown: list[str | None] = [None] * node.total
             for result in out.get("results") or ():
-                if isinstance(result, dict) and "index" in result:
+                if isinstance(result, dict) and isinstance(result.get("index"), int):
                     item = result.get("item")
-                    shown = preview(item)
-                    if not isinstance(item, bool | int | float) and item is not None:
-                        shown = text(shown)
-                    rows.append((self._run, node_id, result["index"], shown))
-        if rows:
-            conn = self._conn
-            conn.execute("BEGIN")
-            conn.executemany("INSERT OR REPLACE INTO item_values VALUES (?, ?, ?, ?)", rows)
-            conn.execute("COMMIT")
+                    line = preview(item)
+                    if item is not None and not isinstance(item, bool | int | float):
+                        line = text(line)
+                    if 0 <= result["index"] < len(shown):
+                        shown[result["index"]] = line
+            self._conn.execute(
+                "INSERT OR REPLACE INTO item_previews VALUES (?, ?, ?)",
+                (self._run, node_id, json.dumps(shown, ensure_ascii=False)),
+            )
 
 
 class _NodeState:
@@ -570,7 +571,9 @@ _UPSERT_NODE = (
 def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
     if isinstance(value, str):
         text = value
-    elif value is None or isinstance(value, bool | int | float):
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    elif value is None or isinstance(value, bool | float):
         return json.dumps(value)
     else:
         try:
@@ -684,17 +687,23 @@ class Records:
 
     def failed_items(self, run: dict[str, Any]) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT i.node_id, i.idx, i.attempt, i.error, i.started, i.ended, v.preview"
-            " FROM items i LEFT JOIN item_values v"
-            "   ON v.run = i.run AND v.node_id = i.node_id AND v.idx = i.idx"
-            " WHERE i.run = ? AND i.status = 'failed' AND i.idx IS NOT NULL AND i.node_id NOT LIKE '%/%'"
-            " ORDER BY i.node_id, i.idx",
+            "SELECT node_id, idx, attempt, error, started, ended FROM items"
+            " WHERE run = ? AND status = 'failed' AND idx IS NOT NULL AND node_id NOT LIKE '%/%'"
+            " ORDER BY node_id, idx",
             (run["id"],),
         )
-        return [_row_dict(r) for r in rows]
+        failed = [_row_dict(r) for r in rows]
+        if failed:
+            previews = self.previews(run)
+            for item in failed:
+                item["preview"] = previews.get((item["node_id"], item["idx"]))
+        return failed
 
     def previews(self, run: dict[str, Any]) -> dict[tuple[str, int], str]:
-        rows = self.conn.execute(
-            "SELECT node_id, idx, preview FROM item_values WHERE run = ?", (run["id"],)
-        )
-        return {(r[0], r[1]): r[2] for r in rows}
+        out: dict[tuple[str, int], str] = {}
+        rows = self.conn.execute("SELECT node_id, previews FROM item_previews WHERE run = ?", (run["id"],))
+        for node_id, text in rows:
+            for idx, shown in enumerate(json.loads(text)):
+                if shown is not None:
+                    out[(node_id, idx)] = shown
+        return out
