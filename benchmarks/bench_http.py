@@ -10,8 +10,10 @@ shown separately, as "process s"). The floor is the same requests made by a bare
 ThreadPoolExecutor of httpx calls in a separate process: what any Python client
 could do on this machine, with no engine at all.
 
-The server lives in this process and the clients in child processes, so the two
-do not share a GIL. Best of ``--repeat`` runs is reported.
+The server (``_aioserver.py``, asyncio, keep-alive) runs in its own process, so
+it shares no GIL with the clients and takes little CPU from them; ``--server
+threads`` uses the tests' thread-per-connection server instead. Best of
+``--repeat`` runs is reported.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _aioserver import AioServer  # noqa: E402
 from servers import LocalServer  # noqa: E402
 
 DELAY = 0.1
@@ -113,7 +117,7 @@ class PlaitRun:
     error: str = ""
 
 
-def run_plait(workdir: Path, server: LocalServer, case: Case, quiet: list[str]) -> PlaitRun:
+def run_plait(workdir: Path, server: Any, case: Case, quiet: list[str]) -> PlaitRun:
     workflow = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
@@ -174,13 +178,18 @@ def run_floor(base: str, case: Case, mode: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; best is kept")
+    parser.add_argument("--server", choices=["asyncio", "threads"], default="asyncio")
     args = parser.parse_args()
 
     quiet = quiet_flag()
     rows = []
     failures = []
     with (
-        LocalServer(delay=DELAY, request_queue_size=4096) as server,
+        (
+            AioServer(DELAY)
+            if args.server == "asyncio"
+            else LocalServer(delay=DELAY, request_queue_size=4096)
+        ) as server,
         tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp,
     ):
         workdir = Path(tmp)
