@@ -541,7 +541,7 @@ def test_debug_is_accepted(plait: Run, workflow: Write) -> None:
 
 
 def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
-    path = workflow({"nodes": [sh("slow", "sleep 30"), sh("after", "touch after")]})
+    path = workflow({"nodes": [sh("slow", "touch started; sleep 30"), sh("after", "touch after")]})
     proc = subprocess.Popen(
         [sys.executable, "-m", "plait", "run", path],
         cwd=tmp_path,
@@ -552,7 +552,9 @@ def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)
     finally:

@@ -259,7 +259,7 @@ def test_an_interrupted_run_exits_130_and_is_recorded_as_interrupted(
 def test_a_killed_run_leaves_a_record_true_up_to_the_last_flush(
     running: Callable[..., subprocess.Popen[str]], workflow: Workflow, plait: Plait, tmp_path: Path
 ) -> None:
-    proc = running(workflow(SLOW))
+    proc = running(workflow(batch_workflow(list(range(40)), "sleep 0.2", continue_=False)))
     seen = wait_for_items(proc, 6)
     time.sleep(0.8)  # the writer commits every 0.5 s
     proc.kill()

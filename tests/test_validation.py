@@ -169,7 +169,13 @@ def test_reference_to_unknown_input() -> None:
 def test_uppercase_root_hints_at_env_and_shell_variables() -> None:
     p = only({"nodes": [shell("a", "echo ${HOME}")]})
     assert "${env.HOME}" in p.hint
-    assert "$HOME" in p.hint
+    assert "$${HOME}" in p.hint
+
+
+def test_shell_default_without_colon_is_a_template_with_a_hint() -> None:
+    # '-' is allowed in names (node ids use it), so ${VAR-default} reads as a template.
+    p = only({"nodes": [shell("a", "echo ${USER-nobody}")]})
+    assert "$${USER-nobody}" in p.hint
 
 
 def test_reference_to_unknown_output_of_a_known_node() -> None:
@@ -502,3 +508,9 @@ def test_input_default_must_fit_the_declared_type(spec: dict[str, Any], ok: bool
 def test_batch_items_may_be_a_json_list_string() -> None:
     compiled = compile_raw({"nodes": [{**shell("a", "echo ${item}"), "batch": {"items": "[1, 2]"}}]}, Registry())
     assert compiled.nodes["a"].batch is not None
+
+
+def test_a_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"nodes": [shell("a")]}).encode())
+    assert load_file(path)["nodes"][0]["id"] == "a"

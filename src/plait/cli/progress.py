@@ -181,7 +181,7 @@ def node_line(
             details.append(f"{node.retries} retried")
     if interrupted:
         details.append("interrupted")
-    elif status != "success":
+    elif status != "success" and not any(d.endswith(" failed") for d in details):
         details.append("failed")
     details.append(fmt_duration(ev.duration_ms or 0.0))
     return mark, node.id, ", ".join(details)

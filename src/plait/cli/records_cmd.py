@@ -120,7 +120,7 @@ def show_command(ref: str, as_json: bool, stream: TextIO = sys.stdout) -> int:
                 f"{run['output_tokens']} out",
             )
         )
-    if run.get("error") and status != "success":
+    if run.get("error") and status not in ("success", "interrupted"):
         info.append(("error", run["error"]))
     width = max(len(k) for k, _ in info)
     out += [f"  {k.ljust(width)}  {v}" for k, v in info]

@@ -47,17 +47,18 @@ def run_command(
         progress = None
     previous = _install_signals(services)
     result: RunResult | None = None
+    stopped = "failed"  # what the record says if the run raises: an internal error
     try:
         result = Runner(compiled, services).run(values)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but still say how far it got
-        pass
+        stopped = "interrupted"
     finally:
         _restore_signals(previous)
         services.close()
         if progress is not None:
             progress.close()
         if recorder is not None:
-            recorder.close(result, status="interrupted" if result is None else None)
+            recorder.close(result, status=stopped)
             if recorder.error:
                 sys.stderr.write(f"warning: the run record is incomplete: {recorder.error}\n")
     run_id = recorder.run_id if recorder is not None else None

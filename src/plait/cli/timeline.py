@@ -125,10 +125,11 @@ def render_timeline(records: Records, run: dict[str, Any]) -> tuple[str, int]:
     status = run["status"]
     ok, failed = run.get("items_ok") or 0, run.get("items_failed") or 0
     duration_ms = run.get("duration_ms") or data["run"]["duration"]
+    planned = sum(n["items_total"] or 0 for n in nodes if n.get("items_total") is not None)
     batch_ms = sum((n["duration_ms"] or 0.0) for n in nodes if n.get("items_total") is not None)
     stats = [
         ("Duration", fmt_duration(duration_ms)),
-        ("Items", f"{ok + failed:,}" if ok or failed else "–"),
+        ("Items", _done_of(ok + failed, planned)),
         ("Failed", f"{failed:,}"),
         ("Retried attempts", f"{retried:,}"),
         ("Throughput", _rate((ok + failed) / (batch_ms / 1000.0)) if batch_ms and (ok or failed) else "–"),
@@ -148,7 +149,12 @@ def render_timeline(records: Records, run: dict[str, Any]) -> tuple[str, int]:
             f'<span class="chip"><b>{esc(str(k))}</b> {esc(_short(v))}</span>' for k, v in inputs.items()
         ) + "</div>"
     error_html = ""
-    if run.get("error") and status != "success":
+    if status == "interrupted":
+        error_html = (
+            '<div class="runerror stopped">Interrupted: no new items started after the signal; '
+            "the items that finished before it are drawn and recorded.</div>"
+        )
+    elif run.get("error") and status != "success":
         error_html = f'<div class="runerror">{esc(run["error"])}</div>'
 
     rows = []
@@ -217,6 +223,12 @@ def render_timeline(records: Records, run: dict[str, Any]) -> tuple[str, int]:
         .replace("__DATA__", payload)
     )
     return page, count
+
+
+def _done_of(done: int, planned: int) -> str:
+    if not done and not planned:
+        return "–"
+    return f"{done:,}" if done == planned or not planned else f"{done:,} of {planned:,}"
 
 
 def _rate(per_s: float) -> str:
@@ -304,6 +316,7 @@ main{padding:20px 32px 32px;max-width:1680px;margin:0 auto}
 .chip{background:#e9ecf5;border-radius:999px;padding:2px 10px;font-size:12px;font-family:ui-monospace,Menlo,monospace}
 .runerror{background:#fff1f1;border:1px solid #f6c9ca;color:#9b1c1f;border-radius:10px;padding:10px 14px;margin-bottom:14px;
 white-space:pre-wrap;font-family:ui-monospace,Menlo,monospace;font-size:12.5px}
+.runerror.stopped{background:#fff8e6;border-color:#f3d48a;color:#7a5200;font-family:inherit}
 .card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:16px 18px;margin-bottom:16px;
 box-shadow:0 1px 2px #1d24330a}
 .card h2{margin:0 0 10px;font-size:15px}

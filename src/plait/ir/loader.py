@@ -35,7 +35,7 @@ def load_file(path: str | Path) -> Any:
             file=str(p),
         )
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # tolerate the BOM some editors write
     except (OSError, UnicodeDecodeError) as exc:
         raise WorkflowInvalid([Problem(f"cannot read workflow file: {exc}")], file=str(p))
     return load_text(text, "yaml" if suffix in (".yaml", ".yml") else "json", file=str(p))

@@ -254,7 +254,6 @@ class RunRecorder:
         self._tokens: dict[tuple[str, int | None], list[int]] = {}
         self._items_ok = 0
         self._items_failed = 0
-        self.run_status: str | None = None
         self.error: str | None = None  # why recording stopped, if it did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="plait-records", daemon=True)
@@ -357,8 +356,6 @@ class RunRecorder:
                 counts = ev.data or {}
                 if counts.get("count") is not None:
                     node.total = counts["count"]
-            elif kind == "run_finished":
-                self.run_status = ev.status
         return rows
 
     def _node(self, node_id: str) -> _NodeState:
@@ -452,7 +449,7 @@ class RunRecorder:
                 usage = result.llm_usage
                 duration_ms = result.duration_ms
             else:
-                final = status or self.run_status or "failed"
+                final = status or "failed"
                 error = "interrupted" if final == "interrupted" else "the run stopped on an internal error"
                 usage = {}
                 duration_ms = (ended - self.started) * 1000.0

@@ -91,10 +91,11 @@ def check_workflow(
             hint += (" " if hint else "") + (
                 f"available: {', '.join(visible)}" if visible else "declare it under 'inputs'"
             )
-            if root.isupper():
+            variable = root.split("-")[0]
+            if variable.isupper():  # most likely shell syntax: ${HOME}, ${VAR-default}
                 hint += (
-                    f"; for the environment write ${{env.{root}}}, for the shell's own variable "
-                    f"${root} or $${{{root}}}"
+                    f"; for the environment write ${{env.{variable}}}, for shell syntax "
+                    f"${ref.text} (a doubled $ keeps it as it is)"
                 )
             problems.append(
                 Problem(
