@@ -6,9 +6,11 @@ not pay for the runtime, node modules, rich, httpx, llm or SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,15 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
 
 
+def _looks_like_workflow(word: str) -> bool:
+    return word.endswith(_WORKFLOW_SUFFIXES) or os.path.sep in word or Path(word).is_file()
+
+
 class _Group(click.Group):
     """`plait WORKFLOW ...` is shorthand for `plait run WORKFLOW ...`."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        if args and args[0] not in self.commands and (
-            args[0].endswith(_WORKFLOW_SUFFIXES) or os.path.sep in args[0] or Path(args[0]).is_file()
-        ):
+        if args and args[0] not in self.commands and _looks_like_workflow(args[0]):
             args = ["run", *args]
         return super().resolve_command(ctx, args)
 
@@ -80,23 +84,52 @@ def _loadable(registry: Any, names: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _fail(exc: PlaitError, output_format: str = "text") -> None:
+def _fail(exc: PlaitError, output_format: str = "text", invalid_status: str = "failed") -> None:
     from plait.cli.render import error_block
 
     if output_format == "json":
         from plait.errors import WorkflowInvalid
 
+        where = {"file": exc.file} if exc.file else {}
+        # The same shape as a run's result, so a caller parses one format;
+        # `invalid` tells a workflow/usage error (exit 2) from a failed run.
         payload: dict[str, Any] = {
-            "status": "invalid" if exc.exit_code == 2 else "failed",
+            "status": invalid_status if exc.exit_code == 2 else "failed",
+            "invalid": exc.exit_code == 2,
+            "outputs": {},
+            "nodes": {},
+            "duration_ms": 0,
             "errors": (
-                [p.to_dict() for p in exc.problems]
+                [{**p.to_dict(), **where} for p in exc.problems]
                 if isinstance(exc, WorkflowInvalid)
-                else [{"message": exc.message, **({"hint": exc.hint} if exc.hint else {})}]
+                else [{"message": exc.message, **({"hint": exc.hint} if exc.hint else {}), **where}]
             ),
         }
         click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
     error_block(exc)
     sys.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def _errors(
+    output_format: str = "text", debug: bool = False, invalid_status: str = "failed"
+) -> Iterator[None]:
+    """User errors as one clear block; a bug as one line unless --debug (or PLAIT_DEBUG=1)."""
+    try:
+        yield
+    except PlaitError as exc:
+        _fail(exc, output_format, invalid_status)
+    except Exception:
+        if debug or os.environ.get("PLAIT_DEBUG"):
+            raise
+        import traceback
+
+        click.echo(
+            "internal error: plait hit a bug; run again with --debug for the traceback\n  "
+            + traceback.format_exc().strip().splitlines()[-1],
+            err=True,
+        )
+        sys.exit(1)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -130,7 +163,8 @@ def run(
     Every run is recorded in .plait/runs.db of the working directory (or
     $PLAIT_HOME): see `plait runs`, `plait show RUN`, `plait timeline RUN`.
     """
-    try:
+    code = 1
+    with _errors(output_format, debug):
         from plait.cli.running import run_command
 
         code = run_command(
@@ -141,19 +175,6 @@ def run(
             nodes_paths=nodes_paths,
             record=not no_record,
         )
-    except PlaitError as exc:
-        _fail(exc, output_format)
-    except Exception:
-        if debug:
-            raise
-        import traceback
-
-        click.echo(
-            "internal error: plait hit a bug; run again with --debug for the traceback\n  "
-            + traceback.format_exc().strip().splitlines()[-1],
-            err=True,
-        )
-        sys.exit(1)
     sys.exit(code)
 
 
@@ -161,14 +182,13 @@ def run(
 @click.argument("workflow", type=click.Path())
 @click.option("--output-format", "-o", type=click.Choice(["text", "json"]), default="text")
 @_nodes_option
-def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...]) -> None:
+@_debug_option
+def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...], debug: bool) -> None:
     """Check WORKFLOW without running anything."""
-    try:
+    with _errors(output_format, debug, invalid_status="invalid"):
         from plait.runtime.compile import load_and_compile
 
         compiled = load_and_compile(workflow, _registry(nodes_paths))
-    except PlaitError as exc:
-        _fail(exc, output_format)
     if output_format == "json":
         click.echo(json.dumps({"status": "valid", "errors": [], "warnings": compiled.warnings}, indent=2))
     else:
@@ -185,7 +205,7 @@ def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...]) ->
 @_nodes_option
 def nodes(type_name: str | None, as_json: bool, markdown: bool, nodes_paths: tuple[str, ...]) -> None:
     """List node types with their params and outputs (or describe TYPE_NAME)."""
-    try:
+    with _errors():
         registry = _registry(nodes_paths)
         names = list(registry)
         if type_name is not None:
@@ -198,8 +218,6 @@ def nodes(type_name: str | None, as_json: bool, markdown: bool, nodes_paths: tup
                 )
             names = [type_name]
         decls = [{**cls.interface(), "source": registry.source(n)} for n, cls in _loadable(registry, names)]
-    except PlaitError as exc:
-        _fail(exc)
     if as_json:
         click.echo(json.dumps(decls, indent=2, default=str))
         return
@@ -218,11 +236,9 @@ def schema(nodes_paths: tuple[str, ...]) -> None:
     """Print the JSON Schema of the workflow format (for editors)."""
     from plait.ir.schema import workflow_schema
 
-    try:
+    with _errors():
         registry = _registry(nodes_paths)
         decls = [cls.interface() for _, cls in _loadable(registry, list(registry))]
-    except PlaitError as exc:
-        _fail(exc)
     click.echo(json.dumps(workflow_schema(decls), indent=2))
 
 
@@ -235,12 +251,10 @@ def runs(limit: int, as_json: bool) -> None:
     Runs are recorded in .plait/runs.db of the working directory ($PLAIT_HOME
     overrides the folder).
     """
-    try:
+    with _errors():
         from plait.cli.records_cmd import runs_command
 
         sys.exit(runs_command(limit, as_json))
-    except PlaitError as exc:
-        _fail(exc)
 
 
 @cli.command()
@@ -251,12 +265,10 @@ def show(run_ref: str, as_json: bool) -> None:
 
     RUN is a run id, a unique prefix of one, or `last`.
     """
-    try:
+    with _errors():
         from plait.cli.records_cmd import show_command
 
         sys.exit(show_command(run_ref, as_json))
-    except PlaitError as exc:
-        _fail(exc)
 
 
 @cli.command()
@@ -273,13 +285,23 @@ def timeline(run_ref: str, output: str | None) -> None:
     A lane per concurrency slot, a bar per item attempt coloured by outcome,
     nodes as bands. RUN is a run id, a unique prefix of one, or `last`.
     """
-    try:
+    with _errors():
         from plait.cli.records_cmd import timeline_command
 
         sys.exit(timeline_command(run_ref, output))
-    except PlaitError as exc:
-        _fail(exc)
 
 
 def main() -> None:
-    cli(prog_name="plait")
+    args = sys.argv[1:]
+    # `plait -q wf.json` as well as `plait wf.json -q`: when the first word that is
+    # not an option is a workflow file, this is the `run` shorthand.
+    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if (
+        first is not None
+        and first > 0
+        and args[first] not in cli.commands
+        and not any(a in ("-h", "--help", "-V", "--version") for a in args[:first])
+        and _looks_like_workflow(args[first])
+    ):
+        args = ["run", *args]
+    cli(args=args, prog_name="plait")

@@ -320,7 +320,11 @@ def coerce_inputs(
     if missing:
         raise UsageError(
             f"missing required input{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
-            hint="give " + " ".join(f"{m}=VALUE" for m in missing),
+            hint="give "
+            + " ".join(f"{m}=VALUE" for m in missing)
+            + "".join(
+                f", or pipe it on standard input ({m} takes stdin)" for m in missing if specs[m].stdin
+            ),
         )
     return values
 
@@ -362,7 +366,7 @@ class Runner:
                 errors.append(
                     {
                         "node_id": node_id,
-                        "message": f"node '{node_id}' was reached {MAX_VISITS} times: loop limit",
+                        "message": f"reached {MAX_VISITS} times, the loop limit",
                         "hint": "check the actions that lead back to it",
                     }
                 )
