@@ -576,3 +576,23 @@ def test_version_and_help_stay_light() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     heavy = {m for m in imported if m.startswith(("plait.nodes", "plait.runtime", "httpx", "rich", "llm", "yaml"))}
     assert heavy == set()
+
+
+def test_options_may_come_before_the_workflow_in_the_shorthand(plait, workflow) -> None:
+    path = workflow({"nodes": [{"id": "a", "type": "shell", "params": {"command": "echo hi"}}]})
+    r = plait("-q", path)
+    assert r.code == 0, r
+    assert r.stdout == "hi\n" and r.stderr == ""
+    r = plait("-o", "json", "-q", path)
+    assert r.json["status"] == "success"
+
+
+def test_an_invalid_workflow_in_json_mode_keeps_the_run_result_shape(plait, workflow) -> None:
+    path = workflow({"nodes": [{"id": "a", "type": "shel"}]})
+    r = plait("run", path, "-o", "json")
+    assert r.code == 2
+    out = r.json
+    assert out["status"] == "failed" and out["invalid"] is True
+    assert out["outputs"] == {} and out["nodes"] == {} and out["duration_ms"] == 0
+    assert out["errors"][0]["path"] == "nodes[0].type"
+    assert out["errors"][0]["file"] == path

@@ -22,6 +22,9 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
 
 
+_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes")
+
+
 def _looks_like_workflow(word: str) -> bool:
     return word.endswith(_WORKFLOW_SUFFIXES) or os.path.sep in word or Path(word).is_file()
 
@@ -295,7 +298,15 @@ def main() -> None:
     args = sys.argv[1:]
     # `plait -q wf.json` as well as `plait wf.json -q`: when the first word that is
     # not an option is a workflow file, this is the `run` shorthand.
-    first = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    first, i = None, 0
+    while i < len(args):
+        if args[i] in _RUN_OPTIONS_WITH_VALUE:
+            i += 2
+            continue
+        if not args[i].startswith("-"):
+            first = i
+            break
+        i += 1
     if (
         first is not None
         and first > 0
