@@ -17,46 +17,19 @@ from typing import Any
 
 import pytest
 
-from plait.nodes.base import ItemContext, NodeError, Services
+import direct
+from direct import DirectServices
+from plait.nodes.base import NodeError
 from plait.nodes.code import CodeNode
-
-
-class CodeServices(Services):
-    """The one thing the code node asks of the runtime: the run's cancel flag."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
+from plait.runtime.engine import RunServices
 
 
 @pytest.fixture
-def services() -> CodeServices:
-    return CodeServices()
+def services() -> DirectServices:
+    return DirectServices()
 
 
-def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
-    """Params as the runtime hands them over: declared defaults filled in."""
-    return {p.name: p.default for p in CodeNode.param_specs} | params
 
-
-def run_item(
-    services: Services,
-    params: dict[str, Any],
-    node: CodeNode | None = None,
-    index: int | None = None,
-) -> dict[str, Any]:
-    node = node or CodeNode("calc")
-    ctx = ItemContext("calc", index, with_defaults(params), services)
-    prep_res = node.prep(ctx)
-    exec_res = node.exec(prep_res)
-    node.post(ctx, prep_res, exec_res)
-    assert ctx.outputs is not None
-    return ctx.outputs
-
-
-def failure(services: Services, params: dict[str, Any], node: CodeNode | None = None) -> NodeError:
-    with pytest.raises(NodeError) as info:
-        run_item(services, params, node)
-    return info.value
 
 
 def wait_for_code_threads_to_end(timeout: float = 5.0) -> list[str]:
@@ -70,6 +43,20 @@ def wait_for_code_threads_to_end(timeout: float = 5.0) -> list[str]:
 
 # ---------------------------------------------------------------------------
 # inputs and result
+
+
+
+def run_item(
+    services: RunServices,
+    params: dict[str, Any],
+    node: CodeNode | None = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    return direct.run_item(node or CodeNode("calc"), services, params, index)
+
+
+def failure(services: RunServices, params: dict[str, Any], node: CodeNode | None = None) -> NodeError:
+    return direct.failure(node or CodeNode("calc"), services, params)
 
 
 def test_inputs_are_variables_and_result_is_the_output(services):

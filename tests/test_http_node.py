@@ -2,7 +2,7 @@
 
 The first half drives the node the way the runtime does (``prep`` / ``exec`` /
 ``post`` with an ``ItemContext``), with the one piece the runtime lends it — the
-shared ``httpx.Client`` — provided by a small ``Services`` of our own. The second
+shared ``httpx.Client`` — provided by the runtime's real ``RunServices``. The second
 half runs real workflows through ``python -m plait run``.
 """
 
@@ -14,73 +14,32 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from plait.nodes.base import ItemContext, NodeError, Services
+import direct
+from direct import DirectServices
+from plait.nodes.base import NodeError
 from plait.nodes.http import HttpNode
+from plait.runtime.engine import RunServices
 from servers import Reply, binary_payload, serve
 
 server = pytest.fixture(serve)
 
 
-class HttpServices(Services):
-    """The slice of the runtime's Services the http node uses: one pooled client."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
-
-    def http_client(self) -> httpx.Client:
-        with self._lock:
-            if self._client is None:
-                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-                self._client = httpx.Client(limits=limits)
-            return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
 
 @pytest.fixture
-def services() -> Iterator[HttpServices]:
-    s = HttpServices()
+def services() -> Iterator[DirectServices]:
+    s = DirectServices()
     yield s
     s.close()
 
 
-def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
-    """Params as the runtime hands them over: declared defaults filled in."""
-    return {p.name: p.default for p in HttpNode.param_specs} | params
 
-
-def run_item(
-    services: Services,
-    params: dict[str, Any],
-    node: HttpNode | None = None,
-    index: int | None = None,
-) -> dict[str, Any]:
-    node = node or HttpNode("get")
-    ctx = ItemContext("get", index, with_defaults(params), services)
-    prep_res = node.prep(ctx)
-    exec_res = node.exec(prep_res)
-    node.post(ctx, prep_res, exec_res)
-    assert ctx.outputs is not None
-    return ctx.outputs
-
-
-def failure(services: Services, params: dict[str, Any]) -> NodeError:
-    with pytest.raises(NodeError) as info:
-        run_item(services, params)
-    return info.value
 
 
 def unused_port() -> int:
@@ -91,6 +50,20 @@ def unused_port() -> int:
 
 # ---------------------------------------------------------------------------
 # requests and responses
+
+
+
+def run_item(
+    services: RunServices,
+    params: dict[str, Any],
+    node: HttpNode | None = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    return direct.run_item(node or HttpNode("get"), services, params, index)
+
+
+def failure(services: RunServices, params: dict[str, Any], node: HttpNode | None = None) -> NodeError:
+    return direct.failure(node or HttpNode("get"), services, params)
 
 
 def test_get_returns_decoded_json_status_headers_and_time(server, services):
@@ -490,22 +463,10 @@ def test_parallel_items_on_one_node_get_their_own_results_over_shared_connection
     assert server.connections <= 20  # the pool reuses connections across items
 
 
-def test_one_client_serves_every_request(server):
-    class CountingServices(HttpServices):
-        calls = 0
-
-        def http_client(self) -> httpx.Client:
-            CountingServices.calls += 1
-            return super().http_client()
-
-    services = CountingServices()
-    try:
-        for _ in range(3):
-            run_item(services, {"url": server.url("/json")})
-        assert services.calls == 3
-        assert server.connections == 1
-    finally:
-        services.close()
+def test_items_on_one_thread_reuse_one_connection(server, services):
+    for _ in range(3):
+        run_item(services, {"url": server.url("/json")})
+    assert server.connections == 1
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ each test gets its own ``LLM_USER_PATH`` in which the model ``local-test`` of
 ``llm-echo`` needs nothing at all.
 
 The first half drives the node the way the runtime does (``prep`` / ``exec`` /
-``post`` with an ``ItemContext``) with a small ``Services`` that records the
+``post`` with an ``ItemContext``) with the runtime's real ``RunServices``, which records the
 LLM calls; the second half runs real workflows through ``python -m plait run``.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,26 +22,15 @@ from typing import Any
 
 import pytest
 
+import direct
+from direct import DirectServices
 from openai_server import OpenAIServer, write_llm_config
-from plait.nodes.base import ItemContext, NodeError, Services
+from plait.nodes.base import NodeError
 from plait.nodes.llm import LlmNode
+from plait.runtime.engine import RunServices
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-class RecordingServices(Services):
-    """The runtime's side the llm node uses: recording each call's usage."""
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.calls: list[tuple[str, int | None, str, int, int]] = []
-        self._lock = threading.Lock()
-
-    def record_llm_call(
-        self, ctx: ItemContext, model: str, input_tokens: int, output_tokens: int
-    ) -> None:
-        with self._lock:
-            self.calls.append((ctx.node_id, ctx.index, model, input_tokens, output_tokens))
 
 
 @pytest.fixture
@@ -65,38 +53,29 @@ def server(llm_home: Path) -> Iterator[OpenAIServer]:
 
 
 @pytest.fixture
-def services() -> RecordingServices:
-    return RecordingServices()
+def services() -> DirectServices:
+    return DirectServices()
 
 
-def with_defaults(params: dict[str, Any]) -> dict[str, Any]:
-    """Params as the runtime hands them over: declared defaults filled in."""
-    return {p.name: p.default for p in LlmNode.param_specs} | params
 
-
-def run_item(
-    services: Services,
-    params: dict[str, Any],
-    node: LlmNode | None = None,
-    index: int | None = None,
-) -> dict[str, Any]:
-    node = node or LlmNode("ask")
-    ctx = ItemContext("ask", index, with_defaults(params), services)
-    prep_res = node.prep(ctx)
-    exec_res = node.exec(prep_res)
-    node.post(ctx, prep_res, exec_res)
-    assert ctx.outputs is not None
-    return ctx.outputs
-
-
-def failure(services: Services, params: dict[str, Any]) -> NodeError:
-    with pytest.raises(NodeError) as info:
-        run_item(services, params)
-    return info.value
 
 
 # ---------------------------------------------------------------------------
 # completions
+
+
+
+def run_item(
+    services: RunServices,
+    params: dict[str, Any],
+    node: LlmNode | None = None,
+    index: int | None = None,
+) -> dict[str, Any]:
+    return direct.run_item(node or LlmNode("ask"), services, params, index)
+
+
+def failure(services: RunServices, params: dict[str, Any], node: LlmNode | None = None) -> NodeError:
+    return direct.failure(node or LlmNode("ask"), services, params)
 
 
 def test_response_is_the_models_text_with_its_token_usage(server, services):

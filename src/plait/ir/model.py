@@ -16,6 +16,31 @@ TYPE_ALIASES = {
 INPUT_TYPES = ("string", "number", "integer", "boolean", "object", "array", "any")
 
 
+def value_type(value: Any) -> str:
+    """The JSON type name of a value, as messages and declarations spell it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def fits(value: Any, type_: str) -> bool:
+    """Whether a value matches a declared type (``"integer|string"`` allows either)."""
+    actual = value_type(value)
+    return any(t in ("any", actual) or (t == "number" and actual == "integer") for t in type_.split("|"))
+
+
 @dataclass
 class InputSpec:
     name: str

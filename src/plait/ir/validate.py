@@ -21,6 +21,8 @@ from plait.ir.model import (
     OutputSpec,
     RetrySpec,
     Workflow,
+    fits,
+    value_type,
 )
 
 SUPPORTED_MAJOR = 0
@@ -97,29 +99,6 @@ def document_order(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=key)
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _fits(value: Any, type_: str) -> bool:
-    actual = _type_name(value)
-    return type_ in ("any", actual) or (type_ == "number" and actual == "integer")
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -135,7 +114,7 @@ def build_workflow(
     c = _Collector()
     if not isinstance(raw, dict):
         c.add(
-            f"a workflow must be an object with a 'nodes' list, not {_type_name(raw)}",
+            f"a workflow must be an object with a 'nodes' list, not {value_type(raw)}",
             "",
             'start from {"nodes": [{"id": "hello", "type": "shell", "params": {"command": "echo hi"}}]}',
         )
@@ -214,7 +193,7 @@ def build_workflow(
 def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
     out: dict[str, InputSpec] = {}
     if not isinstance(raw, dict):
-        c.add(f"inputs must be an object of name: spec, not {_type_name(raw)}", "inputs")
+        c.add(f"inputs must be an object of name: spec, not {value_type(raw)}", "inputs")
         return out
     stdin_inputs = []
     for name, spec in raw.items():
@@ -249,9 +228,9 @@ def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
         if stdin:
             stdin_inputs.append(name)
         default = spec.get("default")
-        if default is not None and not _fits(default, type_):
+        if default is not None and not fits(default, type_):
             c.add(
-                f"the default of input '{name}' must be {type_}, not {_type_name(default)} ({default!r})",
+                f"the default of input '{name}' must be {type_}, not {value_type(default)} ({default!r})",
                 f"{path}.default",
                 "change the default or the declared type",
             )
@@ -277,7 +256,7 @@ def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
 def _outputs(raw: Any, c: _Collector) -> dict[str, OutputSpec]:
     out: dict[str, OutputSpec] = {}
     if not isinstance(raw, dict):
-        c.add(f"outputs must be an object of name: spec, not {_type_name(raw)}", "outputs")
+        c.add(f"outputs must be an object of name: spec, not {value_type(raw)}", "outputs")
         return out
     for name, spec in raw.items():
         path = f"outputs.{name}"
@@ -308,7 +287,7 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
         c.add("the workflow has no 'nodes'", "nodes", "add a list with at least one node")
         return []
     if not isinstance(raw, list):
-        c.add(f"nodes must be a list, not {_type_name(raw)}", "nodes")
+        c.add(f"nodes must be a list, not {value_type(raw)}", "nodes")
         return []
     if not raw:
         c.add("nodes is empty", "nodes", "add at least one node")
@@ -318,7 +297,7 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
     for i, node in enumerate(raw):
         path = f"nodes[{i}]"
         if not isinstance(node, dict):
-            c.add(f"a node must be an object, not {_type_name(node)}", path)
+            c.add(f"a node must be an object, not {value_type(node)}", path)
             continue
         c.unknown_fields(node, NODE_FIELDS, path, "a node")
         node_id = node.get("id")
@@ -360,7 +339,7 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
             info = node_types[type_]
         params = node.get("params", {})
         if not isinstance(params, dict):
-            c.add(f"params must be an object, not {_type_name(params)}", f"{path}.params", node_id=node_id)
+            c.add(f"params must be an object, not {value_type(params)}", f"{path}.params", node_id=node_id)
             params = {}
         if info is not None:
             _check_param_names(node_id, type_, params, info, path, c)
@@ -407,7 +386,7 @@ def _check_param_names(
 
 def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None:
     if not isinstance(raw, dict):
-        c.add(f"batch must be an object with 'items', not {_type_name(raw)}", path, node_id=node_id)
+        c.add(f"batch must be an object with 'items', not {value_type(raw)}", path, node_id=node_id)
         return None
     c.unknown_fields(raw, BATCH_FIELDS, path, "batch")
     if "items" not in raw:
@@ -492,7 +471,7 @@ def _retry_fields(raw: dict[str, Any], spec: Any, path: str, node_id: str, c: _C
 def _retry(raw: Any, path: str, node_id: str, c: _Collector) -> RetrySpec | None:
     if not isinstance(raw, dict):
         c.add(
-            f"retry must be an object like {{\"max_retries\": 2, \"retry_wait\": 1}}, not {_type_name(raw)}",
+            f"retry must be an object like {{\"max_retries\": 2, \"retry_wait\": 1}}, not {value_type(raw)}",
             path,
             node_id=node_id,
         )
@@ -505,7 +484,7 @@ def _retry(raw: Any, path: str, node_id: str, c: _Collector) -> RetrySpec | None
 
 def _edges(raw: Any, node_ids: set[str], c: _Collector) -> list[Edge]:
     if not isinstance(raw, list):
-        c.add(f"edges must be a list, not {_type_name(raw)}", "edges")
+        c.add(f"edges must be a list, not {value_type(raw)}", "edges")
         return []
     edges: list[Edge] = []
     seen: set[tuple[str, str, str]] = set()

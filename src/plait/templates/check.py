@@ -8,38 +8,14 @@ from typing import Any
 
 from plait.errors import Problem, did_you_mean
 from plait.ir.graph import can_run_before, unreachable
-from plait.ir.model import Workflow
+from plait.ir.model import Workflow, fits, value_type
 from plait.templates import TEMPLATE_RE, Ref, compile_value
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
 # Every node may carry these besides its declared outputs.
 ALWAYS_OUTPUTS = ("error",)
 
-
-def value_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def fits(value: Any, type_: str) -> bool:
-    actual = value_type(value)
-    for t in type_.split("|"):
-        if t == "any" or t == actual or (t == "number" and actual == "integer"):
-            return True
-    return False
+__all__ = ["check_workflow", "fits", "value_type"]
 
 
 def check_workflow(
