@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from plait.runtime.events import Event, EventBus
 
 FLUSH_S = 0.5
+# Events waiting for the writer, at most. A run that outpaces the writer (a
+# million trivial items) then writes a flush itself instead of growing memory
+# without bound: the record costs that run time, never memory.
+MAX_BACKLOG = 50_000
 PREVIEW_CHARS = 160
 DB_NAME = "runs.db"
 
@@ -256,12 +260,19 @@ class RunRecorder:
         self._items_failed = 0
         self.error: str | None = None  # why recording stopped, if it did
         self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="plait-records", daemon=True)
         self._thread.start()
 
     def attach(self, bus: EventBus) -> None:
-        # The whole per-event cost on the runtime's side: one deque append.
-        bus.subscribe(self._events.append)
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        # The per-event cost on the runtime's side: one append and a length check.
+        events = self._events
+        events.append(event)
+        if len(events) > MAX_BACKLOG:
+            self._flush()
 
     # -- the writer thread
 
@@ -271,6 +282,10 @@ class RunRecorder:
         self._flush()
 
     def _flush(self) -> None:
+        with self._flush_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         if self.error is not None:
             self._events.clear()
             return
