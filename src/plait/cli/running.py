@@ -29,16 +29,19 @@ def run_command(
     for path in nodes_paths:
         registry.load_path(path)
     compiled = load_and_compile(workflow, registry)
+    bus = EventBus()
+    services = RunServices(registry, bus, compiled.directory)
+    # Slow imports (httpx for an http node) start now, beside input parsing and
+    # the records database, instead of inside the first items.
+    services.warm_up({cn.cls for cn in compiled.nodes.values()})
     specs = compiled.workflow.inputs
     given = parse_args(words, specs)
     add_piped(given, specs, sys.stdin)
     values = coerce_inputs(compiled, given)
 
-    bus = EventBus()
     recorder = _start_recorder(compiled, values, workflow) if record else None
     if recorder is not None:
         recorder.attach(bus)
-    services = RunServices(registry, bus, compiled.directory)
     if not quiet:
         from plait.cli.progress import attach_progress
 

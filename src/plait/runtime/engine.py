@@ -119,6 +119,7 @@ class RunServices(Services):
         # run: each keeps its connections alive from item to item. A single
         # client shared by many threads serialises them on httpcore's pool lock
         # (200 threads: 14x slower, and a known race). All share one SSL context.
+        self._warmed = False
         self._local = threading.local()
         self._clients: list[Any] = []
         self._ssl: Any = None
@@ -148,6 +149,9 @@ class RunServices(Services):
         """Let node types prepare slow shared resources in the background
         (the http node imports httpx and builds the SSL context) while the
         first nodes run."""
+        if self._warmed:
+            return
+        self._warmed = True
         for cls in node_classes:
             if cls.warm_up is not PlaitNode.warm_up:
                 threading.Thread(target=cls.warm_up, args=(self,), name="plait-warm-up", daemon=True).start()
