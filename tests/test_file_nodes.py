@@ -375,6 +375,16 @@ def test_list_files_feeds_a_batch(plait: Run, workflow: Write, tree: Path) -> No
     assert r.json["outputs"]["stdout"] == "4 SUB/DEEPER/E.TXT\n"
 
 
+
+@pytest.mark.parametrize(("pattern", "why"), [("", "empty"), ("/etc/*", "relative to 'path'")])
+def test_list_files_with_an_unusable_pattern_is_a_clear_failure(
+    plait: Run, workflow: Write, tree: Path, pattern: str, why: str
+) -> None:
+    r = plait("run", workflow({"nodes": [node("ls", "list-files", path="data", pattern=pattern)]}))
+    assert r.code == 1, r
+    assert f"invalid pattern {pattern!r}" in r.stderr and why in r.stderr, r
+
+
 def test_list_files_then_copy_each(plait: Run, workflow: Write, tree: Path, tmp_path: Path) -> None:
     wf = {
         "nodes": [

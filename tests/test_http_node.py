@@ -26,7 +26,7 @@ from direct import DirectServices
 from plait.nodes.base import NodeError
 from plait.nodes.http import HttpNode
 from plait.runtime.engine import RunServices
-from servers import Reply, binary_payload, serve
+from servers import LocalServer, Reply, binary_payload, serve
 
 server = pytest.fixture(serve)
 
@@ -366,6 +366,20 @@ def test_endless_redirects_fail_without_retry(server, services):
     assert err.retryable is False
 
 
+def test_the_api_key_never_follows_a_redirect_to_another_origin(server, services):
+    with LocalServer() as other:
+        server.route("/away", lambda req: Reply(302, "", headers={"Location": other.url("/json")}))
+        server.route("/here", lambda req: Reply(302, "", headers={"Location": "/json"}))
+        params = {"api_key": "s3cret", "auth_token": "t0ken"}
+        run_item(services, {"url": server.url("/here"), **params})
+        run_item(services, {"url": server.url("/away"), **params})
+    same_origin = [r for r in server.requests if r.path == "/json"]
+    assert same_origin and same_origin[0].headers.get("x-api-key") == "s3cret"
+    assert [r.path for r in other.requests] == ["/json"]
+    leaked = other.requests[0].headers
+    assert leaked.get("x-api-key") is None and leaked.get("authorization") is None
+
+
 # ---------------------------------------------------------------------------
 # bad params
 
@@ -374,6 +388,14 @@ def test_url_without_a_scheme_is_refused_with_a_hint(services):
     err = failure(services, {"url": "example.com/api"})
     assert "must start with http:// or https://" in err.message
     assert "did you forget 'http://'" in err.message
+    assert err.retryable is False
+
+
+
+def test_url_with_a_bad_port_is_an_invalid_request_not_retried(services):
+    err = failure(services, {"url": "http://localhost:abc/x?key=SECRET"})
+    assert "invalid request" in err.message and "abc" in err.message
+    assert "SECRET" not in err.message
     assert err.retryable is False
 
 

@@ -196,6 +196,11 @@ ARITHMETIC = [
     "s=abcdef; echo ${s:${v}}",
     "[[ ${v} -eq 1 ]]; echo done",
     '[[ 1 -lt "${v}" ]]; echo done',
+    "a[${v}]=1; echo done",
+    "a=(x y); a+=([${v}]=z); echo done",
+    "a=(x y z); echo ${a[@]:${v}}",
+    'let "n = ${v}"; echo done',
+    "declare -i n=${v}; echo done",
 ]
 
 
@@ -219,6 +224,9 @@ def test_arithmetic_refuses_a_value_that_is_not_an_integer(
         ("s=abcdef; echo ${s:${v}}", "cdef"),
         ("[[ ${v} -eq 2 ]] && echo two", "two"),
         ("[[ ${v} == 2 ]] && echo string-compare", "string-compare"),
+        ("a[${v}]=z; echo $${a[2]}", "z"),
+        ("a=(x y z); echo ${a[@]:${v}}", "z"),
+        ("let n=${v}+1; echo $n", "3"),
     ],
 )
 def test_arithmetic_accepts_integers(plait: Run, workflow: Write, command: str, expected: str) -> None:
@@ -235,6 +243,49 @@ def test_string_comparison_in_double_brackets_takes_any_value(
     r = plait("run", workflow(wf), f"v={NASTY}")
     assert r.code == 0, r
     assert r.stdout == f"no: {NASTY}\n"
+    no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "eval ${v}",
+        'eval "echo ${v}"',
+        "trap 'echo ${v}' EXIT",
+        "echo $(eval ${v})",
+        "x=1 2>/dev/null eval ${v}",
+        "echo 2>&1 && eval ${v}",
+    ],
+)
+def test_a_value_given_to_eval_or_trap_is_refused(
+    plait: Run, workflow: Write, tmp_path: Path, command: str
+) -> None:
+    wf = {"inputs": {"v": {"type": "string"}}, "nodes": [sh("p", command)]}
+    r = plait("run", workflow(wf), "v=touch pwned")
+    assert r.code == 1, r
+    assert "would run as shell code" in r.stderr
+    no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["test -v ${v} || echo unset", "[ -v ${v} ] || echo unset"])
+def test_a_value_after_test_v_must_be_a_name(
+    plait: Run, workflow: Write, tmp_path: Path, command: str
+) -> None:
+    wf = {"inputs": {"v": {"type": "string"}}, "nodes": [sh("p", command)]}
+    r = plait("run", workflow(wf), "v=a[$(touch pwned)]")
+    assert r.code == 1, r
+    assert "must be a plain name" in r.stderr
+    no_pwned(tmp_path)
+    r = plait("run", workflow(wf), "v=NO_SUCH_PLAIT_VAR")
+    assert r.code == 0, r
+    assert r.stdout == "unset\n"
+
+
+def test_eval_as_a_plain_word_is_only_text(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    wf = {"inputs": {"v": {"type": "string"}}, "nodes": [sh("p", 'echo eval ${v} "; eval" ${v}')]}
+    r = plait("run", workflow(wf), "v=$(touch pwned)")
+    assert r.code == 0, r
+    assert r.stdout == "eval $(touch pwned) ; eval $(touch pwned)\n"
     no_pwned(tmp_path)
 
 
@@ -385,3 +436,50 @@ def test_stepping_into_json_a_shell_node_printed(plait: Run, workflow: Write) ->
     r = plait("run", workflow(wf))
     assert r.code == 0, r
     assert r.stdout == 'second of [{"name": "first"}, {"name": "second"}]\n'
+
+
+# -- plain commands run without bash, and must behave as under bash ---------------------
+
+
+def test_plain_command_runs_a_script_without_a_shebang(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text('echo "no shebang: $1"\n')
+    tool.chmod(0o755)
+    r = plait("run", workflow({"nodes": [sh("p", "./tool here")]}))
+    assert r.code == 0, r
+    assert r.stdout == "no shebang: here\n"
+
+
+def test_plain_command_sees_its_directory_in_pwd(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    wf = {
+        "nodes": [sh("here", "printenv PWD"), sh("sub", "printenv PWD", cwd="sub")],
+        "outputs": {"here": {"source": "${here.stdout}"}, "sub": {"source": "${sub.stdout}"}},
+    }
+    # the CLI starts in tmp_path while PWD still names the test runner's folder
+    r = plait("run", "-o", "json", workflow(wf), env={"PWD": str(Path.cwd())})
+    assert r.code == 0, r
+    assert r.json["outputs"] == {
+        "here": f"{tmp_path.resolve()}\n",
+        "sub": f"{(tmp_path / 'sub').resolve()}\n",
+    }
+
+
+def test_plain_command_removed_during_the_run_is_not_found(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho ran\n")
+    tool.chmod(0o755)
+    wf = {"nodes": [sh("first", "./tool"), sh("rm", "rm tool"), sh("again", "./tool")]}
+    r = plait("run", workflow(wf))
+    assert r.code == 1, r
+    assert "127" in r.stderr and "No such file or directory" in r.stderr
+    assert "working directory" not in r.stderr
+
+
+def test_plain_command_calls_an_exported_bash_function(plait: Run, workflow: Write) -> None:
+    # `export -f ls` in the user's shell: bash calls the function, not /bin/ls
+    r = plait("run", workflow({"nodes": [sh("p", "ls -l")]}), env={"BASH_FUNC_ls%%": "() {  echo function $1\n}"})
+    assert r.code == 0, r
+    assert r.stdout == "function -l\n"

@@ -227,8 +227,11 @@ class ListFilesNode(PlaitNode):
         root = Path(p["path"])
         if not root.is_dir():
             raise NodeError(f"folder not found: {root}", retryable=False)
-        matches = root.rglob(p["pattern"]) if p["recursive"] else root.glob(p["pattern"])
-        files = sorted(
-            os.fspath(m) for m in matches if p["include_dirs"] or m.is_file()
-        )
+        pattern = p["pattern"]
+        try:
+            matches = root.rglob(pattern) if p["recursive"] else root.glob(pattern)
+            files = sorted(os.fspath(m) for m in matches if p["include_dirs"] or m.is_file())
+        except (ValueError, NotImplementedError):  # an empty or an absolute pattern
+            why = "it is empty" if not pattern else "give one relative to 'path', e.g. *.txt"
+            raise NodeError(f"invalid pattern {pattern!r}: {why}", retryable=False)
         return {"files": files, "count": len(files)}

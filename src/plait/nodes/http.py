@@ -66,6 +66,7 @@ class PreparedRequest:
     content: bytes | None
     timeout: float
     follow_redirects: bool
+    secret_header: str | None  # the api_key header: never sent to another origin
     max_response_bytes: int
     client: Any
     cancelled: threading.Event | None
@@ -179,9 +180,10 @@ class HttpNode(PlaitNode):
         if auth_token:
             _set_header(headers, "Authorization", f"Bearer {auth_token}")
         api_key = p.get("api_key")
+        secret_header = None
         if api_key:
-            header_name = p.get("api_key_header") or "X-API-Key"
-            _set_header(headers, str(header_name), str(api_key))
+            secret_header = str(p.get("api_key_header") or "X-API-Key")
+            _set_header(headers, secret_header, str(api_key))
 
         for name, value in headers.items():
             if not (name.isascii() and value.isascii()):
@@ -211,6 +213,7 @@ class HttpNode(PlaitNode):
             content=content,
             timeout=timeout,
             follow_redirects=True if follow is None else _truthy(follow),
+            secret_header=secret_header,
             max_response_bytes=max_bytes,
             client=services.http_client(),
             cancelled=getattr(services, "cancelled", None),
@@ -221,26 +224,28 @@ class HttpNode(PlaitNode):
 
         req = prep_res
         what = f"{req.method} {req.display_url}"
-        url = httpx.URL(req.url)
-        if req.params:
-            # httpx would replace the URL's own query with `params`; users expect a merge.
-            url = url.copy_merge_params(req.params)
-
         started = time.perf_counter()
         deadline = started + req.timeout
         try:
-            with req.client.stream(
+            url = httpx.URL(req.url)
+            if req.params:
+                # httpx would replace the URL's own query with `params`; users expect a merge.
+                url = url.copy_merge_params(req.params)
+            request = req.client.build_request(
                 req.method,
                 url,
                 headers=req.headers,
                 json=req.json_body,
                 content=req.content,
                 timeout=httpx.Timeout(req.timeout),
-                follow_redirects=req.follow_redirects,
-            ) as resp:
+            )
+            resp = _send_following(req, request)
+            try:
                 status = resp.status_code
                 headers = dict(resp.headers)
                 data = _read_body(resp, req, deadline, what, status, headers)
+            finally:
+                resp.close()
         except httpx.TimeoutException as exc:
             raise NodeError(_timeout_message(exc, req, what), retryable=True) from exc
         except httpx.ConnectError as exc:
@@ -281,6 +286,34 @@ class HttpNode(PlaitNode):
             retryable=retryable,
             retry_after=_retry_after(headers.get("retry-after")) if retryable else None,
         )
+
+
+MAX_REDIRECTS = 20
+
+
+def _send_following(req: PreparedRequest, request: Any) -> Any:
+    """Send, following redirects here rather than in httpx: httpx drops
+    ``Authorization`` when a redirect leaves the origin, but not a custom API-key
+    header, which would then reach another host."""
+    import httpx
+
+    resp = req.client.send(request, stream=True, follow_redirects=False)
+    hops = 0
+    while req.follow_redirects and resp.next_request is not None:
+        nxt = resp.next_request
+        hops += 1
+        if hops > MAX_REDIRECTS:
+            resp.close()
+            raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=nxt)
+        if req.secret_header and _origin(nxt.url) != _origin(resp.request.url):
+            nxt.headers.pop(req.secret_header, None)
+        resp.close()
+        resp = req.client.send(nxt, stream=True, follow_redirects=False)
+    return resp
+
+
+def _origin(url: Any) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 # ---------------------------------------------------------------------------

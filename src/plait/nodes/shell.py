@@ -20,12 +20,16 @@ The shell expands a variable once and never evaluates the result, so
 
 Arithmetic is the exception: bash evaluates the text of an arithmetic
 expression, and ``a[$(cmd)]`` there runs ``cmd`` even when it came from a
-variable. So a value inside ``$(( ))``, ``(( ))``, ``$[ ]``, an array index,
-a ``${x:offset:length}`` or beside ``-eq``/``-lt``/... in ``[[ ]]`` must be an
-integer, and a value after ``[[ -v`` a plain name; anything else fails the
-node. Text that reaches arithmetic indirectly (a variable set from a value,
-``declare -i``, ``let``, ``test -v``) is the command's own business: check it
-first, e.g. ``[[ $n =~ ^[0-9]+$ ]]``. A template in a quoted heredoc
+variable. So a value inside ``$(( ))``, ``(( ))``, ``$[ ]``, an array index
+(``${a[i]}``, ``a[i]=v``, ``(... [i]=v)``), a ``${x:offset:length}``, an
+argument of ``let`` or ``declare -i``, or beside ``-eq``/``-lt``/... in ``[[ ]]``
+must be an integer, and a value after ``[[ -v`` or ``test -v`` a plain name;
+anything else fails the node. A value passed to ``eval`` or ``trap`` would be
+run as code, so it fails the node as well. Text that reaches code or arithmetic
+indirectly (a variable set from a value, a command's output as in
+``$(( $(cat f) ))``, ``bash -c`` or ``ssh`` given a value as their script) is
+the command's own business: check it first, e.g. ``[[ $n =~ ^[0-9]+$ ]]``, and
+hand ``sh -c`` a value as ``"$1"``. A template in a quoted heredoc
 (``<<'EOF'``) would stay literal, so it fails the node too. The scanner does not
 follow ``case`` patterns inside ``$( )``: a value after one may be split into
 words there (still never run).
@@ -70,14 +74,30 @@ def direct_argv(script: str, env: dict[str, str] | None) -> list[str] | None:
     words = script.split()
     if not words or words[0] in _SHELL_WORDS or "=" in words[0]:
         return None
-    path = (env or os.environ).get("PATH", os.defpath)
+    environ = env or os.environ
+    if "BASH_ENV" in environ or f"BASH_FUNC_{words[0]}%%" in environ:
+        return None  # bash would source a file first, or call an exported function
+    path = environ.get("PATH", os.defpath)
     key = (words[0], path)
     if key not in _which_cache:
         _which_cache[key] = shutil.which(words[0], path=path)
     program = _which_cache[key]
-    if program is None:
-        return None  # let bash say "command not found" (exit 127)
+    if program is None or not os.path.isabs(program):
+        # let bash say "command not found" (exit 127), or search a relative
+        # PATH entry from the command's own directory
+        return None
     return [program, *words[1:]]
+
+
+def _bash_pwd(cwd: str | None, env: dict[str, str] | None) -> str | None:
+    """The PWD bash would export to a command run in ``cwd``, if the inherited one is wrong."""
+    inherited = (env or os.environ).get("PWD")
+    try:
+        if inherited and os.path.isabs(inherited) and os.path.samefile(inherited, cwd or "."):
+            return None
+        return os.path.realpath(cwd or ".")
+    except OSError:
+        return None  # a missing cwd: starting the command reports it
 
 
 def _render(value: Any) -> str:
@@ -110,7 +130,20 @@ _COMMAND = frozenset("ucbh")  # contexts that start afresh: arithmetic above the
 _WORD_START = frozenset(" \t\n;&|()")
 _INTEGER_RE = re.compile(r"\s*[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)\s*")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PARAM_NAME_RE = re.compile(r"\$\{[A-Za-z0-9_@*]+$")
+# The ${name or ${name[subscript] before a ':' that starts a substring offset.
+_PARAM_NAME_RE = re.compile(r"\$\{!?[A-Za-z0-9_@*]+(?:\[[^\]]*\])?$")
+# A word that may be an assignment's name, up to a '[' that opens its subscript.
+_ASSIGN_NAME_RE = re.compile(r"(?:^|[\s;&|()`])(?:[A-Za-z_][A-Za-z0-9_]*)?$")
+# The command a value is an argument of: keywords, assignments and redirections skipped.
+_COMMAND_NAME_RE = re.compile(
+    r"\s*(?:(?:if|then|else|elif|do|while|until|time|!|\{|command|builtin)\s+)*"
+    r"(?:(?:[A-Za-z_][A-Za-z0-9_]*(?:\[[^\]]*\])?\+?=|&?[0-9]*[<>]+[&|]?\s*)\S*\s+)*(\S+)\s"
+)
+# Builtins that run their argument as code.
+_EVALUATING = frozenset(("eval", "trap"))
+_DECLARING = frozenset(("declare", "typeset", "local", "export", "readonly"))
+_INTEGER_OPTION_RE = re.compile(r"\s-[A-Za-z]*i[A-Za-z]*(?=\s)")
+_TEST_V_RE = re.compile(r"\s-v\s+[\"']*$")
 # [[ a -eq b ]] evaluates both sides as arithmetic; [[ -v name ]] evaluates a subscript.
 _TEST_BEFORE_RE = re.compile(r"-(eq|ne|lt|le|gt|ge|v)\s+[\"']*$")
 _TEST_AFTER_RE = re.compile(r"[\"']*\s+-(?:eq|ne|lt|le|gt|ge)\b")
@@ -139,9 +172,56 @@ def _must_be_integer(value: str) -> None:
         )
 
 
+def _check_command(stack: list[str], cmd_at: dict[int, int], before: str, value: str) -> None:
+    """Refuse a value that the command it is an argument of would run or evaluate."""
+    depth = len(stack) - 1
+    while stack[depth] not in _COMMAND:
+        depth -= 1
+    if stack[depth] == "h":
+        return  # a heredoc body is the command's input, not its arguments
+    m = _COMMAND_NAME_RE.match(before, cmd_at.get(depth, 0))
+    if not m:
+        return  # the value is (part of) the command word itself
+    command = m.group(1)
+    if command in _EVALUATING:
+        raise NodeError(
+            f"a template value passed to `{command}` would run as shell code; "
+            "let the command read it as data instead (for example from a variable)",
+            retryable=False,
+        )
+    if command == "let" or (command in _DECLARING and _INTEGER_OPTION_RE.search(before, m.end(1))):
+        _must_be_integer(value)
+    elif command in ("test", "[") and _TEST_V_RE.search(before, m.end(1)) and not _NAME_RE.fullmatch(value):
+        raise NodeError(
+            f"a template value used as a variable name in {command} -v must be a plain name, got {value!r}",
+            retryable=False,
+        )
+
+
+def _assigns(skeleton: str, pos: int) -> bool:
+    """Whether the '[' at ``pos`` opens a subscript closed by ``]=`` or ``]+=``."""
+    depth = 0
+    for j in range(pos, len(skeleton)):
+        c = skeleton[j]
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if not depth:
+                return skeleton.startswith(("=", "+="), j + 1)
+        elif c == "\n":
+            break
+    return False
+
+
 def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str]]:
     """Turn a templated command into (script, variables) with values kept as data."""
     out: list[str] = []
+    out_len = 0  # len("".join(out))
+    # the command with each value as one NUL, to look ahead past values
+    skeleton = "".join("\0" if kind == "value" else value for kind, value in parts)
+    src_at = 0  # where the current part starts in skeleton
+    cmd_at = {0: 0}  # by stack depth: where the current simple command starts in out
     env: dict[str, str] = {}
     stack = ["u"]
     heredocs: list[tuple[str, bool, bool]] = []  # waiting for the next line: (word, quoted, strip tabs)
@@ -161,6 +241,7 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                 )
             if _in(stack, _TEST):
                 tests.append((len(out), text))
+            _check_command(stack, cmd_at, "".join(out), text)
             if _in(stack, _ARITHMETIC):
                 _must_be_integer(text)
                 out.append(f"${{{name}}}")
@@ -172,10 +253,13 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                 out.append(f"'\"${{{name}}}\"$'")
             else:
                 out.append(f'"${{{name}}}"')
+            out_len += len(out[-1])
+            src_at += 1
             prev = "x"
             continue
         text = value
         out.append(text)
+        base = out_len
         i, n = 0, len(text)
         while i < n:
             ch = text[i]
@@ -211,6 +295,7 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
             elif text.startswith("$(", i):
                 stack.append("c")
                 i += 1
+                cmd_at[len(stack) - 1] = base + i + 1
             elif text.startswith("${", i):
                 stack.append("p")
                 i += 1
@@ -222,6 +307,7 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                     stack.pop()
                 else:
                     stack.append("b")
+                    cmd_at[len(stack) - 1] = base + i + 1
             elif ctx == "h":
                 pass
             elif ctx == "d":
@@ -252,7 +338,7 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                 elif (
                     ch == ":"
                     and text[i + 1 : i + 2] not in ("-", "=", "?", "+")
-                    and _PARAM_NAME_RE.search(text, 0, i)
+                    and _PARAM_NAME_RE.search("".join(out[:-1]) + text[:i])
                 ):
                     stack.append("O")
             elif ctx == "t" and text.startswith("]]", i):
@@ -268,11 +354,19 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
                 i += 1
             elif ch == "(" and ctx != "t":
                 stack.append("c")
+                cmd_at[len(stack) - 1] = base + i + 1
             elif ch == ")" and ctx == "c":
                 stack.pop()
             elif text.startswith("[[", i) and prev in _WORD_START:
                 stack.append("t")
                 i += 1
+            elif (
+                ch == "["
+                and ctx in "ucb"
+                and _ASSIGN_NAME_RE.search("".join(out[:-1]) + text[:i])
+                and _assigns(skeleton, src_at + i)
+            ):
+                stack.append("S")  # a[i]=v or (... [i]=v): the subscript is arithmetic
             elif text.startswith("<<", i) and not text.startswith("<<<", i):
                 m = _HEREDOC_RE.match(text, i)
                 if m:
@@ -285,8 +379,16 @@ def build_script(parts: tuple[tuple[str, Any], ...]) -> tuple[str, dict[str, str
             elif ch == "\n" and heredocs and ctx in ("u", "c", "b"):
                 stack.append("H" if heredocs[0][1] else "h")
                 continue  # look at the first body line from this newline
+            if (
+                ch in ";&|\n"
+                and ctx in "ucb"
+                and not (ch in "&|" and (prev in "<>" or text.startswith("&>", i)))  # >&2, &>f, >|f
+            ):
+                cmd_at[len(stack) - 1] = base + i + 1
             prev = text[i] if i < n else prev
             i += 1
+        out_len += n
+        src_at += n
     script = "".join(out)
     for k, text in tests:
         before = _TEST_BEFORE_RE.search("".join(out[:k]))
@@ -339,10 +441,15 @@ class ShellNode(PlaitNode):
         stdin = p["stdin"]
         data = None if stdin is None else _render(stdin).encode()
         timeout = p["timeout"]
-        try:
-            argv = direct_argv(script, env) if not extra else None
-            proc = subprocess.Popen(
-                argv or [_SHELL, "-c", script],
+        argv = direct_argv(script, env) if not extra else None
+        if argv is not None:
+            pwd = _bash_pwd(p["cwd"], env)
+            if pwd is not None:
+                env = {**(env or os.environ), "PWD": pwd}
+
+        def start(args: list[str]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                args,
                 stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -352,10 +459,22 @@ class ShellNode(PlaitNode):
                 # unlike start_new_session this keeps the fast vfork path
                 process_group=0,
             )
+
+        try:
+            try:
+                proc = start(argv or [_SHELL, "-c", script])
+            except OSError:
+                if argv is None:
+                    raise
+                # What exec refuses, bash may still run (a script without #!) or
+                # report the way a user expects (exit 127 for a file gone since).
+                proc = start([_SHELL, "-c", script])
         except FileNotFoundError:
             raise NodeError(f"working directory not found: {p['cwd']}", retryable=False)
         except NotADirectoryError:
             raise NodeError(f"cwd is not a folder: {p['cwd']}", retryable=False)
+        except PermissionError:
+            raise NodeError(f"permission denied entering the working directory {p['cwd']}", retryable=False)
         watch = _watchdog.watch(proc, timeout, cancelled)
         try:
             out, err = proc.communicate(input=data)
