@@ -151,6 +151,25 @@ def test_a_string_that_looks_like_a_list_but_is_not_json_is_named(plait, workflo
     assert "does not parse" in r.stderr and "[1, 2," in r.stderr
 
 
+def test_items_whose_template_misses_at_run_time_fail_the_node_not_plait(plait, workflow):
+    wf = workflow(
+        {
+            "nodes": [
+                {"id": "gen", "type": "shell", "params": {"command": "echo '{\"x\": [1, 2]}'"}},
+                batch_node({"v": "${item}"}, items="${gen.stdout.y}"),
+                {"id": "handler", "type": "echo", "params": {"v": "handled: ${b.error}"}},
+            ],
+            "edges": [{"from": "gen", "to": "b"}, {"from": "b", "to": "handler", "action": "error"}],
+        }
+    )
+    r = plait("run", wf, "-o", "json", "-q")
+    assert r.code == 0, r
+    assert "internal error" not in r.stderr
+    handled = r.json["outputs"]["v"]
+    assert handled.startswith("handled: batch.items: template ${gen.stdout.y}")
+    assert "'y' is missing" in handled and "keys: x" in handled
+
+
 # ---------------------------------------------------------------- isolation & order
 
 
@@ -201,6 +220,25 @@ def test_results_are_in_input_order_when_items_finish_in_random_order(plait, wor
     results = r.json["outputs"]["results"]
     assert [x["stdout"] for x in results] == [f"done-{i}\n" for i in range(len(delays))]
     assert [x["item"] for x in results] == delays
+
+
+def test_a_small_batch_with_a_high_max_concurrent_starts_a_worker_per_item_only(plait, workflow):
+    wf = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "b",
+                    "type": "code",
+                    "params": {"code": "import threading\nresult = threading.active_count()"},
+                    "batch": {"items": [1, 2, 3], "parallel": True, "max_concurrent": 200},
+                }
+            ]
+        }
+    )
+    r = plait("run", wf, "-o", "json", "-q", "--no-record")
+    assert r.code == 0, r
+    threads = [x["result"] for x in r.json["outputs"]["results"]]
+    assert max(threads) < 20, threads  # not the 200 slots the batch may use
 
 
 # ---------------------------------------------------------------- retries
@@ -332,6 +370,35 @@ def test_fail_fast_sequential_stops_at_the_first_failure(plait, workflow, tmp_pa
     err = r.json["errors"][0]
     assert err["node_id"] == "b" and err["index"] == 3
     assert "item 3 failed: command exited with code 3" in err["message"]
+
+
+@pytest.mark.parametrize("flaky", [True, False], ids=["retried-then-ok", "fails-for-good"])
+def test_a_sequential_batch_retries_an_item_before_starting_the_next(plait, workflow, tmp_path, flaky):
+    # Item 1 fails its first attempt (for good, unless flaky); the log shows what ran in which order.
+    command = (
+        'echo ${item} >> log; [ ${item} != 1 ] || { [ -e ok ] && [ "' + str(flaky).lower() + '" = true ]; }'
+        " || { touch ok; exit 3; }"
+    )
+    wf = workflow(
+        {
+            "nodes": [
+                {
+                    "id": "b",
+                    "type": "shell",
+                    "params": {"command": command},
+                    "batch": {"items": [0, 1, 2, 3], "max_retries": 1, "retry_wait": 0.2},
+                }
+            ]
+        }
+    )
+    r = plait("run", wf, "-q")
+    ran = (tmp_path / "log").read_text().split()
+    if flaky:
+        assert r.code == 0, r
+        assert ran == ["0", "1", "1", "2", "3"]
+    else:
+        assert r.code == 1, r
+        assert ran == ["0", "1", "1"]  # fail_fast: nothing after the failed item ran
 
 
 def test_fail_fast_parallel_stops_launching_and_reports_the_lowest_failed_index(plait, workflow, tmp_path):

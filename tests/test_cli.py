@@ -564,6 +564,63 @@ def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
     assert not (tmp_path / "after").exists()
 
 
+def test_interrupt_while_waiting_for_piped_input_is_exit_130(tmp_path: Path, workflow: Write) -> None:
+    path = workflow(
+        {"inputs": {"text": {"type": "string", "stdin": True}}, "nodes": [sh("e", "echo ${text}")]}
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait", "run", path, "-o", "json"],
+        cwd=tmp_path,
+        env=plait_env(),
+        stdin=subprocess.PIPE,  # a producer that has not written yet
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # plait is reading its standard input, before the run starts
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "error: interrupted" in err and "Aborted" not in err
+    assert json.loads(out)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["node-retry", "batch-retry"])
+def test_interrupt_during_a_retry_wait_stops_at_once(tmp_path: Path, workflow: Write, batch: bool) -> None:
+    node = sh("flaky", "touch failed; exit 3")
+    if batch:
+        node["batch"] = {"items": [1, 2], "parallel": True, "max_retries": 3, "retry_wait": 30}
+    else:
+        node["retry"] = {"max_retries": 3, "retry_wait": 30}
+    path = workflow({"nodes": [node]})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait", "run", path],
+        cwd=tmp_path,
+        env=plait_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "failed").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the first attempt has failed; the 30 s wait has begun
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert waited < 5, f"took {waited:.1f} s to stop"
+
+
 def test_version_and_help_stay_light() -> None:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "plait", "--version"],

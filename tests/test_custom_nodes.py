@@ -100,6 +100,26 @@ def test_a_node_error_from_a_custom_node_fails_the_run_with_its_message(node_fil
     assert "node 's' failed: nothing to slugify in '!!!'" in r.stderr
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["single", "parallel-batch"])
+def test_a_custom_node_that_calls_sys_exit_fails_its_item_and_the_run_ends(tmp_path, workflow, plait, parallel):
+    path = tmp_path / "exits_node.py"
+    path.write_text(
+        "import sys\n"
+        "from plait.nodes.base import PlaitNode\n\n"
+        "class ExitsNode(PlaitNode):\n"
+        "    type_name = 'exits'\n"
+        "    description = 'Calls sys.exit, as some libraries do.'\n\n"
+        "    def exec(self, p):\n"
+        "        sys.exit(4)\n"
+    )
+    node: dict = {"id": "x", "type": "exits", "params": {}}
+    if parallel:
+        node["batch"] = {"items": [1, 2, 3], "parallel": True, "max_concurrent": 2}
+    r = plait("run", workflow({"nodes": [node]}), "--nodes", str(path), "-q", timeout=20)
+    assert r.code == 1, r
+    assert "node 'x' failed: " in r.stderr and "SystemExit: 4" in r.stderr
+
+
 def test_without_nodes_the_type_is_unknown_with_a_pointer(workflow, plait):
     wf = workflow({"nodes": [{"id": "s", "type": "slugify", "params": {"text": "x"}}]})
     r = plait("validate", wf)

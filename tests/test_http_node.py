@@ -693,3 +693,40 @@ def test_cli_parallel_batch_of_100_keeps_input_order_and_reuses_connections(
     assert [r["response"]["n"] for r in results] == list(range(100))
     assert len(server.requests_to("/item/")) == 100
     assert server.connections < 100
+
+
+def test_cli_batch_of_sub_workflows_reuses_clients_instead_of_opening_new_ones(
+    plait, workflow, server
+):
+    # Each child runs its own parallel batch on fresh worker threads; the
+    # clients (and their open sockets) of the threads that ended are reused.
+    child = {
+        "inputs": {"base": {"type": "string"}, "n": {"type": "integer"}},
+        "nodes": [
+            {
+                "id": "get",
+                "type": "http",
+                "params": {"url": "${base}/item/${n}"},
+                "batch": {"items": [1, 2, 3, 4, 5], "parallel": True, "max_concurrent": 5},
+            }
+        ],
+        "outputs": {"count": {"source": "${get.success_count}"}},
+    }
+    wf = {
+        "inputs": {"base": {"type": "string"}},
+        "nodes": [
+            {
+                "id": "each",
+                "type": "workflow",
+                "params": {"workflow_ir": child, "inputs": {"base": "${base}", "n": "${item}"}},
+                "batch": {"items": list(range(40)), "parallel": True, "max_concurrent": 4},
+            }
+        ],
+        "outputs": {"results": {"source": "${each.results}"}},
+    }
+    code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
+    assert code == 0, text
+    assert [r["count"] for r in result["outputs"]["results"]] == [5] * 40
+    assert len(server.requests_to("/item/")) == 200
+    # 4 children at once, 5 threads each; a client per thread ever started would be 200
+    assert server.connections <= 60, server.connections

@@ -256,6 +256,28 @@ def test_an_interrupted_run_exits_130_and_is_recorded_as_interrupted(
     assert run_id in plait("runs").stdout.splitlines()[1]
 
 
+def test_items_stopped_by_an_interrupt_are_interrupted_not_failed(
+    running: Callable[..., subprocess.Popen[str]], workflow: Workflow, plait: Plait, tmp_path: Path
+) -> None:
+    # Items 0-2 finish at once; the next three are in flight (sleeping) when Ctrl-C kills them.
+    wf = batch_workflow(list(range(10)), "[ ${item} -lt 3 ] || sleep 30", continue_=False)
+    proc = running(workflow(wf), "-o", "json")
+    wait_for_items(proc, 3)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "'work' finished 3 of 10 items\n" in stderr
+    assert "failed" not in stderr and "outputs above" not in stderr
+    payload = json.loads(stdout)
+    assert payload["nodes"]["work"]["error"] == "interrupted"
+
+    statuses = db_rows(tmp_path, "SELECT status, count(*) FROM items GROUP BY status")
+    assert dict(statuses) == {"success": 3, "interrupted": 3}
+    shown = plait("show", payload["run_id"]).stdout
+    assert "failed" not in shown
+
+
 def test_a_killed_run_leaves_a_record_true_up_to_the_last_flush(
     running: Callable[..., subprocess.Popen[str]], workflow: Workflow, plait: Plait, tmp_path: Path
 ) -> None:

@@ -97,7 +97,11 @@ def _fail(exc: PlaitError, output_format: str = "text", invalid_status: str = "f
         # The same shape as a run's result, so a caller parses one format;
         # `invalid` tells a workflow/usage error (exit 2) from a failed run.
         payload: dict[str, Any] = {
-            "status": invalid_status if exc.exit_code == 2 else "failed",
+            "status": (
+                invalid_status
+                if exc.exit_code == 2
+                else "interrupted" if exc.exit_code == 130 else "failed"
+            ),
             "invalid": exc.exit_code == 2,
             "outputs": {},
             "nodes": {},
@@ -122,6 +126,10 @@ def _errors(
         yield
     except PlaitError as exc:
         _fail(exc, output_format, invalid_status)
+    except KeyboardInterrupt:  # Ctrl-C outside a run's own handler: still exit 130 (SPEC §7)
+        from plait.errors import Interrupted
+
+        _fail(Interrupted("interrupted"), output_format, invalid_status)
     except Exception:
         if debug or os.environ.get("PLAIT_DEBUG"):
             raise

@@ -78,12 +78,7 @@ def run_command(
     elif result.status == "success":
         print_value(result.primary)
     if result.status == "interrupted":
-        error_block(
-            Interrupted(
-                _how_far(result),
-                hint="finished work is kept in the run's outputs above" if output_format == "json" else "",
-            )
-        )
+        error_block(Interrupted(_how_far(result)))
         sys.stderr.write(details)
         return 130
     if result.status != "success":

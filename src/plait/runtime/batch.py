@@ -71,8 +71,10 @@ def run_item(
     item: Any,
     attempt: int,
     slot: int,
-) -> Outcome:
+) -> Outcome | object:
     """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises."""
+    if services.cancelled.is_set():  # queued before the interrupt: it does not start
+        return CANCELLED
     started = time.time()
     t0 = time.perf_counter()
     out = Outcome(index, item, attempt, slot, started)
@@ -107,7 +109,9 @@ def run_item(
     except TemplateError as exc:
         out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
         out.retryable = False
-    except Exception as exc:  # a node's bug is an item failure, not a crash of the run
+    except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
+        # SystemExit too (a library calling sys.exit): in a worker thread it
+        # would end the thread silently and leave the batch waiting forever.
         out.error = f"{type(exc).__name__}: {exc}"
     out.duration = time.perf_counter() - t0
     return out
@@ -178,6 +182,9 @@ def drive(
     ``"interrupted"``) or None when every item ran.
     """
     window = executor.slots * WINDOW_FACTOR if executor.slots > 1 else 1
+    # Sequential means in order: an item's retries come before the next item,
+    # and fail_fast stops at the first failure, not after the rest ran.
+    in_order = window == 1
     cancelled = services.cancelled
     emit = bus.emit if bus.active else None
     task = partial(run_item, cn, base, services, bus)
@@ -202,7 +209,7 @@ def drive(
                         _, _, index, item, attempt = heapq.heappop(retries)
                         submit(partial(task, index, item, attempt))
                         in_flight += 1
-                while not exhausted and in_flight < window:
+                while not exhausted and in_flight < window and not (in_order and retries):
                     try:
                         index, item = next(items)
                     except StopIteration:
@@ -213,11 +220,13 @@ def drive(
             if in_flight == 0:
                 if not retries or stop is not None:
                     return stop
-                timeout: float | None = max(0.0, retries[0][0] - time.monotonic())
-            elif retries:
-                timeout = max(0.0, retries[0][0] - time.monotonic())
-            else:
-                timeout = 0.5  # wake now and then to notice an interrupt
+                # Nothing runs: wait for the next retry, but wake at once on an
+                # interrupt (a retry wait can be a minute, a Retry-After five).
+                cancelled.wait(max(0.0, retries[0][0] - time.monotonic()))
+                continue
+            timeout = 0.5  # wake now and then to notice an interrupt
+            if retries:
+                timeout = min(timeout, max(0.0, retries[0][0] - time.monotonic()))
             out = next_outcome(timeout)
             if out is None:
                 continue
@@ -228,6 +237,14 @@ def drive(
                 if emit:
                     emit(_finished(cn.id, out, "item_finished"))
                 on_final(out)
+                continue
+            if cancelled.is_set():
+                # Stopped by the interrupt (a command killed on Ctrl-C): the item did
+                # not finish, it did not fail; the record marks it interrupted.
+                if stop is None:
+                    stop = "interrupted"
+                    executor.cancel_pending()
+                    retries.clear()
                 continue
             if out.retryable and out.attempt <= max_retries and stop is None:
                 wait = backoff(out.attempt, retry_wait, out.retry_after)
@@ -285,7 +302,12 @@ class BatchFailed(Exception):
 
 def resolve_items(cn: CompiledNode, base: Base) -> list[Any]:
     assert cn.items is not None
-    value = cn.items.resolve(base, _EMPTY)
+    try:
+        value = cn.items.resolve(base, _EMPTY)
+    except TemplateError as exc:  # a miss found only now is the node's failure, not a crash
+        raise BatchFailed(
+            f"batch.items: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), None, {}
+        ) from None
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):

@@ -91,6 +91,20 @@ class Usage:
         }
 
 
+class _Lease:
+    """A thread's hold on an http client. The thread's locals go when it ends,
+    and with them the lease, which hands the client back."""
+
+    __slots__ = ("client", "idle")
+
+    def __init__(self, client: Any, idle: list[Any]) -> None:
+        self.client = client
+        self.idle = idle
+
+    def __del__(self) -> None:
+        self.idle.append(self.client)  # atomic; a closed run's list is never read again
+
+
 class RunServices(Services):
     """The runtime's side of the node contract, for one run (and its children)."""
 
@@ -115,13 +129,18 @@ class RunServices(Services):
         self.stack = stack
         self.depth: int = parent[0].depth + 1 if parent else 0  # sub-workflow levels above the root
         self._root: RunServices = parent[0]._root if parent else self
-        # One httpx client per worker thread, made on first use and kept for the
-        # run: each keeps its connections alive from item to item. A single
-        # client shared by many threads serialises them on httpcore's pool lock
-        # (200 threads: 14x slower, and a known race). All share one SSL context.
+        # One httpx client per worker thread, made on first use: each keeps its
+        # connections alive from item to item. A single client shared by many
+        # threads serialises them on httpcore's pool lock (200 threads: 14x
+        # slower, and a known race). All share one SSL context. When a thread
+        # ends, its client goes to ``_idle`` for the next thread, so a run that
+        # starts new workers again and again (each item of a parallel batch of
+        # sub-workflows) holds clients and sockets for the threads alive at
+        # once, not for every thread it ever started.
         self._warmed = False
         self._local = threading.local()
         self._clients: list[Any] = []
+        self._idle: list[Any] = []
         self._ssl: Any = None
         self._client_lock = threading.Lock()
         # Sub-workflows compiled once per run (by file, or by inline IR), not once per item.
@@ -132,18 +151,21 @@ class RunServices(Services):
         root = self._root
         if root is not self:
             return root.http_client()
-        client = getattr(self._local, "client", None)
-        if client is None:
-            import httpx
+        lease = getattr(self._local, "lease", None)
+        if lease is None:
+            with self._client_lock:
+                client = self._idle.pop() if self._idle else None
+            if client is None:
+                import httpx
 
-            with self._client_lock:
-                if self._ssl is None:
-                    self._ssl = httpx.create_ssl_context()
-            client = httpx.Client(verify=self._ssl, timeout=30.0)
-            self._local.client = client
-            with self._client_lock:
-                self._clients.append(client)
-        return client
+                with self._client_lock:
+                    if self._ssl is None:
+                        self._ssl = httpx.create_ssl_context()
+                client = httpx.Client(verify=self._ssl, timeout=30.0)
+                with self._client_lock:
+                    self._clients.append(client)
+            lease = self._local.lease = _Lease(client, self._idle)
+        return lease.client
 
     def warm_up(self, node_classes: Any) -> None:
         """Let node types prepare slow shared resources in the background

@@ -82,10 +82,10 @@ class ThreadExecutor:
         self._name = name
 
     def _start(self) -> None:
-        for slot in range(self.slots):
-            t = threading.Thread(target=self._work, args=(slot,), name=f"{self._name}-{slot}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        slot = len(self._threads)
+        t = threading.Thread(target=self._work, args=(slot,), name=f"{self._name}-{slot}", daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _work(self, slot: int) -> None:
         get, put = self._tasks.get, self._outcomes.put
@@ -96,7 +96,10 @@ class ThreadExecutor:
             put(CANCELLED if self._cancelled else task(slot))
 
     def submit(self, task: Task) -> None:
-        if not self._threads:
+        # A worker per task until every slot has one: a batch of 3 items with
+        # max_concurrent 200 starts 3 threads, not 200 (which cost ~80 ms, per
+        # item of a batch of sub-workflows).
+        if len(self._threads) < self.slots:
             self._start()
         self._tasks.put(task)
 
