@@ -608,3 +608,33 @@ def test_the_run_record_counts_the_node_runs_inside_children(tmp_path, workflow,
     r = plait("show", "last")
     assert r.code == 0, r
     assert "6 node runs inside sub-workflows" in r.stdout  # 3 children x 2 nodes
+
+
+def test_child_inputs_are_converted_to_their_declared_types_or_refused(workflow, plait):
+    child = {
+        "inputs": {"n": {"type": "integer"}},
+        "nodes": [{"id": "double", "type": "echo", "params": {"v": "${n}"}}],
+        "outputs": {"v": {"source": "${double.v}"}},
+    }
+
+    def parent(value: str) -> str:
+        return workflow(
+            {
+                "nodes": [
+                    {"id": "s", "type": "shell", "params": {"command": f"echo {value}"}},
+                    {
+                        "id": "sub",
+                        "type": "workflow",
+                        "params": {"workflow_ir": child, "inputs": {"n": "${s.stdout}"}},
+                    },
+                ]
+            }
+        )
+
+    r = plait("run", parent("41"), "-o", "json", "-q")
+    assert r.code == 0, r
+    assert r.json["outputs"] == {"v": 41}  # shell text "41\n" became the integer 41
+
+    r = plait("run", parent("abc"), "-q")
+    assert r.code == 1, r
+    assert "input 'n' is declared as integer, but got 'abc\\n'" in r.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from plait.errors import PlaitError, UsageError
+from plait.ir.values import fit_input
 from plait.nodes.base import ItemContext, PlaitNode, Services
 from plait.runtime.batch import BatchFailed, run_batch, run_single
 from plait.runtime.compile import CompiledWorkflow, compile_raw, load_and_compile
@@ -336,7 +337,9 @@ def coerce_inputs(
     missing = []
     for name, spec in specs.items():
         if name in given:
-            values[name] = given[name]
+            # From the command line values arrive already converted; from a parent
+            # workflow they are checked against the child's declared type here.
+            values[name] = given[name] if source == "command line" else fit_input(spec, name, given[name])
         elif spec.has_default:
             values[name] = spec.default
         elif spec.required:
