@@ -540,17 +540,22 @@ def test_debug_is_accepted(plait: Run, workflow: Write) -> None:
     assert "Traceback" not in r.stderr  # a failed run is not a bug
 
 
-def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
-    path = workflow({"nodes": [sh("slow", "touch started; sleep 30"), sh("after", "touch after")]})
-    proc = subprocess.Popen(
+def start_run(path: str, cwd: Path) -> subprocess.Popen[str]:
+    """`plait run PATH` in the background, for tests that signal it."""
+    return subprocess.Popen(
         [sys.executable, "-m", "plait", "run", path],
-        cwd=tmp_path,
+        cwd=cwd,
         env=plait_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
+    path = workflow({"nodes": [sh("slow", "touch started; sleep 30"), sh("after", "touch after")]})
+    proc = start_run(path, tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not (tmp_path / "started").exists() and time.monotonic() < deadline:
@@ -596,15 +601,7 @@ def test_interrupt_during_a_retry_wait_stops_at_once(tmp_path: Path, workflow: W
     else:
         node["retry"] = {"max_retries": 3, "retry_wait": 30}
     path = workflow({"nodes": [node]})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plait", "run", path],
-        cwd=tmp_path,
-        env=plait_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_run(path, tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not (tmp_path / "failed").exists() and time.monotonic() < deadline:
