@@ -22,10 +22,13 @@ node's ``retry`` config so a node reads them where PocketFlow users expect them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pocketflow import Node as _PocketFlowNode
+
+T = TypeVar("T")
 
 PARAM_TYPES = ("string", "integer", "number", "boolean", "object", "array", "any")
 
@@ -83,11 +86,29 @@ class NodeError(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one call to a paid service used, for the run's usage ledger.
+
+    ``kind`` names the ledger (``"llm"``: the batch and run report it as
+    ``llm_usage``); tokens and cost are summed per item, node, batch and run.
+    """
+
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+    kind: str = "llm"
+
+
 class Services:
     """What the runtime lends to nodes. Implemented by the runtime.
 
-    Nodes reach the outside world's shared resources only through here, so a
-    node never imports runtime internals.
+    Only generic things live here: cancellation, per-run resources asked for by
+    key, the usage ledger and sub-workflows. Nodes reach shared resources only
+    through here, so a node never imports runtime internals, and the runtime
+    never names a node type.
     """
 
     #: the directory of the workflow file, for paths relative to it
@@ -95,14 +116,19 @@ class Services:
     #: set when the run is being stopped (Ctrl-C, fail-fast); long work should check it
     cancelled: threading.Event
 
-    def http_client(self) -> Any:
-        """The run's one shared ``httpx.Client`` (connection pool)."""
+    def resource(self, key: str, factory: Callable[[], T], close: Callable[[T], None] | None = None) -> T:
+        """A per-run resource (a connection pool, a session), shared by every item,
+        batch and sub-workflow of the run.
+
+        ``factory`` makes it on first use, once even when many threads ask at the
+        same time; ``close`` (if given) is called on it when the run ends, in the
+        reverse order of creation. Keys are the node type's own business: prefix
+        them with the type name (``"http.clients"``).
+        """
         raise NotImplementedError
 
-    def record_llm_call(
-        self, ctx: ItemContext, model: str, input_tokens: int, output_tokens: int
-    ) -> None:
-        """Record one LLM call for the run's usage totals."""
+    def record_usage(self, ctx: ItemContext, usage: Usage) -> None:
+        """Record one call's usage (tokens, cost) against this item."""
         raise NotImplementedError
 
     def run_workflow(

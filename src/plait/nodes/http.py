@@ -1,8 +1,9 @@
 """The ``http`` node: one HTTP request per run (or per batch item).
 
-Requests go through the client the runtime lends (``ctx.services.http_client()``, an
-``httpx.Client`` it owns and closes), so a batch of a thousand GETs to one host reuses
-a handful of pooled connections instead of opening a thousand. ``httpx`` is imported inside ``prep``/``exec`` only:
+Requests go through a pool of ``httpx.Client`` objects that lives as long as the
+run (a per-run resource, ``services.resource``, closed when the run ends), so a
+batch of a thousand GETs to one host reuses a handful of pooled connections
+instead of opening a thousand. ``httpx`` is imported inside ``prep``/``exec`` only:
 ``plait --help`` and workflows without an ``http`` node never pay for it.
 
 Failures are :class:`NodeError` with ``retryable`` set the way a retry policy needs:
@@ -150,7 +151,7 @@ class HttpNode(PlaitNode):
     def warm_up(cls, services: Services) -> None:
         # Importing httpx and building the SSL context take ~0.1 s; do it while
         # the nodes before this one run, not inside the first wave of items.
-        services.http_client()
+        _pool(services).client()
 
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params
@@ -215,7 +216,7 @@ class HttpNode(PlaitNode):
             follow_redirects=True if follow is None else _truthy(follow),
             secret_header=secret_header,
             max_response_bytes=max_bytes,
-            client=services.http_client(),
+            client=_pool(services).client(),
             cancelled=getattr(services, "cancelled", None),
         )
 
@@ -289,6 +290,67 @@ class HttpNode(PlaitNode):
 
 
 MAX_REDIRECTS = 20
+
+
+class _Lease:
+    """A thread's hold on a client. The thread's locals go when it ends, and
+    with them the lease, which hands the client back."""
+
+    __slots__ = ("client", "idle")
+
+    def __init__(self, client: Any, idle: list[Any]) -> None:
+        self.client = client
+        self.idle = idle
+
+    def __del__(self) -> None:
+        self.idle.append(self.client)  # atomic; a closed pool's list is never read again
+
+
+class _ClientPool:
+    """One ``httpx.Client`` per worker thread, made on first use.
+
+    Each keeps its connections alive from item to item. A single client shared
+    by many threads serialises them on httpcore's pool lock (200 threads: 14x
+    slower, and a known race). All share one SSL context. When a thread ends,
+    its client goes to ``_idle`` for the next thread, so a run that starts new
+    workers again and again (each item of a parallel batch of sub-workflows)
+    holds clients and sockets for the threads alive at once, not for every
+    thread it ever started.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._idle: list[Any] = []
+        self._ssl: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        lease = getattr(self._local, "lease", None)
+        if lease is None:
+            with self._lock:
+                client = self._idle.pop() if self._idle else None
+            if client is None:
+                import httpx
+
+                with self._lock:
+                    if self._ssl is None:
+                        self._ssl = httpx.create_ssl_context()
+                client = httpx.Client(verify=self._ssl, timeout=30.0)
+                with self._lock:
+                    self._clients.append(client)
+            lease = self._local.lease = _Lease(client, self._idle)
+        return lease.client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+
+def _pool(services: Services) -> _ClientPool:
+    return services.resource("http.clients", _ClientPool, _ClientPool.close)
 
 
 def _send_following(req: PreparedRequest, request: Any) -> Any:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode
+from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode, Usage
 
 MODEL_ENV_VAR = "PLAIT_LLM_MODEL"
 
@@ -133,7 +133,9 @@ class LlmNode(PlaitNode):
         services = shared.services
 
         def record(model_id: str, input_tokens: int, output_tokens: int) -> None:
-            services.record_llm_call(shared, model_id, input_tokens, output_tokens)
+            services.record_usage(
+                shared, Usage(model=model_id, input_tokens=input_tokens, output_tokens=output_tokens)
+            )
 
         return LlmCall(
             prompt=prompt,

@@ -9,17 +9,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from plait.errors import PlaitError, UsageError
 from plait.ir.values import fit_input
-from plait.nodes.base import ItemContext, PlaitNode, Services
+from plait.nodes.base import ItemContext, PlaitNode, Services, Usage
 from plait.runtime.batch import BatchFailed, run_batch, run_single
 from plait.runtime.compile import CompiledWorkflow, compile_raw, load_and_compile
 from plait.runtime.events import Event, EventBus
 from plait.runtime.executors import SequentialExecutor, make_executor
 from plait.templates import TemplateError
 
+T = TypeVar("T")
+_MISSING = object()
 MAX_VISITS = 100  # per node, for loops through non-default actions
 MAX_DEPTH = 10  # nested sub-workflows
 
@@ -63,7 +65,7 @@ class RunResult:
         }
 
 
-class Usage:
+class UsageTotals:
     """LLM usage per node, thread-safe."""
 
     def __init__(self) -> None:
@@ -92,20 +94,6 @@ class Usage:
         }
 
 
-class _Lease:
-    """A thread's hold on an http client. The thread's locals go when it ends,
-    and with them the lease, which hands the client back."""
-
-    __slots__ = ("client", "idle")
-
-    def __init__(self, client: Any, idle: list[Any]) -> None:
-        self.client = client
-        self.idle = idle
-
-    def __del__(self) -> None:
-        self.idle.append(self.client)  # atomic; a closed run's list is never read again
-
-
 class RunServices(Services):
     """The runtime's side of the node contract, for one run (and its children)."""
 
@@ -123,50 +111,42 @@ class RunServices(Services):
         self.bus = bus
         self.workflow_dir = workflow_dir
         self.cancelled = cancelled or threading.Event()
-        self.usage = Usage()
+        self.usage = UsageTotals()
         self.parent = parent
         # The files of this workflow and the ones enclosing it, for cycle detection;
         # the top-level file is added by Runner.run, which knows it.
         self.stack = stack
         self.depth: int = parent[0].depth + 1 if parent else 0  # sub-workflow levels above the root
         self._root: RunServices = parent[0]._root if parent else self
-        # One httpx client per worker thread, made on first use: each keeps its
-        # connections alive from item to item. A single client shared by many
-        # threads serialises them on httpcore's pool lock (200 threads: 14x
-        # slower, and a known race). All share one SSL context. When a thread
-        # ends, its client goes to ``_idle`` for the next thread, so a run that
-        # starts new workers again and again (each item of a parallel batch of
-        # sub-workflows) holds clients and sockets for the threads alive at
-        # once, not for every thread it ever started.
         self._warmed = False
-        self._local = threading.local()
-        self._clients: list[Any] = []
-        self._idle: list[Any] = []
-        self._ssl: Any = None
-        self._client_lock = threading.Lock()
+        # Per-run resources by key (the root's serve the whole run, children included).
+        self._resources: dict[str, Any] = {}
+        self._closers: list[tuple[Callable[[Any], None], Any]] = []
+        self._resource_lock = threading.Lock()
+        self._making: dict[str, threading.Lock] = {}
         # Sub-workflows compiled once per run (by file, or by inline IR), not once per item.
         self._compiled: dict[str, CompiledWorkflow] = {}
         self._compile_lock = threading.Lock()
 
-    def http_client(self) -> Any:
+    def resource(self, key: str, factory: Callable[[], T], close: Callable[[T], None] | None = None) -> T:
         root = self._root
         if root is not self:
-            return root.http_client()
-        lease = getattr(self._local, "lease", None)
-        if lease is None:
-            with self._client_lock:
-                client = self._idle.pop() if self._idle else None
-            if client is None:
-                import httpx
-
-                with self._client_lock:
-                    if self._ssl is None:
-                        self._ssl = httpx.create_ssl_context()
-                client = httpx.Client(verify=self._ssl, timeout=30.0)
-                with self._client_lock:
-                    self._clients.append(client)
-            lease = self._local.lease = _Lease(client, self._idle)
-        return lease.client
+            return root.resource(key, factory, close)
+        hit = self._resources.get(key, _MISSING)
+        if hit is not _MISSING:
+            return hit
+        with self._resource_lock:
+            making = self._making.setdefault(key, threading.Lock())
+        with making:  # one factory call per key; other keys are made meanwhile
+            hit = self._resources.get(key, _MISSING)
+            if hit is not _MISSING:
+                return hit
+            value = factory()
+            with self._resource_lock:
+                if close is not None:
+                    self._closers.append((close, value))
+                self._resources[key] = value
+            return value
 
     def warm_up(self, node_classes: Any) -> None:
         """Let node types prepare slow shared resources in the background
@@ -180,12 +160,17 @@ class RunServices(Services):
                 threading.Thread(target=cls.warm_up, args=(self,), name="plait-warm-up", daemon=True).start()
 
     def close(self) -> None:
-        with self._client_lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
+        """Close the run's resources, newest first; one that fails does not stop the others."""
+        with self._resource_lock:
+            closers, self._closers = self._closers, []
+            self._resources.clear()
+        for close, value in reversed(closers):
+            try:
+                close(value)
+            except Exception:
+                pass
 
-    def record_llm_call(self, ctx: ItemContext, model: str, input_tokens: int, output_tokens: int) -> None:
+    def record_usage(self, ctx: ItemContext, usage: Usage) -> None:
         # One event, where the call happened (a child's reaches the parent bus
         # through the forwarder, with its node id prefixed); the usage is added
         # at every level, so the parent's workflow node and run count it too.
@@ -194,10 +179,14 @@ class RunServices(Services):
                 "llm_call",
                 ctx.node_id,
                 index=ctx.index,
-                data={"model": model, "input_tokens": input_tokens, "output_tokens": output_tokens},
+                data={
+                    "model": usage.model,
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                },
             )
         )
-        self._add_usage(ctx, input_tokens, output_tokens)
+        self._add_usage(ctx, usage.input_tokens, usage.output_tokens)
 
     def _add_usage(self, ctx: ItemContext, input_tokens: int, output_tokens: int) -> None:
         self.usage.add(ctx.node_id, input_tokens, output_tokens)
