@@ -12,8 +12,8 @@ import pytest
 
 from plait.nodes.base import ItemContext, NodeError, PlaitNode
 from plait.nodes.registry import Registry
-from plait.runtime.engine import RunServices
-from plait.runtime.events import Event, EventBus
+from plait.runtime.events import Event, EventBus, UsageRecorded
+from plait.runtime.services import RunServices
 
 
 class DirectServices(RunServices):
@@ -26,9 +26,10 @@ class DirectServices(RunServices):
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if event.kind == "llm_call" and event.data is not None and event.node_id is not None:
-            d = event.data
-            self.calls.append((event.node_id, event.index, d["model"], d["input_tokens"], d["output_tokens"]))
+        if isinstance(event, UsageRecorded):
+            self.calls.append(
+                (str(event.loc), event.index, event.model or "", event.input_tokens, event.output_tokens)
+            )
 
 
 def with_defaults(cls: type[PlaitNode], params: dict[str, Any]) -> dict[str, Any]:

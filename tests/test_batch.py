@@ -59,7 +59,7 @@ def test_defaults_of_the_batch_config_show_in_its_metadata(plait, workflow):
     meta = r.json["outputs"]["batch_metadata"]
     assert meta["parallel"] is False
     assert meta["max_concurrent"] == 10
-    assert meta["max_retries"] == 0
+    assert meta["max_retries"] == 1
     assert meta["error_handling"] == "fail_fast"
 
 
@@ -258,7 +258,7 @@ def test_an_item_that_fails_twice_then_succeeds_is_a_success_with_its_attempts(p
                     "id": "b",
                     "type": "shell",
                     "params": {"command": FLAKY},
-                    "batch": {"items": [0, 2, 1], "max_retries": 2, "retry_wait": 0.01},
+                    "batch": {"items": [0, 2, 1], "max_retries": 3, "retry_wait": 0.01},
                 }
             ]
         }
@@ -281,7 +281,7 @@ def test_retries_stop_at_max_retries_and_the_error_says_how_many_attempts(plait,
                     "params": {"command": FLAKY},
                     "batch": {
                         "items": [5, 0],
-                        "max_retries": 2,
+                        "max_retries": 3,
                         "retry_wait": 0.01,
                         "parallel": True,
                         "error_handling": "continue",
@@ -309,7 +309,7 @@ def test_retry_waits_grow_exponentially(plait, workflow, tmp_path):
                     "id": "b",
                     "type": "shell",
                     "params": {"command": "date +%s.%N >> stamps; exit 1"},
-                    "batch": {"items": [1], "max_retries": 3, "retry_wait": 0.1},
+                    "batch": {"items": [1], "max_retries": 4, "retry_wait": 0.1, "retry_backoff": "exponential"},
                 }
             ]
         }
@@ -334,7 +334,7 @@ def test_node_level_retry_applies_to_a_plain_node(plait, workflow, tmp_path):
                     "params": {
                         "command": 'n=$(cat c 2>/dev/null || echo 0); echo $((n+1)) > c; [ "$n" -ge 1 ]'
                     },
-                    "retry": {"max_retries": 3, "retry_wait": 0},
+                    "retry": {"max": 4, "wait": 0},
                 }
             ]
         }
@@ -386,7 +386,7 @@ def test_a_sequential_batch_retries_an_item_before_starting_the_next(plait, work
                     "id": "b",
                     "type": "shell",
                     "params": {"command": command},
-                    "batch": {"items": [0, 1, 2, 3], "max_retries": 1, "retry_wait": 0.2},
+                    "batch": {"items": [0, 1, 2, 3], "max_retries": 2, "retry_wait": 0.2},
                 }
             ]
         }

@@ -9,8 +9,9 @@ import pytest
 
 from plait.nodes.registry import Registry
 from plait.runtime.compile import compile_raw
-from plait.runtime.engine import Runner, RunServices
+from plait.runtime.engine import Runner
 from plait.runtime.events import Event, EventBus
+from plait.runtime.services import RunServices
 
 
 def run_with_events(raw: dict, cwd: Path) -> tuple[list[Event], object]:
@@ -41,7 +42,7 @@ def test_every_item_reports_started_finished_retried_and_failed(tmp_path, monkey
                     "items": list(range(10)),
                     "parallel": parallel,
                     "max_concurrent": 4,
-                    "max_retries": 1,
+                    "max_retries": 2,
                     "retry_wait": 0,
                     "error_handling": "continue",
                 },

@@ -155,7 +155,7 @@ def test_schema_accepts_a_full_workflow(schema_validator: Any) -> None:
         "inputs": {"t": {"type": "number", "default": 2, "description": "seconds"}, "s": {"type": "str", "stdin": True}},
         "nodes": [
             sh("a", "echo hi", timeout="${t}", ignore_errors=True, env={"X": "1"}),
-            {"id": "b", "type": "echo", "params": {"anything": [1, 2]}, "retry": {"max_retries": 2}},
+            {"id": "b", "type": "echo", "params": {"anything": [1, 2]}, "retry": {"max": 3}},
             {
                 "id": "c",
                 "type": "read-file",
@@ -597,9 +597,9 @@ def test_interrupt_while_waiting_for_piped_input_is_exit_130(tmp_path: Path, wor
 def test_interrupt_during_a_retry_wait_stops_at_once(tmp_path: Path, workflow: Write, batch: bool) -> None:
     node = sh("flaky", "touch failed; exit 3")
     if batch:
-        node["batch"] = {"items": [1, 2], "parallel": True, "max_retries": 3, "retry_wait": 30}
+        node["batch"] = {"items": [1, 2], "parallel": True, "max_retries": 4, "retry_wait": 30}
     else:
-        node["retry"] = {"max_retries": 3, "retry_wait": 30}
+        node["retry"] = {"max": 4, "wait": 30}
     path = workflow({"nodes": [node]})
     proc = start_run(path, tmp_path)
     try:

@@ -21,7 +21,7 @@ import direct
 from direct import DirectServices
 from plait.nodes.base import NodeError
 from plait.nodes.code import CodeNode
-from plait.runtime.engine import RunServices
+from plait.runtime.services import RunServices
 
 
 @pytest.fixture

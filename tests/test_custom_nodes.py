@@ -193,29 +193,29 @@ def plugin_env(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": f"{SRC}{os.pathsep}{site}"}
 
 
-def test_an_installed_plugin_is_listed_with_its_package(plugin_env, plait):
-    r = plait("nodes", "slugify", env=plugin_env)
+def test_an_installed_plugin_is_listed_with_its_package(plugin_env, plait_process):
+    r = plait_process("nodes", "slugify", env=plugin_env)
     assert r.code == 0, r
     assert "Turn text into a lowercase URL slug." in r.stdout
     assert "entry point (plait-slugify)" in r.stdout
-    r = plait("nodes", env=plugin_env)
+    r = plait_process("nodes", env=plugin_env)
     assert r.code == 0, r
     assert "slugify" in r.stdout and "shell" in r.stdout
 
 
-def test_an_installed_plugin_runs_and_validates_with_no_nodes_option(plugin_env, workflow, plait):
+def test_an_installed_plugin_runs_and_validates_with_no_nodes_option(plugin_env, workflow, plait_process):
     wf = workflow(USE)
-    r = plait("run", wf, 'titles=["One Two", "Three"]', "-o", "json", "-q", env=plugin_env)
+    r = plait_process("run", wf, 'titles=["One Two", "Three"]', "-o", "json", "-q", env=plugin_env)
     assert r.code == 0, r
     assert [x["slug"] for x in r.json["outputs"]["results"]] == ["one_two", "three"]
 
     bad = workflow({"nodes": [{"id": "s", "type": "slugify", "params": {"texts": "x"}}]})
-    r = plait("validate", bad, env=plugin_env)
+    r = plait_process("validate", bad, env=plugin_env)
     assert r.code == 2, r
     assert "unknown param 'texts'" in r.stderr and "did you mean 'text'?" in r.stderr
 
 
-def test_a_broken_plugin_only_fails_the_workflows_that_use_it(tmp_path, workflow, plait):
+def test_a_broken_plugin_only_fails_the_workflows_that_use_it(tmp_path, workflow, plait_process):
     site = tmp_path / "site-packages"
     dist = site / "plait_broken-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -226,16 +226,16 @@ def test_a_broken_plugin_only_fails_the_workflows_that_use_it(tmp_path, workflow
     env = {"PYTHONPATH": f"{SRC}{os.pathsep}{site}"}
 
     fine = workflow({"nodes": [{"id": "e", "type": "echo", "params": {"v": "ok"}}]})
-    r = plait("run", fine, "-q", env=env)
+    r = plait_process("run", fine, "-q", env=env)
     assert r.code == 0, r
 
     uses = workflow({"nodes": [{"id": "b", "type": "broken", "params": {}}]})
-    r = plait("run", uses, "-q", env=env)
+    r = plait_process("run", uses, "-q", env=env)
     assert r.code == 2, r
     assert "node type 'broken' could not be loaded from plait_broken_missing:BrokenNode" in r.stderr
 
 
-def test_an_entry_point_cannot_replace_a_built_in(tmp_path, workflow, plait):
+def test_an_entry_point_cannot_replace_a_built_in(tmp_path, workflow, plait_process):
     site = tmp_path / "site-packages"
     dist = site / "plait_evil-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -245,6 +245,6 @@ def test_an_entry_point_cannot_replace_a_built_in(tmp_path, workflow, plait):
     wf = workflow(
         {"nodes": [{"id": "s", "type": "shell", "params": {"command": "echo real shell"}}]}
     )
-    r = plait("run", wf, "-q", env=env)
+    r = plait_process("run", wf, "-q", env=env)
     assert r.code == 0, r
     assert r.stdout == "real shell\n"

@@ -325,7 +325,7 @@ def test_node_retry_runs_again_until_success(plait: Run, workflow: Write, tmp_pa
                 "id": "flaky",
                 "type": "shell",
                 "params": {"command": command},
-                "retry": {"max_retries": 2, "retry_wait": 0},
+                "retry": {"max": 3, "wait": 0},
             }
         ]
     }
@@ -342,7 +342,7 @@ def test_node_retry_gives_up_after_max_retries(plait: Run, workflow: Write, tmp_
                 "id": "broken",
                 "type": "shell",
                 "params": {"command": "echo x >> tries; exit 1"},
-                "retry": {"max_retries": 1, "retry_wait": 0},
+                "retry": {"max": 2, "wait": 0},
             }
         ]
     }

@@ -25,7 +25,7 @@ import direct
 from direct import DirectServices
 from plait.nodes.base import NodeError
 from plait.nodes.http import HttpNode
-from plait.runtime.engine import RunServices
+from plait.runtime.services import RunServices
 from servers import LocalServer, Reply, binary_payload, serve
 
 server = pytest.fixture(serve)
@@ -613,7 +613,7 @@ def test_cli_error_edge_handler_reads_the_status_code(plait, workflow, server):
 def test_cli_node_retry_honours_retry_after(plait, workflow, server):
     wf = http_workflow(
         {"url": "${base}/flaky/node?fail=1&status=429&retry_after=1"},
-        retry={"max_retries": 2, "retry_wait": 0},
+        retry={"max": 3, "wait": 0},
     )
     code, result, text = run_plait(plait, workflow, wf, f"base={server.base_url}")
     assert code == 0, text
@@ -633,7 +633,7 @@ def test_cli_batch_retry_honours_retry_after(plait, workflow, server):
                 "batch": {
                     "items": ["a", "b", "c"],
                     "parallel": True,
-                    "max_retries": 2,
+                    "max_retries": 3,
                     "retry_wait": 0,
                 },
             }

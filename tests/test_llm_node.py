@@ -27,7 +27,7 @@ from direct import DirectServices
 from openai_server import OpenAIServer, write_llm_config
 from plait.nodes.base import NodeError
 from plait.nodes.llm import LlmNode
-from plait.runtime.engine import RunServices
+from plait.runtime.services import RunServices
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -471,7 +471,7 @@ def test_cli_rate_limited_call_succeeds_with_node_retry(server, run_llm_workflow
                 "id": "ask",
                 "type": "llm",
                 "params": {"prompt": "hi", "model": "local-test"},
-                "retry": {"max_retries": 3, "retry_wait": 0.01},
+                "retry": {"max": 4, "wait": 0.01},
             }
         ],
         "outputs": {"answer": {"source": "${ask.response}"}},

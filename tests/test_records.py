@@ -93,7 +93,7 @@ def test_records_hold_every_attempt_with_slot_timing_and_outcome(
         "if [ ${item} -eq 3 ]; then echo 'no such thing' >&2; exit 5; fi; "
         "if [ ${item} -eq 2 ] && [ ! -e seen ]; then touch seen; exit 1; fi; echo ok"
     )
-    path = workflow(batch_workflow([1, 2, 3, 4, 5], command, max_retries=1, retry_wait=0.01))
+    path = workflow(batch_workflow([1, 2, 3, 4, 5], command, max_retries=2, retry_wait=0.01))
     result = plait("run", path, "-o", "json")
     assert result.code == 0, result
     rows = db_rows(

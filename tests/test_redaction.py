@@ -3,6 +3,7 @@ and the timeline page. Checked on the bytes of every file plait leaves."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,8 @@ ENV_SECRET = "env-secret-77aa99bb"
 
 
 def written_by_plait(tmp_path: Path, *extra: Path) -> bytes:
-    files = [p for p in (tmp_path / ".plait").iterdir() if p.is_file()]
+    home = Path(os.environ["PLAIT_HOME"])
+    files = [p for p in home.iterdir() if p.is_file()]
     return b"".join(p.read_bytes() for p in [*files, *extra])
 
 

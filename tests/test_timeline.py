@@ -37,7 +37,7 @@ WORKFLOW = {
                 "parallel": True,
                 "max_concurrent": 3,
                 "error_handling": "continue",
-                "max_retries": 1,
+                "max_retries": 2,
                 "retry_wait": 0.01,
             },
         },

@@ -68,7 +68,7 @@ def test_pflow_compat_fields_are_accepted() -> None:
         ({"nodes": [shell("a")], "edgez": []}, "edgez", "edges"),
         ({"nodes": [{**shell("a"), "parms": {}}]}, "nodes[0].parms", "params"),
         ({"nodes": [{**shell("a"), "batch": {"items": [1], "paralel": True}}]}, "nodes[0].batch.paralel", "parallel"),
-        ({"nodes": [{**shell("a"), "retry": {"max_retry": 2}}]}, "nodes[0].retry.max_retry", "max_retries"),
+        ({"nodes": [{**shell("a"), "retry": {"wiat": 2}}]}, "nodes[0].retry.wiat", "wait"),
         ({"nodes": [shell("a")], "edges": [{"from": "a", "too": "a"}]}, "edges[0].too", "to"),
         ({"inputs": {"x": {"typ": "string"}}, "nodes": [shell("a")]}, "inputs.x.typ", "type"),
         ({"nodes": [shell("a")], "outputs": {"o": {"source": "${a.stdout}", "descr": ""}}}, "outputs.o.descr", "description"),
@@ -289,6 +289,9 @@ def test_only_one_stdin_input() -> None:
         ({"items": [1], "max_concurrent": 0}, "nodes[0].batch.max_concurrent"),
         ({"items": [1], "error_handling": "contine"}, "nodes[0].batch.error_handling"),
         ({"items": [1], "max_retries": -1}, "nodes[0].batch.max_retries"),
+        ({"items": [1], "max_retries": 0}, "nodes[0].batch.max_retries"),
+        ({"items": [1], "retry_wait": float("inf")}, "nodes[0].batch.retry_wait"),
+        ({"items": [1], "retry_backoff": "linear"}, "nodes[0].batch.retry_backoff"),
         ({"items": [1], "max_failure_rate": 2}, "nodes[0].batch.max_failure_rate"),
         ({"items": 5}, "nodes[0].batch.items"),
         ({"items": "a,b"}, "nodes[0].batch.items"),
@@ -301,8 +304,8 @@ def test_batch_settings(batch: dict[str, Any], path: str) -> None:
 
 
 def test_retry_settings() -> None:
-    raw = {"nodes": [{**shell("a"), "retry": {"max_retries": "2", "retry_wait": -1}}]}
-    assert set(by_path(problems(raw))) == {"nodes[0].retry.max_retries", "nodes[0].retry.retry_wait"}
+    raw = {"nodes": [{**shell("a"), "retry": {"max": "2", "wait": -1}}]}
+    assert set(by_path(problems(raw))) == {"nodes[0].retry.max", "nodes[0].retry.wait"}
 
 
 # -- ir_version ------------------------------------------------------------------------
@@ -313,7 +316,7 @@ def test_known_major_version(version: str) -> None:
     compile_raw({"ir_version": version, "nodes": [shell("a")]}, Registry())
 
 
-@pytest.mark.parametrize("version", ["1.0.0", "2.1"])
+@pytest.mark.parametrize("version", ["2.0.0", "3.1"])
 def test_unknown_major_version_is_refused(version: str) -> None:
     p = only({"ir_version": version, "nodes": [shell("a")]})
     assert p.path == "ir_version"

@@ -540,13 +540,22 @@ def test_llm_usage_in_a_child_counts_for_the_parent(workflow, plait):
     assert "classify: green" in r.json["outputs"]["results"][1]["answer"]
 
 
-def test_child_events_reach_the_parent_run_with_prefixed_node_ids(tmp_path):
+def test_child_events_carry_their_place_in_the_parent_run(tmp_path):
     # No CLI view shows child events yet, so listen on the run's event bus the
     # way the progress display and the run records do.
     from plait.nodes.registry import Registry
     from plait.runtime.compile import load_and_compile
-    from plait.runtime.engine import Runner, RunServices
-    from plait.runtime.events import Event, EventBus
+    from plait.runtime.engine import Runner
+    from plait.runtime.events import (
+        Event,
+        EventBus,
+        ItemFinished,
+        ItemStarted,
+        NodeFinished,
+        RunFinished,
+        RunStarted,
+    )
+    from plait.runtime.services import RunServices
 
     write(tmp_path / "child.json", GREETER)
     parent = write(
@@ -562,13 +571,9 @@ def test_child_events_reach_the_parent_run_with_prefixed_node_ids(tmp_path):
             ]
         },
     )
-    seen: list[tuple[str, str | None, int | None, str | None]] = []
-
-    def listen(e: Event) -> None:
-        seen.append((e.kind, e.node_id, e.index, e.status))
-
+    seen: list[Event] = []
     bus = EventBus()
-    bus.subscribe(listen)
+    bus.subscribe(seen.append)
     registry = Registry()
     compiled = load_and_compile(parent, registry)
     services = RunServices(registry, bus, compiled.directory)
@@ -578,15 +583,22 @@ def test_child_events_reach_the_parent_run_with_prefixed_node_ids(tmp_path):
         services.close()
     assert result.status == "success"
     for i in (0, 1):
-        began = seen.index(("item_started", "each", i, None))
-        ended = seen.index(("item_finished", "each", i, "success"))
-        mine = [(k, n, s) for k, n, _, s in seen[began:ended] if n and n.startswith(f"each[{i}]")]
-        assert mine[0] == ("child_run_started", f"each[{i}]", None)
-        assert ("node_finished", f"each[{i}]/hi", "success") in mine
-        assert ("node_finished", f"each[{i}]/loud", "success") in mine
-        assert mine[-1] == ("child_run_finished", f"each[{i}]", "success")
-    assert ("node_finished", "each", None, "success") in seen
-    assert seen[-1] == ("run_finished", None, None, "success")
+        began = next(
+            k for k, e in enumerate(seen) if isinstance(e, ItemStarted) and e.loc.node_id == "each" and e.index == i
+        )
+        ended = next(
+            k for k, e in enumerate(seen) if isinstance(e, ItemFinished) and e.loc.node_id == "each" and e.index == i
+        )
+        inside = [e for e in seen[began:ended] if getattr(e, "path", None) == (("each", i),)
+                  or (getattr(e, "loc", None) is not None and e.loc.path == (("each", i),))]  # type: ignore[attr-defined]
+        assert isinstance(inside[0], RunStarted) and inside[0].run_id == result.run_id
+        assert isinstance(inside[-1], RunFinished) and inside[-1].status == "success"
+        finished = {str(e.loc): e.status for e in inside if isinstance(e, NodeFinished)}
+        assert finished == {f"each[{i}]/hi": "success", f"each[{i}]/loud": "success"}
+        assert all(e.loc.top == ("each", i) for e in inside if isinstance(e, NodeFinished))
+    top = [e for e in seen if isinstance(e, NodeFinished) and e.loc.top_level]
+    assert [(e.loc.node_id, e.status) for e in top] == [("each", "success")]
+    assert isinstance(seen[-1], RunFinished) and seen[-1].path == () and seen[-1].status == "success"
 
 
 def test_the_run_record_counts_the_node_runs_inside_children(tmp_path, workflow, plait):

@@ -22,7 +22,7 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes")
+_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor")
 
 
 def _looks_like_workflow(word: str) -> bool:
@@ -158,6 +158,12 @@ def _errors(
 @click.option(
     "--no-record", is_flag=True, help="Keep no run record (see `plait runs`) for this run."
 )
+@click.option(
+    "--executor",
+    metavar="NAME",
+    help="Where batch items run: auto, sequential, threads, or an installed executor "
+    "(a batch's own 'executor' field still wins).",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -166,6 +172,7 @@ def run(
     output_format: str,
     quiet: bool,
     no_record: bool,
+    executor: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -185,6 +192,7 @@ def run(
             quiet=quiet,
             nodes_paths=nodes_paths,
             record=not no_record,
+            executor=executor,
         )
     sys.exit(code)
 

@@ -20,17 +20,29 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-from plait.runtime.events import Event, EventBus
+from plait.runtime.events import (
+    BatchStarted,
+    Event,
+    EventBus,
+    ItemFailed,
+    ItemFinished,
+    ItemRetried,
+    ItemStarted,
+    Location,
+    NodeFinished,
+    NodeStarted,
+)
 
 SUMMARY_EVERY_S = 5.0  # plain mode: a batch running longer than this gets summary lines
 RATE_WINDOW_S = 10.0  # rate and ETA follow the last seconds, not the whole batch
 
 
 class NodeProgress:
-    __slots__ = ("batch", "done", "failed", "id", "retries", "started", "total", "type")
+    __slots__ = ("batch", "done", "failed", "id", "loc", "retries", "started", "total", "type")
 
-    def __init__(self, node_id: str, type_: str, batch: bool) -> None:
+    def __init__(self, node_id: str, type_: str, batch: bool, loc: Location | None = None) -> None:
         self.id = node_id
+        self.loc = loc
         self.type = type_
         self.batch = batch
         self.started = time.monotonic()
@@ -72,37 +84,32 @@ class Tracker:
         self.node: NodeProgress | None = None
 
     def __call__(self, ev: Event) -> None:
-        kind = ev.kind
-        if kind == "item_started":
+        kind = type(ev)
+        if kind is ItemStarted:
             return
         node = self.node
-        if kind == "item_finished":
-            if node is not None and ev.node_id == node.id:
-                node.done += 1
+        if kind is ItemFinished or kind is ItemFailed or kind is ItemRetried:
+            if node is not None and ev.loc is node.loc:  # type: ignore[attr-defined]
+                if kind is ItemRetried:
+                    node.retries += 1
+                else:
+                    node.done += 1
+                    if kind is ItemFailed:
+                        node.failed += 1
             return
-        if kind == "item_failed":
-            if node is not None and ev.node_id == node.id:
-                node.done += 1
-                node.failed += 1
+        loc = getattr(ev, "loc", None)
+        if loc is None or not loc.top_level:  # run events, and the insides of sub-workflows
             return
-        if kind == "item_retried":
-            if node is not None and ev.node_id == node.id:
-                node.retries += 1
-            return
-        node_id = ev.node_id
-        if not node_id or "/" in node_id:  # run events, and the insides of sub-workflows
-            return
-        if kind == "node_started":
-            data = ev.data or {}
-            self.node = NodeProgress(node_id, str(data.get("type", "")), bool(data.get("batch")))
+        if isinstance(ev, NodeStarted):
+            self.node = NodeProgress(loc.node_id, ev.type, ev.batch, loc)
             self.display.node_started(self.node)
-        elif kind == "batch_started":
-            if node is not None and node.id == node_id:
-                node.total = (ev.data or {}).get("total")
+        elif isinstance(ev, BatchStarted):
+            if node is not None and node.id == loc.node_id:
+                node.total = ev.total
                 node.started = time.monotonic()
-        elif kind == "node_finished":
-            if node is None or node.id != node_id:
-                node = NodeProgress(node_id, "", False)
+        elif isinstance(ev, NodeFinished):
+            if node is None or node.id != loc.node_id:
+                node = NodeProgress(loc.node_id, "", False, loc)
             self.node = None
             self.display.node_finished(node, ev)
 
@@ -157,7 +164,7 @@ def summary(node: NodeProgress, rate: float | None) -> str:
 
 
 def node_line(
-    node: NodeProgress, ev: Event, marks: dict[str, str], cancelled: threading.Event | None = None
+    node: NodeProgress, ev: NodeFinished, marks: dict[str, str], cancelled: threading.Event | None = None
 ) -> tuple[str, str, str]:
     """(mark, node id, details) of a finished node."""
     status = ev.status or "success"
@@ -166,7 +173,7 @@ def node_line(
     )
     mark = marks["stop"] if interrupted else marks["ok"] if status == "success" else marks["fail"]
     details = []
-    counts = ev.data or {}
+    counts = ev.counts or {}
     count = counts.get("count")
     if count is None:
         count = node.total
@@ -204,7 +211,7 @@ class Display:
 
     def node_started(self, node: NodeProgress) -> None: ...
 
-    def node_finished(self, node: NodeProgress, ev: Event) -> None: ...
+    def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None: ...
 
     def close(self) -> None: ...
 
@@ -248,7 +255,7 @@ class PlainDisplay(Display):
                 last = now
                 self._write(summary(node, r))
 
-    def node_finished(self, node: NodeProgress, ev: Event) -> None:
+    def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None:
         mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
         self._write(f"{mark} {node_id}  {details}")
 
@@ -286,7 +293,7 @@ class LiveDisplay(Display):
         self._spinner = Spinner("dots", style="cyan")
         self._rate.reset()
 
-    def node_finished(self, node: NodeProgress, ev: Event) -> None:
+    def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None:
         from rich.text import Text
 
         mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)

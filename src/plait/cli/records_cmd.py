@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from plait.cli.progress import fmt_duration
-from plait.runtime.records import Records, db_path, records_dir
+from plait.runtime.records.queries import Records, db_path, records_dir
 
 _STATUS_STYLE = {
     "success": "32",
@@ -57,7 +57,8 @@ def _table(rows: list[list[str]], stream: TextIO, statuses: list[str] | None = N
         stream.write("  ".join(cells).rstrip() + "\n")
 
 
-def runs_command(limit: int, as_json: bool, stream: TextIO = sys.stdout) -> int:
+def runs_command(limit: int, as_json: bool, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
     if not db_path().exists():
         stream.write("[]\n" if as_json else f"no runs recorded yet in {records_dir()}\n")
         return 0
@@ -83,7 +84,8 @@ def runs_command(limit: int, as_json: bool, stream: TextIO = sys.stdout) -> int:
     return 0
 
 
-def show_command(ref: str, as_json: bool, stream: TextIO = sys.stdout) -> int:
+def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
     records = Records.open()
     try:
         run = records.resolve(ref)
@@ -177,7 +179,8 @@ def show_command(ref: str, as_json: bool, stream: TextIO = sys.stdout) -> int:
     return 0
 
 
-def timeline_command(ref: str, output: str | None, stream: TextIO = sys.stdout) -> int:
+def timeline_command(ref: str, output: str | None, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
     from plait.cli.timeline import render_timeline
 
     records = Records.open()

@@ -15,7 +15,8 @@ def _style(text: str, code: str, stream: TextIO) -> str:
     return text
 
 
-def error_block(exc: PlaitError, stream: TextIO = sys.stderr) -> None:
+def error_block(exc: PlaitError, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
     lines = [_style("error: ", "1;31", stream) + exc.message]
     where = []
     if exc.file:
@@ -42,7 +43,8 @@ def error_block(exc: PlaitError, stream: TextIO = sys.stderr) -> None:
     stream.write("\n".join(lines) + "\n")
 
 
-def print_value(value: Any, stream: TextIO = sys.stdout) -> None:
+def print_value(value: Any, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
     if value is None:
         return
     if isinstance(value, str):

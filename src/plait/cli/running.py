@@ -12,8 +12,9 @@ from plait.cli.render import error_block, print_value
 from plait.errors import Interrupted, PlaitError, RunFailed
 from plait.nodes.registry import Registry
 from plait.runtime.compile import load_and_compile
-from plait.runtime.engine import Runner, RunResult, RunServices, coerce_inputs
+from plait.runtime.engine import Runner, RunResult, coerce_inputs
 from plait.runtime.events import EventBus
+from plait.runtime.services import RunServices
 
 
 def run_command(
@@ -24,12 +25,21 @@ def run_command(
     quiet: bool,
     nodes_paths: tuple[str, ...],
     record: bool = True,
+    executor: str | None = None,
 ) -> int:
     registry = Registry()
     for path in nodes_paths:
         registry.load_path(path)
     compiled = load_and_compile(workflow, registry)
-    bus = EventBus()
+    if executor is not None:
+        from plait.runtime.executors import check_executor_name, executor_names
+
+        wrong = check_executor_name(executor)
+        if wrong is not None:
+            from plait.errors import UsageError
+
+            raise UsageError(f"--executor: {wrong}", hint=f"executors: {', '.join(executor_names())}")
+    bus = EventBus(on_subscriber_error=_subscriber_failed)
     services = RunServices(registry, bus, compiled.directory)
     # Slow imports (httpx for an http node) start now, beside input parsing and
     # the records database, instead of inside the first items.
@@ -39,7 +49,7 @@ def run_command(
     add_piped(given, specs, sys.stdin)
     values = coerce_inputs(compiled, given)
 
-    recorder = _start_recorder(compiled, values, workflow) if record else None
+    recorder = _start_recorder() if record else None
     if recorder is not None:
         recorder.attach(bus)
     if not quiet:
@@ -52,7 +62,7 @@ def run_command(
     result: RunResult | None = None
     stopped = "failed"  # what the record says if the run raises: an internal error
     try:
-        result = Runner(compiled, services).run(values)
+        result = Runner(compiled, services, executor=executor).run(values)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but still say how far it got
         stopped = "interrupted"
     finally:
@@ -61,7 +71,7 @@ def run_command(
         if progress is not None:
             progress.close()
         if recorder is not None:
-            recorder.close(result, status=stopped)
+            recorder.close(status=stopped)
             if recorder.error:
                 sys.stderr.write(f"warning: the run record is incomplete: {recorder.error}\n")
     run_id = recorder.run_id if recorder is not None else None
@@ -93,12 +103,20 @@ def run_command(
     return 0
 
 
-def _start_recorder(compiled: Any, values: dict[str, Any], workflow: str) -> Any:
+def _subscriber_failed(subscriber: Any, exc: BaseException) -> None:
+    what = getattr(subscriber, "__qualname__", None) or type(subscriber).__qualname__
+    sys.stderr.write(
+        f"warning: an event subscriber ({what}) failed and was detached; the run goes on: "
+        f"{type(exc).__name__}: {exc}\n"
+    )
+
+
+def _start_recorder() -> Any:
     """The run record; a run goes on without one when it cannot be written."""
-    from plait.runtime.records import RunRecorder
+    from plait.runtime.records.writer import RunRecorder
 
     try:
-        return RunRecorder(compiled, values, workflow=workflow)
+        return RunRecorder()
     except PlaitError as exc:
         sys.stderr.write(f"warning: this run is not recorded: {exc.message}\n")
     except Exception as exc:  # an unwritable folder, a locked or damaged database

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.ir.format import BATCH, RETRY, TOP
+
 TYPE_ALIASES = {
     "str": "string",
     "int": "integer",
@@ -63,20 +65,26 @@ class OutputSpec:
 @dataclass
 class BatchSpec:
     items: Any
-    alias: str = "item"
-    parallel: bool = False
-    max_concurrent: int = 10
-    error_handling: str = "fail_fast"
-    max_retries: int = 0
-    retry_wait: float = 1.0
-    max_failures: int | None = None
-    max_failure_rate: float | None = None
+    alias: str = BATCH.default("as")
+    parallel: bool = BATCH.default("parallel")
+    max_concurrent: int = BATCH.default("max_concurrent")
+    error_handling: str = BATCH.default("error_handling")
+    max_retries: int = BATCH.default("max_retries")  # total attempts
+    retry_wait: float = BATCH.default("retry_wait")
+    retry_backoff: str = BATCH.default("retry_backoff")
+    max_failures: int | None = BATCH.default("max_failures")
+    max_failure_rate: float | None = BATCH.default("max_failure_rate")
+    executor: str = BATCH.default("executor")
+    #: the fields the workflow wrote (the rest are defaults)
+    given: frozenset[str] = frozenset()
 
 
 @dataclass
 class RetrySpec:
-    max_retries: int = 0
-    retry_wait: float = 1.0
+    max: int = RETRY.default("max")  # total attempts
+    wait: float = RETRY.default("wait")
+    backoff: str = RETRY.default("backoff")
+    given: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -107,6 +115,8 @@ class Workflow:
     description: str = ""
     start_node: str | None = None
     file: str | None = None
+    executor: str = TOP.default("executor")
+    raw: Any = None  # the plain data the workflow was built from
 
     def node(self, node_id: str) -> NodeSpec:
         for spec in self.nodes:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from plait.ir.format import BATCH, COMPAT_TOP, RETRY, Field, Fields
 from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
-from plait.ir.validate import ERROR_POLICIES, NODE_ID_RE
+from plait.ir.validate import NODE_ID_RE
 
 _JSON_TYPES = {
     "string": {"type": "string"},
@@ -40,29 +41,42 @@ def _param_schema(param: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
-    retry = {
-        "max_retries": {"type": "integer", "minimum": 0, "default": 0},
-        "retry_wait": {"type": "number", "minimum": 0, "default": 1},
-    }
-    batch = {
+def _field_schema(f: Field) -> dict[str, Any]:
+    out: dict[str, Any] = {"enum": list(f.choices)} if f.choices else dict(_JSON_TYPES.get(f.type, {}))
+    if f.minimum is not None:
+        out["minimum"] = f.minimum
+    if f.maximum is not None:
+        out["maximum"] = f.maximum
+    if f.default is not None and not f.required:
+        out["default"] = f.default
+    if f.doc:
+        out["description"] = f.doc
+    return out
+
+
+def _object_schema(fields: Fields, special: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
-        "required": ["items"],
-        "properties": {
+        "properties": {f.name: special.get(f.name) or _field_schema(f) for f in fields},
+    }
+    required = [f.name for f in fields if f.required]
+    if required:
+        out["required"] = required
+    return out
+
+
+def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = _object_schema(
+        BATCH,
+        {
             "items": {
                 "description": "a template resolving to a list, or an inline list",
                 "anyOf": [{"type": "array"}, _TEMPLATE],
             },
-            "as": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "default": "item"},
-            "parallel": {"type": "boolean", "default": False},
-            "max_concurrent": {"type": "integer", "minimum": 1, "default": 10},
-            "error_handling": {"enum": list(ERROR_POLICIES), "default": "fail_fast"},
-            **retry,
-            "max_failures": {"type": "integer", "minimum": 0},
-            "max_failure_rate": {"type": "number", "minimum": 0, "maximum": 1},
+            "as": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$", "default": BATCH.default("as")},
         },
-    }
+    )
     per_type = []
     for decl in node_types:
         params: dict[str, Any] = {
@@ -90,7 +104,7 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "purpose": {"type": "string"},
             "params": {"type": "object"},
             "batch": batch,
-            "retry": {"type": "object", "additionalProperties": False, "properties": retry},
+            "retry": _object_schema(RETRY, {}),
         },
         "allOf": per_type,
     }
@@ -114,7 +128,8 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "$schema": {"type": "string"},
-            "ir_version": {"type": "string", "pattern": r"^0\.\d+(\.\d+)?", "default": "0.1.0"},
+            "ir_version": {"type": "string", "pattern": r"^[01]\.\d+(\.\d+)?", "default": "0.1.0"},
+            "executor": {"type": "string", "default": "auto"},
             "description": {"type": "string"},
             "inputs": {"type": "object", "additionalProperties": input_spec},
             "outputs": {
@@ -145,10 +160,10 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             },
             "start_node": {"type": "string"},
-            "mappings": {"description": "accepted for pflow compatibility; unused"},
-            "enable_namespacing": {"description": "accepted for pflow compatibility; unused"},
-            "template_resolution_mode": {"description": "accepted for pflow compatibility; unused"},
-            "name": {"type": "string"},
-            "metadata": {"type": "object"},
+            **{
+                name: {"description": "accepted for pflow compatibility; unused"}
+                for name in COMPAT_TOP
+                if name != "$schema"
+            },
         },
     }

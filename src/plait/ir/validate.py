@@ -11,6 +11,17 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from plait.errors import Problem, did_you_mean
+from plait.ir.format import (
+    BATCH,
+    COMPAT_TOP,
+    EDGE,
+    INPUT,
+    NODE,
+    OUTPUT,
+    RETRY,
+    TOP,
+    Field,
+)
 from plait.ir.model import (
     INPUT_TYPES,
     TYPE_ALIASES,
@@ -25,30 +36,20 @@ from plait.ir.model import (
     value_type,
 )
 
-SUPPORTED_MAJOR = 0
+SUPPORTED_MAJORS = (0, 1)  # pflow's planner writes 1.0.0
 NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# pflow fields that plait accepts for compatibility and does not need.
-_COMPAT_TOP = ("mappings", "enable_namespacing", "template_resolution_mode", "$schema", "name", "metadata")
-TOP_FIELDS = ("ir_version", "description", "inputs", "outputs", "nodes", "edges", "start_node", *_COMPAT_TOP)
-NODE_FIELDS = ("id", "type", "purpose", "params", "batch", "retry")
-EDGE_FIELDS = ("from", "to", "action")
-INPUT_FIELDS = ("type", "required", "default", "description", "stdin")
-OUTPUT_FIELDS = ("source", "description", "type")
-BATCH_FIELDS = (
-    "items",
-    "as",
-    "parallel",
-    "max_concurrent",
-    "error_handling",
-    "max_retries",
-    "retry_wait",
-    "max_failures",
-    "max_failure_rate",
-)
-RETRY_FIELDS = ("max_retries", "retry_wait")
-ERROR_POLICIES = ("fail_fast", "continue")
+_COMPAT_TOP = COMPAT_TOP
+TOP_FIELDS = (*TOP.names, *COMPAT_TOP)
+NODE_FIELDS = NODE.names
+EDGE_FIELDS = EDGE.names
+INPUT_FIELDS = INPUT.names
+OUTPUT_FIELDS = OUTPUT.names
+BATCH_FIELDS = BATCH.names
+RETRY_FIELDS = RETRY.names
+# plait 0.1's names inside a node's retry, before it took pflow's {max, wait, backoff}
+_OLD_RETRY_FIELDS = {"max_retries": "max", "retry_wait": "wait"}
 RESERVED_ROOTS = ("env", "__index__")
 
 
@@ -99,14 +100,6 @@ def document_order(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=key)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def build_workflow(
     raw: Any, node_types: Mapping[str, NodeTypeInfo], *, file: str | None = None
 ) -> tuple[Workflow, list[Problem]]:
@@ -124,11 +117,11 @@ def build_workflow(
     ir_version = raw.get("ir_version", "0.1.0")
     if not isinstance(ir_version, str) or not re.match(r"^\d+\.\d+(\.\d+)?", ir_version):
         c.add(f"ir_version must be a semver string like '0.1.0', not {ir_version!r}", "ir_version")
-    elif int(ir_version.split(".")[0]) != SUPPORTED_MAJOR:
+    elif int(ir_version.split(".")[0]) not in SUPPORTED_MAJORS:
         c.add(
-            f"unsupported ir_version '{ir_version}': this plait reads major version {SUPPORTED_MAJOR}",
+            f"unsupported ir_version '{ir_version}': this plait reads major versions 0 and 1",
             "ir_version",
-            "upgrade plait, or write the workflow for ir_version 0.x",
+            "upgrade plait, or write the workflow for ir_version 0.x or 1.x",
         )
 
     description = raw.get("description", "")
@@ -166,6 +159,11 @@ def build_workflow(
     edges = _edges(raw.get("edges", []), node_ids, c)
     outputs = _outputs(raw.get("outputs", {}), c)
 
+    executor = raw.get("executor", TOP.default("executor"))
+    if not isinstance(executor, str) or not executor:
+        c.add(f"executor must be the name of an executor, not {executor!r}", "executor")
+        executor = TOP.default("executor")
+
     start = raw.get("start_node")
     if start is not None:
         if not isinstance(start, str):
@@ -186,6 +184,8 @@ def build_workflow(
         description=description,
         start_node=start,
         file=file,
+        executor=executor,
+        raw=raw,
     )
     return wf, c.problems
 
@@ -384,6 +384,21 @@ def _check_param_names(
             )
 
 
+def _field(raw: dict[str, Any], f: Field, path: str, what: str, node_id: str, c: _Collector) -> Any:
+    """The field's value when it is valid, else its default (and a problem)."""
+    if f.name not in raw:
+        return f.default
+    value = raw[f.name]
+    if value is None and f.default is None and not f.required:
+        return None
+    wrong = f.check(value)
+    if wrong is None:
+        return value
+    hint = f.hint or (did_you_mean(str(value), f.choices) if f.choices and isinstance(value, str) else "")
+    c.add(f"{what}.{f.name} {wrong}", f"{path}.{f.name}", hint, node_id=node_id)
+    return f.default
+
+
 def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None:
     if not isinstance(raw, dict):
         c.add(f"batch must be an object with 'items', not {value_type(raw)}", path, node_id=node_id)
@@ -391,61 +406,26 @@ def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None
     c.unknown_fields(raw, BATCH_FIELDS, path, "batch")
     if "items" not in raw:
         c.add("batch has no 'items'", path, 'e.g. "items": "${list_files.files}"', node_id=node_id)
-    spec = BatchSpec(items=raw.get("items"))
-    alias = raw.get("as", "item")
+    spec = BatchSpec(items=raw.get("items"), given=frozenset(k for k in raw if k in BATCH.by_name))
+    alias = raw.get("as", BATCH.default("as"))
     if not isinstance(alias, str) or not IDENT_RE.match(alias):
         c.add(f"batch 'as' must be an identifier, not {alias!r}", f"{path}.as", node_id=node_id)
     elif alias in RESERVED_ROOTS:
         c.add(f"batch 'as' cannot be the reserved name '{alias}'", f"{path}.as", node_id=node_id)
     else:
         spec.alias = alias
-    parallel = raw.get("parallel", False)
-    if not isinstance(parallel, bool):
-        c.add("batch.parallel must be true or false", f"{path}.parallel", node_id=node_id)
-    else:
-        spec.parallel = parallel
-    mc = raw.get("max_concurrent", 10)
-    if not _is_int(mc) or mc < 1:
-        c.add(
-            f"batch.max_concurrent must be an integer of at least 1, not {mc!r}",
-            f"{path}.max_concurrent",
-            node_id=node_id,
-        )
-    else:
-        spec.max_concurrent = mc
-    eh = raw.get("error_handling", "fail_fast")
-    if eh not in ERROR_POLICIES:
-        c.add(
-            f"batch.error_handling must be 'fail_fast' or 'continue', not {eh!r}",
-            f"{path}.error_handling",
-            did_you_mean(str(eh), ERROR_POLICIES),
-            node_id=node_id,
-        )
-    else:
-        spec.error_handling = eh
-    _retry_fields(raw, spec, path, node_id, c, "batch")
-    mf = raw.get("max_failures")
-    if mf is not None:
-        if not _is_int(mf) or mf < 0:
-            c.add(
-                f"batch.max_failures must be an integer of at least 0, not {mf!r}",
-                f"{path}.max_failures",
-                node_id=node_id,
-            )
-        else:
-            spec.max_failures = mf
-    mfr = raw.get("max_failure_rate")
-    if mfr is not None:
-        if not _is_number(mfr) or not 0 <= mfr <= 1:
-            c.add(
-                f"batch.max_failure_rate must be a number from 0 to 1, not {mfr!r}",
-                f"{path}.max_failure_rate",
-                "0.1 means: abort once more than 10% of the items have failed",
-                node_id=node_id,
-            )
-        else:
-            spec.max_failure_rate = float(mfr)
-    if (mf is not None or mfr is not None) and eh == "fail_fast":
+    spec.parallel = _field(raw, BATCH["parallel"], path, "batch", node_id, c)
+    spec.max_concurrent = _field(raw, BATCH["max_concurrent"], path, "batch", node_id, c)
+    spec.error_handling = _field(raw, BATCH["error_handling"], path, "batch", node_id, c)
+    spec.max_retries = _field(raw, BATCH["max_retries"], path, "batch", node_id, c)
+    spec.retry_wait = float(_field(raw, BATCH["retry_wait"], path, "batch", node_id, c))
+    spec.retry_backoff = _field(raw, BATCH["retry_backoff"], path, "batch", node_id, c)
+    spec.max_failures = _field(raw, BATCH["max_failures"], path, "batch", node_id, c)
+    mfr = _field(raw, BATCH["max_failure_rate"], path, "batch", node_id, c)
+    spec.max_failure_rate = None if mfr is None else float(mfr)
+    executor = _field(raw, BATCH["executor"], path, "batch", node_id, c)
+    spec.executor = executor or BATCH.default("executor")
+    if (spec.max_failures is not None or spec.max_failure_rate is not None) and spec.error_handling == "fail_fast":
         c.add(
             "max_failures and max_failure_rate apply only with error_handling 'continue'",
             f"{path}.error_handling",
@@ -455,31 +435,29 @@ def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None
     return spec
 
 
-def _retry_fields(raw: dict[str, Any], spec: Any, path: str, node_id: str, c: _Collector, what: str) -> None:
-    mr = raw.get("max_retries", 0)
-    if not _is_int(mr) or mr < 0:
-        c.add(f"{what}.max_retries must be an integer of at least 0, not {mr!r}", f"{path}.max_retries", node_id=node_id)
-    else:
-        spec.max_retries = mr
-    rw = raw.get("retry_wait", 1)
-    if not _is_number(rw) or rw < 0:
-        c.add(f"{what}.retry_wait must be a number of seconds ≥ 0, not {rw!r}", f"{path}.retry_wait", node_id=node_id)
-    else:
-        spec.retry_wait = float(rw)
-
-
 def _retry(raw: Any, path: str, node_id: str, c: _Collector) -> RetrySpec | None:
     if not isinstance(raw, dict):
         c.add(
-            f"retry must be an object like {{\"max_retries\": 2, \"retry_wait\": 1}}, not {value_type(raw)}",
+            f"retry must be an object like {{\"max\": 3, \"wait\": 1}}, not {value_type(raw)}",
             path,
             node_id=node_id,
         )
         return None
-    c.unknown_fields(raw, RETRY_FIELDS, path, "retry")
-    spec = RetrySpec()
-    _retry_fields(raw, spec, path, node_id, c, "retry")
-    return spec
+    for old, new in _OLD_RETRY_FIELDS.items():
+        if old in raw:
+            c.add(
+                f"retry.{old} is not a field of retry; it is '{new}' now, as in pflow",
+                f"{path}.{old}",
+                "retry.max counts total attempts (1 = no retry), retry.wait is seconds between them",
+                node_id=node_id,
+            )
+    c.unknown_fields({k: v for k, v in raw.items() if k not in _OLD_RETRY_FIELDS}, RETRY_FIELDS, path, "retry")
+    return RetrySpec(
+        max=_field(raw, RETRY["max"], path, "retry", node_id, c),
+        wait=float(_field(raw, RETRY["wait"], path, "retry", node_id, c)),
+        backoff=_field(raw, RETRY["backoff"], path, "retry", node_id, c),
+        given=frozenset(k for k in raw if k in RETRY.by_name),
+    )
 
 
 def _edges(raw: Any, node_ids: set[str], c: _Collector) -> list[Edge]:

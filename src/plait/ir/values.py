@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from typing import Any
 
 from plait.errors import UsageError
@@ -15,39 +17,77 @@ _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
 
-def convert(spec: InputSpec | None, name: str, text: str) -> Any:
-    type_ = spec.type if spec is not None else "any"
+class ConversionError(ValueError):
+    """Text that does not read as the declared type; ``expected`` says what would."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def convert_text(text: str, type_: str) -> Any:
+    """Text to a value of a declared type: the one reading for the command line,
+    standard input, sub-workflow inputs and templates.
+
+    Numbers are JSON numbers (not Python's ``1_000``, ``nan`` or ``inf``);
+    booleans are true/false, yes/no, on/off, 1/0 in any case; objects and
+    arrays are JSON; ``any`` is JSON when it parses, else the text.
+    """
     if type_ == "string":
         return text
+    stripped = text.strip()
     if type_ == "integer":
-        if not _INTEGER_RE.fullmatch(text.strip()):
-            raise _bad(name, type_, text, "a whole number such as 42")
-        return int(text.strip())
+        if not _INTEGER_RE.fullmatch(stripped):
+            raise ConversionError("a whole number such as 42")
+        return _int(stripped)
     if type_ == "number":
-        # JSON numbers only: not Python's "1_000", "nan" or "inf"
-        if not _NUMBER_RE.fullmatch(text.strip()):
-            raise _bad(name, type_, text, "a number such as 3.5")
-        number = float(text.strip())
-        return int(number) if _INTEGER_RE.fullmatch(text.strip()) else number
+        if not _NUMBER_RE.fullmatch(stripped):
+            raise ConversionError("a number such as 3.5")
+        if _INTEGER_RE.fullmatch(stripped):
+            return _int(stripped)
+        number = float(stripped)
+        if not math.isfinite(number):
+            raise ConversionError("a number of a size a float can hold")
+        return number
     if type_ == "boolean":
-        low = text.strip().lower()
+        low = stripped.lower()
         if low in _TRUE:
             return True
         if low in _FALSE:
             return False
-        raise _bad(name, type_, text, "true or false")
+        raise ConversionError("true or false")
     if type_ in ("object", "array"):
         try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _bad(name, type_, text, f"JSON ({exc.msg} at column {exc.colno})")
+            value = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ConversionError(f"JSON ({getattr(exc, 'msg', exc)}{where})")
         if not isinstance(value, dict if type_ == "object" else list):
-            raise _bad(name, type_, text, "a JSON object {...}" if type_ == "object" else "a JSON list [...]")
+            raise ConversionError("a JSON object {...}" if type_ == "object" else "a JSON list [...]")
         return value
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return text
+
+
+def _int(digits: str) -> int:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+        raise ConversionError(f"a whole number of at most {sys.get_int_max_str_digits()} digits")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def convert(spec: InputSpec | None, name: str, text: str) -> Any:
+    type_ = spec.type if spec is not None else "any"
+    try:
+        return convert_text(text, type_)
+    except ConversionError as exc:
+        raise _bad(name, type_, text, exc.expected)
 
 
 def _bad(name: str, type_: str, text: str, expected: str) -> UsageError:

@@ -15,8 +15,9 @@ items can run side by side and be retried freely.
 PocketFlow's own ``_exec`` keeps the retry counter on the instance
 (``self.cur_retry``), which is not safe when items run in parallel, so the
 runtime drives ``prep``/``exec``/``post`` itself and owns retries (with backoff,
-jitter and ``Retry-After``); ``max_retries`` and ``wait`` are still set from the
-node's ``retry`` config so a node reads them where PocketFlow users expect them.
+jitter and ``Retry-After``); ``max_retries`` (total attempts, as PocketFlow
+counts them) and ``wait`` are still set from the node's retry settings so a
+node reads them where PocketFlow users expect them.
 """
 
 from __future__ import annotations
@@ -176,9 +177,9 @@ class PlaitNode(_PocketFlowNode):
     #: outputs are not known before the run (a sub-workflow's), so templates are not checked
     dynamic_outputs: ClassVar[bool] = False
 
-    def __init__(self, node_id: str = "", max_retries: int = 0, wait: float = 0.0) -> None:
-        # PocketFlow counts attempts; plait's config counts retries after the first.
-        super().__init__(max_retries=max_retries + 1, wait=wait)
+    def __init__(self, node_id: str = "", max_retries: int = 1, wait: float = 0.0) -> None:
+        # Total attempts, as PocketFlow (and pflow's max_retries) count them.
+        super().__init__(max_retries=max_retries, wait=wait)
         self.node_id = node_id
 
     def prep(self, shared: ItemContext) -> Any:

@@ -116,7 +116,7 @@ class CodeNode(PlaitNode):
         Output("stderr", "string", "What the code wrote to sys.stderr, and its traceback"),
     )
 
-    def __init__(self, node_id: str = "", max_retries: int = 0, wait: float = 0.0) -> None:
+    def __init__(self, node_id: str = "", max_retries: int = 1, wait: float = 0.0) -> None:
         super().__init__(node_id=node_id, max_retries=max_retries, wait=wait)
         self._compiled: dict[str, CodeType] = {}
         self._compile_lock = threading.Lock()

@@ -97,7 +97,7 @@ class LlmNode(PlaitNode):
         ),
     )
 
-    def __init__(self, node_id: str = "", max_retries: int = 0, wait: float = 0.0) -> None:
+    def __init__(self, node_id: str = "", max_retries: int = 1, wait: float = 0.0) -> None:
         super().__init__(node_id=node_id, max_retries=max_retries, wait=wait)
         self._models: dict[str, Any] = {}
 

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plait.errors import WorkflowInvalid
+from plait.errors import Problem, WorkflowInvalid
 from plait.ir import Workflow, build_workflow, load_file
+from plait.ir.format import BATCH
 from plait.ir.graph import effective_edges, start_node
 from plait.ir.model import BatchSpec
 from plait.ir.validate import document_order
+from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
-from plait.templates import Base, Compiled, Local, compile_value
+from plait.templates import Base, Compiled, Local, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
 
@@ -32,14 +34,20 @@ class CompiledNode:
     templated: list[tuple[str, Callable[[Base, Local], Any], Callable[[Any, str], Any]]]
     batch: BatchSpec | None
     items: Compiled | None
-    max_retries: int
+    max_attempts: int
     retry_wait: float
+    retry_backoff: str
     position: int
+    executor: str = "auto"
+    #: static params holding lists or dicts: each item gets its own copy
+    static_containers: tuple[str, ...] = ()
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
-        if not self.templated:
-            return self.static_params
+        # A fresh dict (and fresh lists and dicts inside it) for every item: no
+        # item can see what another one changed in its params.
         params = dict(self.static_params)
+        for name in self.static_containers:
+            params[name] = fresh(params[name])
         for name, resolve, coerce in self.templated:
             params[name] = coerce(resolve(base, local), name)
         return params
@@ -74,7 +82,7 @@ def compile_raw(
     graph_in_doubt = any(p.path.startswith(("edges", "start_node")) for p in problems)
     types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
     more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
-    problems += more
+    problems += more + _executor_problems(wf)
     if problems:
         raise WorkflowInvalid(document_order(problems), file=file)
     nodes = {n.id: _compile_node(n, types[n.type]) for n in wf.nodes}
@@ -92,6 +100,21 @@ def compile_raw(
         file=file,
         warnings=warnings,
     )
+
+
+def _executor_problems(wf: Workflow) -> list[Problem]:
+    from plait.runtime.executors import check_executor_name, executor_names
+
+    problems = []
+    where: list[tuple[str, str, str | None]] = [("executor", wf.executor, None)]
+    where += [(f"nodes[{n.position}].batch.executor", n.batch.executor, n.id) for n in wf.nodes if n.batch]
+    for path, name, node_id in where:
+        wrong = check_executor_name(name)
+        if wrong is not None:
+            problems.append(
+                Problem(wrong, path=path, node_id=node_id, hint=f"executors: {', '.join(executor_names())}")
+            )
+    return problems
 
 
 class _TypeView(Mapping[str, Any]):
@@ -130,12 +153,8 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
             static[name] = compiled.value
         else:
             templated.append((name, compiled.resolve, _coercer(pspec)))
-    retry = spec.retry
-    max_retries = retry.max_retries if retry else 0
-    retry_wait = retry.retry_wait if retry else 1.0
-    if spec.batch is not None and (spec.batch.max_retries or retry is None):
-        max_retries, retry_wait = spec.batch.max_retries, spec.batch.retry_wait
-    node = cls(spec.id, max_retries=max_retries, wait=retry_wait)
+    attempts, wait, backoff = _retry_settings(spec)
+    node = cls(spec.id, max_retries=attempts, wait=wait)
     return CompiledNode(
         id=spec.id,
         node_type=spec.type,
@@ -144,11 +163,29 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         static_params=static,
         templated=templated,
         batch=spec.batch,
-        items=compile_value(spec.batch.items) if spec.batch is not None else None,
-        max_retries=max_retries,
-        retry_wait=retry_wait,
+        items=compile_value(spec.batch.items, copy=False) if spec.batch is not None else None,
+        max_attempts=attempts,
+        retry_wait=wait,
+        retry_backoff=backoff,
         position=spec.position,
+        executor=spec.batch.executor if spec.batch is not None else "auto",
+        static_containers=tuple(k for k, v in static.items() if isinstance(v, dict | list)),
     )
+
+
+def _retry_settings(spec: Any) -> tuple[int, float, str]:
+    """Attempts, wait and backoff: each from the batch when it sets it, else from
+    the node's retry when that sets it, else the format's default."""
+    batch, retry = spec.batch, spec.retry
+    out = []
+    for batch_name, retry_name in (("max_retries", "max"), ("retry_wait", "wait"), ("retry_backoff", "backoff")):
+        if batch is not None and batch_name in batch.given:
+            out.append(getattr(batch, batch_name))
+        elif retry is not None and retry_name in retry.given:
+            out.append(getattr(retry, retry_name))
+        else:
+            out.append(BATCH.default(batch_name))
+    return int(out[0]), float(out[1]), str(out[2])
 
 
 def _passthrough(value: Any, name: str) -> Any:
@@ -156,7 +193,12 @@ def _passthrough(value: Any, name: str) -> Any:
 
 
 def _coercer(pspec: Param | None) -> Callable[[Any, str], Any]:
-    """Fit a value produced by a template to the param's declared type."""
+    """Fit a value produced by a template to the param's declared type.
+
+    Text is read by the same converter as the command line's ``name=value``
+    (:func:`plait.ir.values.convert_text`), so ``"1_000"`` or ``"nan"`` is not a
+    number and ``"yes"`` is a boolean either way.
+    """
     if pspec is None or pspec.type == "any":
         return _passthrough
     types = pspec.types
@@ -167,20 +209,10 @@ def _coercer(pspec: Param | None) -> Callable[[Any, str], Any]:
         if value is None and not pspec.required:
             return pspec.default
         if isinstance(value, str):
-            text = value.strip()
             for t in types:
                 try:
-                    if t == "integer":
-                        return int(text)
-                    if t == "number":
-                        return float(text)
-                    if t == "boolean" and text.lower() in ("true", "false"):
-                        return text.lower() == "true"
-                    if t in ("object", "array"):
-                        parsed = json.loads(text)
-                        if fits(parsed, t):
-                            return parsed
-                except ValueError:
+                    return convert_text(value, t)
+                except ConversionError:
                     continue
         if "string" in types and isinstance(value, int | float | bool):
             return json.dumps(value)

@@ -1,18 +1,26 @@
-"""Structured events: the runtime emits, subscribers (progress, run records,
-traces) listen. Adding a subscriber touches no runtime code.
+"""Typed events: the runtime emits, subscribers (progress, run records, traces)
+listen. Adding a subscriber touches no runtime code.
 
-Kinds, with the fields they carry besides ``kind``, ``time`` and ``node_id``:
+Every event says *where* it happened with a :class:`Location`: the enclosing
+sub-workflow steps (``(node id, item index)`` pairs, outermost first) and the
+node it is about. A consumer asks ``loc.top_level`` or ``loc.top`` instead of
+parsing ids; ``str(loc)`` is the one spelling for people and the records
+(``each[0]/hi``).
 
-* ``run_started`` (data: workflow, inputs) / ``run_finished`` (status, duration_ms, error)
-* ``node_started`` (data: type, batch) / ``node_finished`` (status, duration_ms, error, data: counts)
-* ``batch_started`` (data: total, parallel, max_concurrent) — a batch node's items are resolved
-* ``item_started`` (index, attempt, slot) / ``item_finished`` (index, attempt, slot, duration_ms)
-* ``item_retried`` (index, attempt, slot, error, data: wait_s) — this attempt failed, another follows
-* ``item_failed`` (index, attempt, slot, duration_ms, error) — the item has failed for good
-* ``llm_call`` (index, data: model, input_tokens, output_tokens)
+Kinds (one class each), with the fields they carry besides ``at`` (epoch seconds):
+
+* :class:`RunStarted` / :class:`RunFinished` — a run (``path`` is empty for the
+  top-level run, the enclosing steps for a sub-workflow's)
+* :class:`NodeStarted` / :class:`NodeFinished` — one visit of a node
+* :class:`BatchStarted` — a batch node's items are known
+* :class:`ItemStarted`, :class:`ItemFinished`, :class:`ItemRetried`,
+  :class:`ItemFailed`, :class:`ItemInterrupted` — one attempt at one item (a
+  node without a batch is one item with ``index`` None)
+* :class:`UsageRecorded` — one call to a paid service (tokens, cost)
 
 Events come from worker threads; the bus serialises delivery with a lock, so a
-subscriber sees one event at a time.
+subscriber sees one event at a time. A subscriber that raises is detached and
+reported once (``EventBus.on_subscriber_error``); it never fails or hangs a run.
 """
 
 from __future__ import annotations
@@ -20,75 +28,242 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plait.ir.model import Workflow
+
+Step = tuple[str, int | None]  # (node id, item index or None)
 
 
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A node, through the sub-workflows that enclose it."""
+
+    node_id: str
+    path: tuple[Step, ...] = ()
+
+    @property
+    def top_level(self) -> bool:
+        return not self.path
+
+    @property
+    def top(self) -> Step:
+        """The top-level node (and item) this happened under."""
+        return self.path[0] if self.path else (self.node_id, None)
+
+    def child(self, index: int | None) -> tuple[Step, ...]:
+        """The path of a sub-workflow run by item ``index`` of this node."""
+        return (*self.path, (self.node_id, index))
+
+    def __str__(self) -> str:
+        steps = [f"{n}[{i}]" if i is not None else n for n, i in self.path]
+        return "/".join([*steps, self.node_id])
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(slots=True)
 class Event:
-    __slots__ = (
-        "attempt",
-        "data",
-        "duration_ms",
-        "error",
-        "index",
-        "kind",
-        "node_id",
-        "slot",
-        "status",
-        "time",
-    )
+    at: float = field(default_factory=_now, kw_only=True)
 
-    def __init__(
-        self,
-        kind: str,
-        node_id: str | None = None,
-        *,
-        index: int | None = None,
-        attempt: int | None = None,
-        slot: int | None = None,
-        status: str | None = None,
-        duration_ms: float | None = None,
-        error: str | None = None,
-        data: dict[str, Any] | None = None,
-        at: float | None = None,
-    ) -> None:
-        self.kind = kind
-        self.node_id = node_id
-        self.index = index
-        self.attempt = attempt
-        self.slot = slot
-        self.status = status
-        self.duration_ms = duration_ms
-        self.error = error
-        self.data = data
-        self.time = time.time() if at is None else at
+    @property
+    def kind(self) -> str:
+        return _KINDS[type(self)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value is None or name in _NOT_SHOWN:
+                continue
+            out[name] = str(value) if isinstance(value, Location) else value
+        return out
 
-    def __repr__(self) -> str:
-        return f"Event({self.to_dict()!r})"
 
+_NOT_SHOWN = frozenset(("item", "outputs", "workflow"))
+
+
+@dataclass(slots=True)
+class RunStarted(Event):
+    run_id: str
+    workflow: Workflow | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
+    path: tuple[Step, ...] = ()
+
+
+@dataclass(slots=True)
+class RunFinished(Event):
+    run_id: str
+    status: str
+    duration_ms: float
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    path: tuple[Step, ...] = ()
+
+
+@dataclass(slots=True)
+class NodeStarted(Event):
+    loc: Location
+    type: str
+    batch: bool = False
+
+
+@dataclass(slots=True)
+class BatchStarted(Event):
+    loc: Location
+    total: int | None
+    parallel: bool = False
+    max_concurrent: int = 1
+
+
+@dataclass(slots=True)
+class NodeFinished(Event):
+    loc: Location
+    status: str
+    duration_ms: float
+    error: str | None = None
+    index: int | None = None  # the item that failed the node, if one did
+    counts: dict[str, int] | None = None  # a batch's count, success_count, error_count
+
+
+@dataclass(slots=True)
+class ItemStarted(Event):
+    loc: Location
+    index: int | None
+    attempt: int
+    slot: int
+
+
+@dataclass(slots=True)
+class ItemFinished(Event):
+    """The item succeeded (its final outcome)."""
+
+    loc: Location
+    index: int | None
+    attempt: int
+    slot: int
+    duration_ms: float
+    item: Any = None
+    outputs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class ItemRetried(Event):
+    """This attempt failed; another follows after ``wait_s``."""
+
+    loc: Location
+    index: int | None
+    attempt: int
+    slot: int
+    duration_ms: float
+    error: str
+    wait_s: float = 0.0
+
+
+@dataclass(slots=True)
+class ItemFailed(Event):
+    """The item failed for good (its final outcome)."""
+
+    loc: Location
+    index: int | None
+    attempt: int
+    slot: int
+    duration_ms: float
+    error: str
+    item: Any = None
+    outputs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class ItemInterrupted(Event):
+    """The attempt had no outcome when the batch stopped: it was running when the
+    run was interrupted, or waiting for a retry when the batch stopped
+    (``reason`` is the stop's: ``interrupted``, ``fail_fast``, ...)."""
+
+    loc: Location
+    index: int | None
+    attempt: int
+    slot: int
+    duration_ms: float = 0.0
+    reason: str = "interrupted"
+
+
+@dataclass(slots=True)
+class UsageRecorded(Event):
+    loc: Location
+    index: int | None
+    ledger: str = "llm"
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float | None = None
+
+
+_KINDS: dict[type, str] = {
+    RunStarted: "run_started",
+    RunFinished: "run_finished",
+    NodeStarted: "node_started",
+    BatchStarted: "batch_started",
+    NodeFinished: "node_finished",
+    ItemStarted: "item_started",
+    ItemFinished: "item_finished",
+    ItemRetried: "item_retried",
+    ItemFailed: "item_failed",
+    ItemInterrupted: "item_interrupted",
+    UsageRecorded: "usage",
+}
 
 Subscriber = Callable[[Event], None]
 
 
 class EventBus:
-    """Fan events out to subscribers. Cheap when nobody listens."""
+    """Fan events out to subscribers. Cheap when nobody listens.
 
-    def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
+    A subscriber that raises is detached at once and reported once through
+    ``on_subscriber_error(subscriber, exception)`` (the CLI prints a warning);
+    the event still reaches the other subscribers and the run goes on.
+    """
+
+    def __init__(self, on_subscriber_error: Callable[[Subscriber, BaseException], None] | None = None) -> None:
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
+        self.on_subscriber_error = on_subscriber_error
+        self.failures: list[tuple[Subscriber, BaseException]] = []
 
     @property
     def active(self) -> bool:
         return bool(self._subscribers)
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        self._subscribers.append(subscriber)
+        with self._lock:
+            self._subscribers = (*self._subscribers, subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
 
     def emit(self, event: Event) -> None:
         if not self._subscribers:
             return
         with self._lock:
             for subscriber in self._subscribers:
-                subscriber(event)
+                try:
+                    subscriber(event)
+                except Exception as exc:  # a broken display or writer must not break the run
+                    self._detach(subscriber, exc)
+
+    def _detach(self, subscriber: Subscriber, exc: BaseException) -> None:
+        # Called with the lock held: the tuple is replaced, the loop iterating the old one goes on.
+        self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+        self.failures.append((subscriber, exc))
+        report = self.on_subscriber_error
+        if report is not None:
+            try:
+                report(subscriber, exc)
+            except Exception:
+                pass

@@ -97,7 +97,18 @@ def render_text(value: Any) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _parse_json_text(text: str) -> Any:
+    # Shared between resolutions: what a template hands out is a fresh copy (``fresh``).
     return json.loads(text)
+
+
+def fresh(value: Any) -> Any:
+    """A copy of the lists and dicts in ``value`` (the rest is immutable): a
+    resolved value is never shared, so no node sees another one's changes."""
+    if isinstance(value, dict):
+        return {k: fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fresh(v) for v in value]
+    return value
 
 
 def _describe(value: Any) -> str:
@@ -194,9 +205,11 @@ class Compiled:
         self.resolve: Callable[[Base, Local], Any] = resolve or (lambda base, local: value)
 
 
-def compile_value(value: Any, keep_parts: bool = False) -> Compiled:
+def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) -> Compiled:
+    """Compile a param value. ``copy=False`` hands out the referenced values
+    themselves instead of fresh copies (for batch items, which are only read)."""
     if isinstance(value, str):
-        return _compile_str(value, keep_parts)
+        return _compile_str(value, keep_parts, copy)
     if isinstance(value, dict):
         items = {k: compile_value(v) for k, v in value.items()}
         refs = [r for c in items.values() for r in c.refs]
@@ -219,7 +232,7 @@ def compile_value(value: Any, keep_parts: bool = False) -> Compiled:
     return Compiled(value, [], None)
 
 
-def _compile_str(text: str, keep_parts: bool) -> Compiled:
+def _compile_str(text: str, keep_parts: bool, copy: bool = True) -> Compiled:
     if "${" not in text:
         return Compiled(text, [], None)
     pieces: list[str | Ref] = []
@@ -243,13 +256,16 @@ def _compile_str(text: str, keep_parts: bool) -> Compiled:
         return Compiled(unescaped, [], None)
     if len(pieces) == 1 and not keep_parts:
         only = refs[0]
-        return Compiled(text, refs, lambda base, local: lookup(only, base, local))
+        if not copy:
+            return Compiled(text, refs, lambda base, local: lookup(only, base, local))
+        return Compiled(text, refs, lambda base, local: fresh(lookup(only, base, local)))
     frozen = tuple(pieces)
     if keep_parts:
 
         def resolve_parts(base: Base, local: Local) -> Any:
             parts = tuple(
-                ("literal", p) if isinstance(p, str) else ("value", lookup(p, base, local)) for p in frozen
+                ("literal", p) if isinstance(p, str) else ("value", fresh(lookup(p, base, local)))
+                for p in frozen
             )
             rendered = "".join(v if kind == "literal" else render_text(v) for kind, v in parts)
             return TemplatedText(rendered, parts)

@@ -1,0 +1,316 @@
+"""The batch driver: every attempt of a batch goes through here, whatever runs it.
+
+It owns, once for every executor: the window of attempts in flight, the retry
+heap (due times, backoff, ``Retry-After``), the failure policy (``fail_fast``,
+``max_failures``, ``max_failure_rate``), interrupts, and the item events. It
+submits :class:`Attempt` objects to an executor and takes :class:`Outcome`
+objects back; each item's final outcome goes to ``on_final``, in completion
+order (the caller restores input order).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
+from plait.runtime.executors import Executor, Job
+from plait.runtime.items import Attempt, Outcome
+
+RETRY_CAP_S = 60.0
+RETRY_AFTER_CAP_S = 300.0
+WINDOW_FACTOR = 2  # attempts in flight per slot: keeps workers fed without a future per item
+# After an interrupt, how long attempts in flight may take to come back before
+# they are abandoned (and recorded as interrupted): the run stops within a second.
+STOP_GRACE_S = 0.75
+_WAKE_S = 0.5  # the longest the driver sleeps without looking at the cancel flag
+
+
+class StopReason(Enum):
+    FAIL_FAST = "fail_fast"
+    MAX_FAILURES = "max_failures"
+    MAX_FAILURE_RATE = "max_failure_rate"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a batch stopped before every item ran."""
+
+    reason: StopReason
+    message: str
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how soon a failed attempt is tried again (SPEC §5)."""
+
+    max_attempts: int = 1
+    wait: float = 0.0
+    backoff: str = "fixed"  # or "exponential"
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``."""
+        delay = self.wait
+        if self.backoff == "exponential" and self.wait > 0:
+            delay = min(self.wait * 2 ** (attempt - 1), max(RETRY_CAP_S, self.wait))
+            delay += random.uniform(0, delay * 0.25)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+        return delay
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """When failed items stop a batch."""
+
+    fail_fast: bool = True
+    total: int | None = None  # None: not known (a stream)
+    max_failures: int | None = None
+    max_failure_rate: float | None = None
+
+    def check(self, failures: int) -> Stop | None:
+        if self.fail_fast:
+            return Stop(StopReason.FAIL_FAST, "fail_fast")
+        if self.max_failures is not None and failures > self.max_failures:
+            return Stop(
+                StopReason.MAX_FAILURES,
+                f"batch aborted: {failures} items failed, more than max_failures={self.max_failures}",
+            )
+        # Measured against the whole batch, so the decision does not depend on
+        # which items happened to finish first.
+        rate = self.max_failure_rate
+        if rate is not None and self.total and failures / self.total > rate:
+            return Stop(
+                StopReason.MAX_FAILURE_RATE,
+                f"batch aborted: {failures} of {self.total} items failed, more than "
+                f"max_failure_rate={rate:g} ({rate * 100:g}%)",
+            )
+        return None
+
+
+class RetryHeap:
+    """Attempts waiting for their due time, earliest first."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Attempt]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, due: float, attempt: Attempt) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, attempt))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> Attempt | None:
+        if self._heap and self._heap[0][0] <= now:
+            return heapq.heappop(self._heap)[2]
+        return None
+
+    def drain(self) -> list[Attempt]:
+        waiting = [entry[2] for entry in self._heap]
+        self._heap.clear()
+        return waiting
+
+
+class Window:
+    """The attempts in flight, at most ``capacity`` of them."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._flying: dict[tuple[int | None, int], Attempt] = {}
+
+    def __len__(self) -> int:
+        return len(self._flying)
+
+    @property
+    def has_room(self) -> bool:
+        return len(self._flying) < self.capacity
+
+    def add(self, attempt: Attempt) -> None:
+        self._flying[(attempt.index, attempt.number)] = attempt
+
+    def remove(self, out: Outcome) -> bool:
+        """False for an outcome the window no longer waits for (abandoned)."""
+        return self._flying.pop((out.index, out.attempt), None) is not None
+
+    def abandon(self) -> list[Attempt]:
+        flying = list(self._flying.values())
+        self._flying.clear()
+        return flying
+
+
+class BatchDriver:
+    """Runs every item of one batch (or the one item of a node) through an executor."""
+
+    def __init__(
+        self,
+        job: Job,
+        executor: Executor,
+        *,
+        retry: RetryPolicy,
+        failures: FailurePolicy,
+        on_final: Callable[[Outcome], None],
+    ) -> None:
+        self.job = job
+        self.executor = executor
+        self.retry = retry
+        self.failures = failures
+        self.on_final = on_final
+        slots = max(1, executor.slots)
+        self.window = Window(slots * WINDOW_FACTOR if slots > 1 else 1)
+        # Sequential means in order: an item's retries come before the next
+        # item, and fail_fast stops at the first failure, not after the rest ran.
+        self.in_order = self.window.capacity == 1
+        self.retries = RetryHeap()
+        self.failed = 0
+        self.stop: Stop | None = None
+        services = job.services
+        self._cancelled = services.cancelled
+        self._bus = services.bus
+        self._loc = services.location(job.node.id)
+        self._stopped_at: float | None = None
+
+    # -- the loop
+
+    def run(self, items: Iterator[tuple[int | None, Any]]) -> Stop | None:
+        """Run every item; return why the batch stopped early, or None when every item ran."""
+        executor = self.executor
+        executor.start(self.job)
+        try:
+            self._loop(items)
+        finally:
+            executor.close()
+        return self.stop
+
+    def _loop(self, items: Iterator[tuple[int | None, Any]]) -> None:
+        window, retries = self.window, self.retries
+        exhausted = False
+        while True:
+            if self.stop is None and self._cancelled.is_set():
+                self._halt(Stop(StopReason.INTERRUPTED, "interrupted"))
+            if self.stop is None:
+                self._launch_due_retries()
+                while not exhausted and window.has_room and not (self.in_order and retries):
+                    try:
+                        index, item = next(items)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    self._submit(Attempt(index, item, 1))
+            if not window:
+                if not retries or self.stop is not None:
+                    return
+                # Nothing runs: wait for the next retry, but wake at once on an
+                # interrupt (a retry wait can be a minute, a Retry-After five).
+                due = retries.next_due() or 0.0
+                self._cancelled.wait(max(0.0, due - time.monotonic()))
+                continue
+            out = self.executor.next_outcome(self._timeout())
+            if out is None:
+                self._abandon_if_overdue()
+                continue
+            if window.remove(out):
+                self._handle(out)
+
+    def _timeout(self) -> float:
+        timeout = _WAKE_S
+        due = self.retries.next_due()
+        if due is not None and self.stop is None:
+            timeout = min(timeout, max(0.0, due - time.monotonic()))
+        if self._stopped_at is not None:
+            timeout = min(timeout, max(0.0, self._stopped_at + STOP_GRACE_S - time.monotonic()))
+        return timeout
+
+    def _submit(self, attempt: Attempt) -> None:
+        self.window.add(attempt)
+        self.executor.submit(attempt)
+
+    def _launch_due_retries(self) -> None:
+        retries = self.retries
+        if not retries:
+            return
+        now = time.monotonic()
+        while self.window.has_room:
+            attempt = retries.pop_due(now)
+            if attempt is None:
+                return
+            self._submit(attempt)
+
+    def _halt(self, stop: Stop) -> None:
+        self.stop = stop
+        self.executor.cancel_pending()
+        for attempt in self.retries.drain():  # waiting for a retry: it will not get one
+            self._emit_interrupted(attempt.index, attempt.number, 0, 0.0)
+        if stop.reason is StopReason.INTERRUPTED:
+            self._stopped_at = time.monotonic()
+
+    def _abandon_if_overdue(self) -> None:
+        """After an interrupt, attempts that do not come back in time are given up."""
+        if self._stopped_at is None or time.monotonic() < self._stopped_at + STOP_GRACE_S:
+            return
+        for attempt in self.window.abandon():
+            self._emit_interrupted(attempt.index, attempt.number, 0, 0.0)
+
+    # -- one outcome
+
+    def _handle(self, out: Outcome) -> None:
+        if out.cancelled:
+            return
+        emit = self._bus.emit if self._bus.active else None
+        if out.ok:
+            if emit:
+                emit(
+                    ItemFinished(
+                        self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0,
+                        item=out.item, outputs=out.outputs, at=out.started + out.duration,
+                    )
+                )
+            self.on_final(out)
+            return
+        if self._cancelled.is_set():
+            # Stopped by the interrupt (a command killed on Ctrl-C): the item did
+            # not finish, it did not fail; the record marks it interrupted.
+            if self.stop is None:
+                self._halt(Stop(StopReason.INTERRUPTED, "interrupted"))
+            self._emit_interrupted(out.index, out.attempt, out.slot, out.duration * 1000.0)
+            return
+        error = out.error or "failed"
+        if out.retryable and out.attempt < self.retry.max_attempts and self.stop is None:
+            wait = self.retry.delay(out.attempt, out.retry_after)
+            if emit:
+                emit(
+                    ItemRetried(
+                        self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
+                        wait_s=round(wait, 3), at=out.started + out.duration,
+                    )
+                )
+            self.retries.push(time.monotonic() + wait, Attempt(out.index, out.item, out.attempt + 1))
+            return
+        if emit:
+            emit(
+                ItemFailed(
+                    self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
+                    item=out.item, outputs=out.outputs, at=out.started + out.duration,
+                )
+            )
+        self.failed += 1
+        self.on_final(out)
+        if self.stop is None:
+            stop = self.failures.check(self.failed)
+            if stop is not None:
+                self._halt(stop)
+
+    def _emit_interrupted(self, index: int | None, attempt: int, slot: int, duration_ms: float) -> None:
+        if self._bus.active:
+            reason = self.stop.reason.value if self.stop is not None else "interrupted"
+            self._bus.emit(ItemInterrupted(self._loc, index, attempt, slot, duration_ms, reason=reason))

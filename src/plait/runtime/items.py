@@ -1,0 +1,140 @@
+"""One attempt at one item: the per-item path, and the plain data that crosses the executor seam.
+
+An :class:`Attempt` (index, item, attempt number) goes into an executor; an
+:class:`Outcome` comes back. Both are plain data, so an executor may run the
+attempt in another thread, another event loop or another process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from plait.nodes.base import ItemContext, NodeError
+from plait.runtime.events import ItemStarted
+from plait.templates import TemplateError
+
+if TYPE_CHECKING:
+    from plait.runtime.compile import CompiledNode
+    from plait.runtime.services import RunServices
+    from plait.templates import Base
+
+_EMPTY: dict[str, Any] = {}
+
+
+class Attempt:
+    """What an executor is asked to run."""
+
+    __slots__ = ("index", "item", "number")
+
+    def __init__(self, index: int | None, item: Any, number: int = 1) -> None:
+        self.index = index
+        self.item = item
+        self.number = number
+
+    def __repr__(self) -> str:
+        return f"Attempt(index={self.index}, number={self.number})"
+
+
+class Outcome:
+    """The result of one attempt at one item."""
+
+    __slots__ = (
+        "action",
+        "attempt",
+        "cancelled",
+        "duration",
+        "error",
+        "index",
+        "item",
+        "ok",
+        "outputs",
+        "retry_after",
+        "retryable",
+        "slot",
+        "started",
+    )
+
+    def __init__(self, index: int | None, item: Any, attempt: int, slot: int, started: float) -> None:
+        self.index = index
+        self.item = item
+        self.attempt = attempt
+        self.slot = slot
+        self.started = started
+        self.ok = False
+        self.cancelled = False  # dropped before it started (cancel_pending, or the run stopping)
+        self.outputs: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.retryable = True
+        self.retry_after: float | None = None
+        self.duration = 0.0
+        self.action = "default"
+
+    @classmethod
+    def dropped(cls, attempt: Attempt, slot: int = 0) -> Outcome:
+        out = cls(attempt.index, attempt.item, attempt.number, slot, time.time())
+        out.cancelled = True
+        out.retryable = False
+        return out
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def run_attempt(
+    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, slot: int
+) -> Outcome:
+    """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises."""
+    if services.cancelled.is_set():  # queued before the interrupt: it does not start
+        return Outcome.dropped(attempt, slot)
+    index = attempt.index
+    started = time.time()
+    t0 = time.perf_counter()
+    out = Outcome(index, attempt.item, attempt.number, slot, started)
+    bus = services.bus
+    if bus.active:
+        bus.emit(ItemStarted(services.location(cn.id), index, attempt.number, slot, at=started))
+    try:
+        if index is None:
+            local = _EMPTY
+        else:
+            assert cn.batch is not None
+            local = {cn.batch.alias: attempt.item, "__index__": index}
+        ctx = ItemContext(cn.id, index, cn.resolve_params(base, local), services, attempt.number)
+        node = cn.node
+        prep_res = node.prep(ctx)
+        exec_res = node.exec(prep_res)
+        out.action = node.post(ctx, prep_res, exec_res) or "default"
+        settle(out, ctx.outputs if ctx.outputs is not None else exec_res)
+    except NodeError as exc:
+        out.error = exc.message
+        out.outputs = exc.outputs
+        out.retryable = exc.retryable
+        out.retry_after = exc.retry_after
+    except TemplateError as exc:
+        out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        out.retryable = False
+    except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
+        # SystemExit too (a library calling sys.exit): in a worker thread it
+        # would end the thread silently and leave the batch waiting forever.
+        out.error = f"{type(exc).__name__}: {exc}"
+    out.duration = time.perf_counter() - t0
+    return out
+
+
+def settle(out: Outcome, outputs: Any) -> None:
+    """Judge what a node returned: an ``error`` in its outputs is a failure (SPEC §5)."""
+    out.outputs = outputs
+    error = outputs.get("error") if isinstance(outputs, dict) else None
+    if error:
+        out.error = error if isinstance(error, str) else json.dumps(error, default=str)
+    elif not isinstance(outputs, dict):
+        out.error = f"node returned {type(outputs).__name__}, not a dict of outputs"
+        out.retryable = False
+    else:
+        out.ok = True

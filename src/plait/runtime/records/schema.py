@@ -1,0 +1,166 @@
+"""Where the run records live, and their schema.
+
+The schema changes only through ``MIGRATIONS``: step *n* takes a database from
+``PRAGMA user_version`` *n-1* to *n*. Never edit a step that has shipped; add one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from plait.errors import UsageError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+DB_NAME = "runs.db"
+
+MIGRATIONS: list[str] = [
+    # 1: runs, nodes, item attempts
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL UNIQUE,
+        workflow TEXT,
+        workflow_path TEXT,
+        inputs TEXT,
+        status TEXT NOT NULL,
+        started REAL NOT NULL,
+        ended REAL,
+        duration_ms REAL,
+        error TEXT,
+        items_ok INTEGER NOT NULL DEFAULT 0,
+        items_failed INTEGER NOT NULL DEFAULT 0,
+        pid INTEGER,
+        cwd TEXT,
+        plait_version TEXT
+    );
+    CREATE INDEX runs_started ON runs(started);
+    CREATE TABLE nodes (
+        run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        node_id TEXT NOT NULL,
+        position INTEGER,
+        type TEXT,
+        params TEXT,
+        batch TEXT,
+        status TEXT NOT NULL,
+        visits INTEGER NOT NULL DEFAULT 0,
+        started REAL,
+        ended REAL,
+        duration_ms REAL,
+        error TEXT,
+        error_index INTEGER,
+        items_total INTEGER,
+        items_ok INTEGER NOT NULL DEFAULT 0,
+        items_failed INTEGER NOT NULL DEFAULT 0,
+        retries INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (run, node_id)
+    );
+    CREATE TABLE items (
+        run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        node_id TEXT NOT NULL,
+        idx INTEGER,
+        attempt INTEGER NOT NULL,
+        slot INTEGER,
+        status TEXT NOT NULL,
+        started REAL,
+        ended REAL,
+        error TEXT
+    );
+    CREATE INDEX items_run ON items(run);
+    """,
+    # 2: token usage per run, node and item; a preview of each batch item
+    """
+    ALTER TABLE runs ADD COLUMN llm_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN llm_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE items ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE items ADD COLUMN output_tokens INTEGER;
+    CREATE TABLE item_previews (
+        run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        node_id TEXT NOT NULL,
+        previews TEXT NOT NULL,  -- a JSON list: the preview of item i at position i
+        PRIMARY KEY (run, node_id)
+    );
+    """,
+    # 3: a preview on each item's final row (written as the run goes, not at its end);
+    # the time of the writer's last commit, the last known moment of a run that died
+    """
+    ALTER TABLE items ADD COLUMN preview TEXT;
+    ALTER TABLE runs ADD COLUMN updated REAL;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def records_dir() -> Path:
+    """``$PLAIT_HOME`` or ``.plait`` in the working directory."""
+    home = os.environ.get("PLAIT_HOME")
+    return Path(home) if home else Path.cwd() / ".plait"
+
+
+def db_path() -> Path:
+    return records_dir() / DB_NAME
+
+
+def connect(path: Path | None = None, *, create: bool = True) -> sqlite3.Connection | None:
+    """Open (and migrate) the records database; None when it does not exist and
+    ``create`` is false."""
+    import sqlite3
+
+    path = path or db_path()
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = path.parent / ".gitignore"
+        if path.parent.name == ".plait" and not ignore.exists():
+            ignore.write_text("# run records of plait, local to this machine\n*\n")
+    conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; return the version it had."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise UsageError(
+            f"the run records were written by a newer plait (schema {version}, this plait knows "
+            f"{SCHEMA_VERSION})",
+            hint="upgrade plait, or point PLAIT_HOME at another folder",
+        )
+    if version < SCHEMA_VERSION:
+        # One writer migrates; a second process waits on the lock, then sees the new version.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return int(version)
+
+
+def _statements(script: str) -> list[str]:
+    out = []
+    for statement in script.split(";"):
+        lines = [line.split("--", 1)[0] for line in statement.splitlines()]
+        text = "\n".join(lines).strip()
+        if text:
+            out.append(text)
+    return out

@@ -1,0 +1,465 @@
+"""The run recorder: an event subscriber that writes the run records.
+
+Its handler only appends the event to a deque (well under a microsecond); a
+writer thread turns events into rows and commits them every ``FLUSH_S``
+seconds in one transaction, with the database in WAL mode. So a 100k-item
+batch pays little for being recorded, and a run that is interrupted, or
+killed outright, leaves a record that is true up to the last commit.
+
+Everything it writes comes from the events: the run and its nodes from
+:class:`RunStarted`, attempts from the item events, tokens from
+:class:`UsageRecorded`, the outcome from :class:`RunFinished`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plait.runtime.events import (
+    BatchStarted,
+    Event,
+    ItemFailed,
+    ItemFinished,
+    ItemInterrupted,
+    ItemRetried,
+    ItemStarted,
+    NodeFinished,
+    NodeStarted,
+    RunFinished,
+    RunStarted,
+    UsageRecorded,
+)
+from plait.runtime.records.schema import connect
+from plait.runtime.redact import Redactor
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from plait.runtime.events import EventBus
+
+FLUSH_S = 0.5
+# Events waiting for the writer, at most. A run that outpaces the writer (a
+# million trivial items) then writes a flush itself instead of growing memory
+# without bound: the record costs that run time, never memory.
+MAX_BACKLOG = 50_000
+PREVIEW_CHARS = 160
+
+
+class RunRecorder:
+    """Records one run as it goes: ``attach(bus)``, run, then ``close()``."""
+
+    def __init__(self, *, path: Path | None = None, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or Redactor()
+        conn = connect(path)
+        assert conn is not None
+        self._conn: sqlite3.Connection = conn
+        self.run_id: str | None = None
+        self._run: int | None = None
+        self.started = time.time()
+        self.error: str | None = None  # why recording stopped, if it did
+        self._events: deque[Event] = deque()
+        self._nodes: dict[str, _NodeState] = {}
+        self._inflight: dict[tuple[str, int | None, int], tuple[float, int]] = {}
+        self._tokens: dict[tuple[str, int | None], list[int]] = {}
+        self._items_ok = 0
+        self._items_failed = 0
+        self._finished: RunFinished | None = None
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="plait-records", daemon=True)
+
+    def attach(self, bus: EventBus) -> None:
+        bus.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        # The per-event cost on the runtime's side: one append and a length check.
+        events = self._events
+        events.append(event)
+        if len(events) > MAX_BACKLOG:
+            self._flush()
+        elif type(event) is RunStarted and not event.path and self._run is None:
+            # The run's row is written at once, so the run is listed from its first moment.
+            self._flush()
+            self._thread.start()
+
+    # -- the writer thread
+
+    def _loop(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._flush_lock:
+            if self.error is not None:
+                self._events.clear()
+                return
+            events = self._events
+            n = len(events)
+            if not n:
+                return
+            pop = events.popleft
+            try:
+                self._write([pop() for _ in range(n)])
+            except Exception as exc:  # a full disk must not take the run down with it
+                self.error = f"{type(exc).__name__}: {exc}"
+
+    def _write(self, batch: list[Event]) -> None:
+        conn = self._conn
+        rows: list[tuple[Any, ...]] = []
+        conn.execute("BEGIN")
+        try:
+            for ev in batch:
+                if type(ev) is RunStarted:
+                    if not ev.path and self._run is None:
+                        self._begin(ev)
+                elif self._run is not None:
+                    self._apply(ev, rows)
+            if self._run is not None:
+                if rows:
+                    conn.executemany(_INSERT_ITEM, rows)
+                for node in self._nodes.values():
+                    if node.dirty:
+                        node.dirty = False
+                        conn.execute(_UPSERT_NODE, node.row(self._run))
+                conn.execute(
+                    "UPDATE runs SET items_ok = ?, items_failed = ?, updated = ? WHERE id = ?",
+                    (self._items_ok, self._items_failed, time.time(), self._run),
+                )
+                if self._finished is not None:
+                    self._end(self._finished)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _begin(self, ev: RunStarted) -> None:
+        from plait import __version__
+
+        wf = ev.workflow
+        self.run_id = ev.run_id
+        self.started = ev.at
+        cur = self._conn.execute(
+            "INSERT INTO runs (run_id, workflow, workflow_path, inputs, status, started, updated, pid,"
+            " cwd, plait_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            (
+                ev.run_id,
+                wf.file if wf is not None else None,
+                str(Path(wf.file).resolve()) if wf is not None and wf.file else None,
+                _dumps(self.redactor.value(ev.inputs)),
+                ev.at,
+                ev.at,
+                os.getpid(),
+                os.getcwd(),
+                __version__,
+            ),
+        )
+        assert cur.lastrowid is not None
+        self._run = cur.lastrowid
+        if wf is not None:
+            for spec in wf.nodes:
+                self._conn.execute(
+                    "INSERT INTO nodes (run, node_id, position, type, params, batch, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                    (
+                        self._run,
+                        spec.id,
+                        spec.position,
+                        spec.type,
+                        _dumps(self.redactor.value(spec.params)),
+                        _dumps(_batch_summary(spec)) if spec.batch is not None else None,
+                    ),
+                )
+
+    def _apply(self, ev: Event, rows: list[tuple[Any, ...]]) -> None:
+        if isinstance(ev, ItemStarted):
+            self._inflight[(str(ev.loc), ev.index, ev.attempt)] = (ev.at, ev.slot)
+        elif isinstance(ev, ItemFinished):
+            self._final(ev, rows, "success", None, ev.item)
+        elif isinstance(ev, ItemFailed):
+            self._final(ev, rows, "failed", ev.error, ev.item)
+        elif isinstance(ev, ItemRetried):
+            self._final(ev, rows, "retried", ev.error, None)
+        elif isinstance(ev, ItemInterrupted):
+            self._final(ev, rows, "interrupted" if ev.reason == "interrupted" else "cancelled", None, None)
+        elif isinstance(ev, UsageRecorded):
+            self._usage(ev)
+        elif isinstance(ev, NodeStarted):
+            node = self._node(str(ev.loc), ev.type)
+            node.status = "running"
+            node.visits += 1
+            if node.started is None:
+                node.started = ev.at
+        elif isinstance(ev, BatchStarted):
+            self._node(str(ev.loc)).total = ev.total
+        elif isinstance(ev, NodeFinished):
+            self._node_finished(ev)
+        elif isinstance(ev, RunFinished) and not ev.path:
+            self._finished = ev
+
+    def _final(
+        self,
+        ev: ItemFinished | ItemFailed | ItemRetried | ItemInterrupted,
+        rows: list[tuple[Any, ...]],
+        status: str,
+        error: str | None,
+        item: Any,
+    ) -> None:
+        """One attempt's row: its outcome, tokens, and (for an item's final outcome) a preview."""
+        node_id = str(ev.loc)
+        idx = ev.index
+        self._inflight.pop((node_id, idx, ev.attempt), None)
+        used = self._tokens.pop((node_id, idx), None) if self._tokens else None
+        node = self._node(node_id)
+        top_item = idx is not None and ev.loc.top_level
+        preview = None
+        if status == "success":
+            node.ok += 1
+            if top_item:
+                self._items_ok += 1
+                preview = self._preview(item)
+        elif status == "failed":
+            node.failed += 1
+            if top_item:
+                self._items_failed += 1
+                preview = self._preview(item)
+        elif status == "retried":
+            node.retries += 1
+        rows.append(
+            (
+                self._run,
+                node_id,
+                idx,
+                ev.attempt,
+                ev.slot,
+                status,
+                ev.at - (ev.duration_ms or 0.0) / 1000.0,
+                ev.at,
+                self.redactor.text(error) if error else None,
+                used[1] if used else None,
+                used[2] if used else None,
+                preview,
+            )
+        )
+
+    def _preview(self, item: Any) -> str:
+        line = preview(item)
+        if item is not None and not isinstance(item, bool | int | float):
+            line = self.redactor.text(line)
+        return line
+
+    def _node_finished(self, ev: NodeFinished) -> None:
+        node = self._node(str(ev.loc))
+        node.status = ev.status or "success"
+        if node.status == "failed" and ev.error == "interrupted":
+            node.status = "interrupted"
+        node.ended = ev.at
+        node.duration_ms = ev.duration_ms
+        node.error = self.redactor.text(ev.error) if ev.error else None
+        node.error_index = ev.index
+        if ev.counts and ev.counts.get("count") is not None:
+            node.total = ev.counts["count"]
+
+    def _node(self, node_id: str, type_: str | None = None) -> _NodeState:
+        node = self._nodes.get(node_id)
+        if node is None:
+            node = self._nodes[node_id] = _NodeState(node_id, type_)
+        node.dirty = True
+        return node
+
+    def _usage(self, ev: UsageRecorded) -> None:
+        inp, outp = ev.input_tokens, ev.output_tokens
+        node_id = str(ev.loc)
+        # Tokens count towards the item that made the call and towards the
+        # top-level item (and node) it ran under, when it ran in a sub-workflow.
+        keys = [(node_id, ev.index)]
+        if not ev.loc.top_level:
+            keys.append(ev.loc.top)
+        for key in keys:
+            row = self._tokens.setdefault(key, [0, 0, 0])
+            row[0] += 1
+            row[1] += inp
+            row[2] += outp
+            node = self._node(key[0])
+            node.llm[0] += 1
+            node.llm[1] += inp
+            node.llm[2] += outp
+
+    def _end(self, ev: RunFinished) -> None:
+        """The run's outcome; attempts and nodes still open were cut short."""
+        self._finished = None
+        ended = ev.at
+        open_rows = [
+            (self._run, node_id, idx, attempt, slot, "interrupted", started, ended, None, None, None, None)
+            for (node_id, idx, attempt), (started, slot) in self._inflight.items()
+        ]
+        self._inflight.clear()
+        if open_rows:
+            self._conn.executemany(_INSERT_ITEM, open_rows)
+        for node in self._nodes.values():
+            if node.status == "running":
+                node.status = "interrupted" if ev.status == "interrupted" else "failed"
+                node.ended = ended
+                self._conn.execute(_UPSERT_NODE, node.row(self._run))
+        for entry in ev.errors:
+            stopped = self._nodes.get(str(entry.get("node_id")))
+            if entry.get("message") == "interrupted" and stopped is not None:
+                stopped.status = "interrupted"
+                self._conn.execute(_UPSERT_NODE, stopped.row(self._run))
+        first = ev.errors[0] if ev.errors else None
+        error = None
+        if first:
+            error = str(first.get("message"))
+            if first.get("node_id") and error != "interrupted":
+                error = f"node '{first['node_id']}' failed: {error}"
+            error = self.redactor.text(error)
+        usage = ev.usage
+        self._conn.execute(
+            "UPDATE runs SET status = ?, ended = ?, updated = ?, duration_ms = ?, error = ?, llm_calls = ?,"
+            " input_tokens = ?, output_tokens = ? WHERE id = ?",
+            (
+                ev.status,
+                ended,
+                ended,
+                ev.duration_ms,
+                error,
+                usage.get("calls", 0),
+                usage.get("input_tokens", 0),
+                usage.get("output_tokens", 0),
+                self._run,
+            ),
+        )
+
+    # -- the end
+
+    def close(self, *, status: str = "failed") -> None:
+        """Drain the writer and close. When the run never finished (it raised,
+        or a second Ctrl-C stopped it at once), ``status`` says what happened."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._flush()
+        try:
+            if self.error is None and self._run is not None and not self._ended():
+                ended = time.time()
+                error = "interrupted" if status == "interrupted" else "the run stopped on an internal error"
+                self._events.append(
+                    RunFinished(self.run_id or "", status, (ended - self.started) * 1000.0, [{"message": error}], at=ended)
+                )
+                self._flush()
+        finally:
+            self._conn.close()
+
+    def _ended(self) -> bool:
+        row = self._conn.execute("SELECT status FROM runs WHERE id = ?", (self._run,)).fetchone()
+        return row is not None and row[0] != "running"
+
+
+def _batch_summary(spec: Any) -> dict[str, Any]:
+    b = spec.batch
+    items = b.items if isinstance(b.items, str) else f"<inline list of {len(b.items)}>"
+    return {
+        "items": items,
+        "as": b.alias,
+        "parallel": b.parallel,
+        "max_concurrent": b.max_concurrent,
+        "error_handling": b.error_handling,
+        "max_retries": b.max_retries,
+    }
+
+
+class _NodeState:
+    __slots__ = (
+        "dirty",
+        "duration_ms",
+        "ended",
+        "error",
+        "error_index",
+        "failed",
+        "llm",
+        "node_id",
+        "ok",
+        "retries",
+        "started",
+        "status",
+        "total",
+        "type",
+        "visits",
+    )
+
+    def __init__(self, node_id: str, type_: str | None = None) -> None:
+        self.node_id = node_id
+        self.type = type_
+        self.status = "pending"
+        self.visits = 0
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.duration_ms: float | None = None
+        self.error: str | None = None
+        self.error_index: int | None = None
+        self.total: int | None = None
+        self.ok = 0
+        self.failed = 0
+        self.retries = 0
+        self.llm = [0, 0, 0]
+        self.dirty = True
+
+    def row(self, run: int | None) -> tuple[Any, ...]:
+        return (
+            run,
+            self.node_id,
+            self.type,
+            self.status,
+            self.visits,
+            self.started,
+            self.ended,
+            self.duration_ms,
+            self.error,
+            self.error_index,
+            self.total,
+            self.ok,
+            self.failed,
+            self.retries,
+            *self.llm,
+        )
+
+
+_INSERT_ITEM = (
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, error,"
+    " input_tokens, output_tokens, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_NODE_COLUMNS = (
+    "status, visits, started, ended, duration_ms, error, error_index, items_total, items_ok,"
+    " items_failed, retries, llm_calls, input_tokens, output_tokens"
+)
+_UPSERT_NODE = (
+    f"INSERT INTO nodes (run, node_id, type, {_NODE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+    " ON CONFLICT (run, node_id) DO UPDATE SET type = coalesce(nodes.type, excluded.type), "
+    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _NODE_COLUMNS.split(","))
+)
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    elif value is None or isinstance(value, bool | float):
+        return json.dumps(value)
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except ValueError:
+            text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
