@@ -62,9 +62,9 @@ def popen_cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subpr
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
     kw.setdefault("stdin", subprocess.DEVNULL)
+    kw.setdefault("text", True)
     return subprocess.Popen(
         [sys.executable, "-m", "plait", *args],
-        text=True,
         env=plait_env(env),
         preexec_fn=_default_signals,
         **kw,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import plait_env
+from conftest import plait_env, popen_cli
 
 Run = Callable[..., Any]
 Write = Callable[..., str]
@@ -542,15 +544,36 @@ def test_debug_is_accepted(plait: Run, workflow: Write) -> None:
 
 def start_run(path: str, cwd: Path) -> subprocess.Popen[str]:
     """`plait run PATH` in the background, for tests that signal it."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "plait", "run", path],
-        cwd=cwd,
-        env=plait_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return popen_cli("run", path, cwd=cwd)
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def reading_stdin(pid: int) -> bool:
+    """Whether the process sits in read(2) on its standard input (Linux: /proc/PID/syscall)."""
+    try:
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == "0" and int(fields[1], 16) == 0
+
+
+def retried(db: Path) -> bool:
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(db)
+    try:
+        return bool(conn.execute("SELECT count(*) FROM items WHERE status = 'retried'").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return False
+    finally:
+        conn.close()
 
 
 def test_interrupt_is_exit_130(tmp_path: Path, workflow: Write) -> None:
@@ -573,17 +596,9 @@ def test_interrupt_while_waiting_for_piped_input_is_exit_130(tmp_path: Path, wor
     path = workflow(
         {"inputs": {"text": {"type": "string", "stdin": True}}, "nodes": [sh("e", "echo ${text}")]}
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plait", "run", path, "-o", "json"],
-        cwd=tmp_path,
-        env=plait_env(),
-        stdin=subprocess.PIPE,  # a producer that has not written yet
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = popen_cli("run", path, "-o", "json", cwd=tmp_path, stdin=subprocess.PIPE)  # nothing written yet
     try:
-        time.sleep(1.0)  # plait is reading its standard input, before the run starts
+        wait_until(lambda: reading_stdin(proc.pid), "plait to read its standard input")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -603,10 +618,8 @@ def test_interrupt_during_a_retry_wait_stops_at_once(tmp_path: Path, workflow: W
     path = workflow({"nodes": [node]})
     proc = start_run(path, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while not (tmp_path / "failed").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)  # the first attempt has failed; the 30 s wait has begun
+        # the run record says an attempt failed and was retried: the 30 s wait has begun
+        wait_until(lambda: retried(Path(os.environ["PLAIT_HOME"]) / "runs.db"), "the first retry")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)

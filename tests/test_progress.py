@@ -10,8 +10,6 @@ import pty
 import re
 import select
 import struct
-import subprocess
-import sys
 import termios
 import time
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from typing import Any
 
 import pyte
 
-from conftest import Result, plait_env
+from conftest import Result, popen_cli
 
 Plait = Callable[..., Result]
 Workflow = Callable[..., str]
@@ -44,13 +42,9 @@ def run_in_terminal(path: str, *args: str, cwd: str) -> tuple[int, str, bytes]:
     """Run plait with stderr on a pseudo-terminal; (exit code, stdout, raw terminal bytes)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", LINES, COLUMNS, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plait", "run", path, *args],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env=plait_env({"TERM": "xterm-256color", "COLUMNS": str(COLUMNS)}),
+    proc = popen_cli(
+        "run", path, *args, cwd=cwd, stderr=slave, text=False,
+        env={"TERM": "xterm-256color", "COLUMNS": str(COLUMNS)},
     )
     os.close(slave)
     raw = b""

@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Result, plait_env
+from conftest import Result, popen_cli
 from plait.runtime.records import MIGRATIONS, SCHEMA_VERSION
 
 Plait = Callable[..., Result]
@@ -50,6 +49,13 @@ def batch_workflow(
             {"id": "after", "type": "shell", "params": {"command": "echo finished"}},
         ]
     }
+
+
+def committed(cwd: Path) -> int:
+    try:
+        return int(db_rows(cwd, "SELECT count(*) FROM items WHERE status = 'success'")[0][0])
+    except sqlite3.OperationalError:
+        return 0
 
 
 def db_rows(cwd: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -187,15 +193,7 @@ def running(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(path: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "plait", "run", path, *args],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=plait_env({"PLAIT_PROGRESS_EVERY": "0.2"}),
-        )
+        proc = popen_cli("run", path, *args, cwd=tmp_path, env={"PLAIT_PROGRESS_EVERY": "0.2"})
         procs.append(proc)
         return proc
 
@@ -260,10 +258,12 @@ def test_items_stopped_by_an_interrupt_are_interrupted_not_failed(
     running: Callable[..., subprocess.Popen[str]], workflow: Workflow, plait: Plait, tmp_path: Path
 ) -> None:
     # Items 0-2 finish at once; the next three are in flight (sleeping) when Ctrl-C kills them.
-    wf = batch_workflow(list(range(10)), "[ ${item} -lt 3 ] || sleep 30", continue_=False)
+    wf = batch_workflow(list(range(10)), "[ ${item} -lt 3 ] || { touch started-${item}; sleep 30; }", continue_=False)
     proc = running(workflow(wf), "-o", "json")
     wait_for_items(proc, 3)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 15
+    while len(list(tmp_path.glob("started-*"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
@@ -283,7 +283,9 @@ def test_a_killed_run_leaves_a_record_true_up_to_the_last_flush(
 ) -> None:
     proc = running(workflow(batch_workflow(list(range(40)), "sleep 0.2", continue_=False)))
     seen = wait_for_items(proc, 6)
-    time.sleep(0.8)  # the writer commits every 0.5 s
+    deadline = time.monotonic() + 15  # until the writer has committed what progress showed
+    while committed(tmp_path) < seen and time.monotonic() < deadline:
+        time.sleep(0.02)
     proc.kill()
     proc.wait()
     shown = plait("show", "last")

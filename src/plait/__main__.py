@@ -1,3 +1,3 @@
-from plait.cli import main
+from plait._entry import main
 
 main()

@@ -7,13 +7,14 @@ item index) and a *hint*; rendering them is the CLI's job.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' Did you mean 'x'?' suffix, or '' when nothing is close."""
+    import difflib  # only when something is wrong
+
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
 

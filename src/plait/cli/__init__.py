@@ -250,9 +250,15 @@ def nodes(type_name: str | None, as_json: bool, markdown: bool, nodes_paths: tup
 
 
 @cli.command()
+@click.option("--markdown", is_flag=True, help="Print the batch and retry field tables (docs/format.md).")
 @_nodes_option
-def schema(nodes_paths: tuple[str, ...]) -> None:
+def schema(markdown: bool, nodes_paths: tuple[str, ...]) -> None:
     """Print the JSON Schema of the workflow format (for editors)."""
+    if markdown:
+        from plait.ir.format import reference_tables
+
+        click.echo(reference_tables(), nl=False)
+        return
     from plait.ir.schema import workflow_schema
 
     with _errors():

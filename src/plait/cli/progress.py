@@ -360,7 +360,7 @@ def attach_progress(
         display = PlainDisplay(stream, every, cancelled)
     tracker = Tracker(display)
     display.tracker = tracker
-    bus.subscribe(tracker)
+    bus.subscribe(tracker, kinds=(NodeStarted, BatchStarted, NodeFinished, ItemFinished, ItemFailed, ItemRetried))
     return display
 
 

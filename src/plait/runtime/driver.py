@@ -193,33 +193,45 @@ class BatchDriver:
         return self.stop
 
     def _loop(self, items: Iterator[tuple[int | None, Any]]) -> None:
-        window, retries = self.window, self.retries
+        # The per-item path: the window's and the heap's containers are used
+        # directly here (a method call per item would cost more than the rest).
+        retries = self.retries
+        heap = retries._heap
+        flying = self.window._flying
+        capacity = self.window.capacity
+        in_order = self.in_order
+        cancelled = self._cancelled
+        submit, next_outcome = self.executor.submit, self.executor.next_outcome
         exhausted = False
         while True:
-            if self.stop is None and self._cancelled.is_set():
-                self._halt(Stop(StopReason.INTERRUPTED, "interrupted"))
             if self.stop is None:
-                self._launch_due_retries()
-                while not exhausted and window.has_room and not (self.in_order and retries):
-                    try:
-                        index, item = next(items)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    self._submit(Attempt(index, item, 1))
-            if not window:
-                if not retries or self.stop is not None:
+                if cancelled.is_set():
+                    self._halt(Stop(StopReason.INTERRUPTED, "interrupted"))
+                else:
+                    if heap:
+                        self._launch_due_retries()
+                    while not exhausted and len(flying) < capacity and not (in_order and heap):
+                        try:
+                            index, item = next(items)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        attempt = Attempt(index, item, 1)
+                        flying[(index, 1)] = attempt
+                        submit(attempt)
+            if not flying:
+                if not heap or self.stop is not None:
                     return
                 # Nothing runs: wait for the next retry, but wake at once on an
                 # interrupt (a retry wait can be a minute, a Retry-After five).
                 due = retries.next_due() or 0.0
-                self._cancelled.wait(max(0.0, due - time.monotonic()))
+                cancelled.wait(max(0.0, due - time.monotonic()))
                 continue
-            out = self.executor.next_outcome(self._timeout())
+            out = next_outcome(self._timeout() if heap or self._stopped_at is not None else _WAKE_S)
             if out is None:
                 self._abandon_if_overdue()
                 continue
-            if window.remove(out):
+            if flying.pop((out.index, out.attempt), None) is not None:
                 self._handle(out)
 
     def _timeout(self) -> float:
@@ -231,20 +243,14 @@ class BatchDriver:
             timeout = min(timeout, max(0.0, self._stopped_at + STOP_GRACE_S - time.monotonic()))
         return timeout
 
-    def _submit(self, attempt: Attempt) -> None:
-        self.window.add(attempt)
-        self.executor.submit(attempt)
-
     def _launch_due_retries(self) -> None:
-        retries = self.retries
-        if not retries:
-            return
         now = time.monotonic()
         while self.window.has_room:
-            attempt = retries.pop_due(now)
+            attempt = self.retries.pop_due(now)
             if attempt is None:
                 return
-            self._submit(attempt)
+            self.window.add(attempt)
+            self.executor.submit(attempt)
 
     def _halt(self, stop: Stop) -> None:
         self.stop = stop
@@ -266,10 +272,10 @@ class BatchDriver:
     def _handle(self, out: Outcome) -> None:
         if out.cancelled:
             return
-        emit = self._bus.emit if self._bus.active else None
+        bus = self._bus
         if out.ok:
-            if emit:
-                emit(
+            if ItemFinished in bus.listening:
+                bus.emit(
                     ItemFinished(
                         self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0,
                         item=out.item, outputs=out.outputs, at=out.started + out.duration,
@@ -287,8 +293,8 @@ class BatchDriver:
         error = out.error or "failed"
         if out.retryable and out.attempt < self.retry.max_attempts and self.stop is None:
             wait = self.retry.delay(out.attempt, out.retry_after)
-            if emit:
-                emit(
+            if bus.wants(ItemRetried):
+                bus.emit(
                     ItemRetried(
                         self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
                         wait_s=round(wait, 3), at=out.started + out.duration,
@@ -296,8 +302,8 @@ class BatchDriver:
                 )
             self.retries.push(time.monotonic() + wait, Attempt(out.index, out.item, out.attempt + 1))
             return
-        if emit:
-            emit(
+        if bus.wants(ItemFailed):
+            bus.emit(
                 ItemFailed(
                     self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
                     item=out.item, outputs=out.outputs, at=out.started + out.duration,
@@ -311,6 +317,6 @@ class BatchDriver:
                 self._halt(stop)
 
     def _emit_interrupted(self, index: int | None, attempt: int, slot: int, duration_ms: float) -> None:
-        if self._bus.active:
+        if self._bus.wants(ItemInterrupted):
             reason = self.stop.reason.value if self.stop is not None else "interrupted"
             self._bus.emit(ItemInterrupted(self._loc, index, attempt, slot, duration_ms, reason=reason))

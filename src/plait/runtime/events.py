@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,12 @@ class Location:
 
     node_id: str
     path: tuple[Step, ...] = ()
+    #: ``str(loc)``, made once
+    key: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        steps = [f"{n}[{i}]" if i is not None else n for n, i in self.path]
+        object.__setattr__(self, "key", "/".join([*steps, self.node_id]))
 
     @property
     def top_level(self) -> bool:
@@ -58,8 +64,7 @@ class Location:
         return (*self.path, (self.node_id, index))
 
     def __str__(self) -> str:
-        steps = [f"{n}[{i}]" if i is not None else n for n, i in self.path]
-        return "/".join([*steps, self.node_id])
+        return self.key
 
 
 def _now() -> float:
@@ -224,13 +229,17 @@ Subscriber = Callable[[Event], None]
 class EventBus:
     """Fan events out to subscribers. Cheap when nobody listens.
 
-    A subscriber that raises is detached at once and reported once through
-    ``on_subscriber_error(subscriber, exception)`` (the CLI prints a warning);
-    the event still reaches the other subscribers and the run goes on.
+    A subscriber may ask for some kinds only (``subscribe(fn, kinds=(...))``);
+    the runtime asks ``wants(kind)`` before building an event nobody would
+    receive. A subscriber that raises is detached at once and reported once
+    through ``on_subscriber_error(subscriber, exception)`` (the CLI prints a
+    warning); the event still reaches the other subscribers and the run goes on.
     """
 
     def __init__(self, on_subscriber_error: Callable[[Subscriber, BaseException], None] | None = None) -> None:
-        self._subscribers: tuple[Subscriber, ...] = ()
+        self._subscribers: tuple[tuple[Subscriber, frozenset[type] | None], ...] = ()
+        #: event kind -> its subscribers (only kinds somebody listens to)
+        self.listening: dict[type, tuple[Subscriber, ...]] = {}
         self._lock = threading.Lock()
         self.on_subscriber_error = on_subscriber_error
         self.failures: list[tuple[Subscriber, BaseException]] = []
@@ -239,27 +248,44 @@ class EventBus:
     def active(self) -> bool:
         return bool(self._subscribers)
 
-    def subscribe(self, subscriber: Subscriber) -> None:
+    def wants(self, kind: type) -> bool:
+        return kind in self.listening  # the per-item path reads ``listening`` directly
+
+    def subscribe(self, subscriber: Subscriber, kinds: Iterable[type] | None = None) -> None:
         with self._lock:
-            self._subscribers = (*self._subscribers, subscriber)
+            self._subscribers = (*self._subscribers, (subscriber, None if kinds is None else frozenset(kinds)))
+            self._index()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
-            self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+            self._subscribers = tuple(s for s in self._subscribers if s[0] is not subscriber)
+            self._index()
+
+    def _index(self) -> None:
+        by_kind: dict[type, tuple[Subscriber, ...]] = {}
+        for kind in _KINDS:
+            subs = tuple(fn for fn, kinds in self._subscribers if kinds is None or kind in kinds)
+            if subs:
+                by_kind[kind] = subs
+        self.listening = by_kind
 
     def emit(self, event: Event) -> None:
-        if not self._subscribers:
+        subscribers = self.listening.get(type(event))
+        if not subscribers:
             return
         with self._lock:
-            for subscriber in self._subscribers:
+            for subscriber in subscribers:
                 try:
                     subscriber(event)
                 except Exception as exc:  # a broken display or writer must not break the run
                     self._detach(subscriber, exc)
 
     def _detach(self, subscriber: Subscriber, exc: BaseException) -> None:
-        # Called with the lock held: the tuple is replaced, the loop iterating the old one goes on.
-        self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
+        # Called with the lock held: the tables are replaced, the loop over the old tuple goes on.
+        if not any(s[0] is subscriber for s in self._subscribers):
+            return  # already detached (it raised on an event in flight)
+        self._subscribers = tuple(s for s in self._subscribers if s[0] is not subscriber)
+        self._index()
         self.failures.append((subscriber, exc))
         report = self.on_subscriber_error
         if report is not None:

@@ -97,7 +97,7 @@ def run_attempt(
     t0 = time.perf_counter()
     out = Outcome(index, attempt.item, attempt.number, slot, started)
     bus = services.bus
-    if bus.active:
+    if ItemStarted in bus.listening:
         bus.emit(ItemStarted(services.location(cn.id), index, attempt.number, slot, at=started))
     try:
         if index is None:
@@ -110,7 +110,12 @@ def run_attempt(
         prep_res = node.prep(ctx)
         exec_res = node.exec(prep_res)
         out.action = node.post(ctx, prep_res, exec_res) or "default"
-        settle(out, ctx.outputs if ctx.outputs is not None else exec_res)
+        outputs = ctx.outputs if ctx.outputs is not None else exec_res
+        out.outputs = outputs
+        if type(outputs) is dict and not outputs.get("error"):
+            out.ok = True
+        else:
+            settle(out, outputs)
     except NodeError as exc:
         out.error = exc.message
         out.outputs = exc.outputs

@@ -101,6 +101,9 @@ def _parse_json_text(text: str) -> Any:
     return json.loads(text)
 
 
+_CONTAINERS = (dict, list)
+
+
 def fresh(value: Any) -> Any:
     """A copy of the lists and dicts in ``value`` (the rest is immutable): a
     resolved value is never shared, so no node sees another one's changes."""
@@ -258,7 +261,12 @@ def _compile_str(text: str, keep_parts: bool, copy: bool = True) -> Compiled:
         only = refs[0]
         if not copy:
             return Compiled(text, refs, lambda base, local: lookup(only, base, local))
-        return Compiled(text, refs, lambda base, local: fresh(lookup(only, base, local)))
+
+        def resolve_one(base: Base, local: Local) -> Any:
+            value = lookup(only, base, local)
+            return fresh(value) if isinstance(value, _CONTAINERS) else value
+
+        return Compiled(text, refs, resolve_one)
     frozen = tuple(pieces)
     if keep_parts:
 

@@ -28,7 +28,6 @@ from plait.runtime.events import (
     ItemFinished,
     ItemInterrupted,
     ItemRetried,
-    ItemStarted,
     NodeFinished,
     NodeStarted,
     RunFinished,
@@ -49,6 +48,18 @@ FLUSH_S = 0.5
 # without bound: the record costs that run time, never memory.
 MAX_BACKLOG = 50_000
 PREVIEW_CHARS = 160
+_RECORDED = (
+    RunStarted,
+    RunFinished,
+    NodeStarted,
+    BatchStarted,
+    NodeFinished,
+    ItemFinished,
+    ItemFailed,
+    ItemRetried,
+    ItemInterrupted,
+    UsageRecorded,
+)
 
 
 class RunRecorder:
@@ -65,7 +76,6 @@ class RunRecorder:
         self.error: str | None = None  # why recording stopped, if it did
         self._events: deque[Event] = deque()
         self._nodes: dict[str, _NodeState] = {}
-        self._inflight: dict[tuple[str, int | None, int], tuple[float, int]] = {}
         self._tokens: dict[tuple[str, int | None], list[int]] = {}
         self._items_ok = 0
         self._items_failed = 0
@@ -75,7 +85,9 @@ class RunRecorder:
         self._thread = threading.Thread(target=self._loop, name="plait-records", daemon=True)
 
     def attach(self, bus: EventBus) -> None:
-        bus.subscribe(self._on_event)
+        # Not ItemStarted: an attempt's row is written from its outcome, which
+        # carries its start; one that never ends is ItemInterrupted.
+        bus.subscribe(self._on_event, kinds=_RECORDED)
 
     def _on_event(self, event: Event) -> None:
         # The per-event cost on the runtime's side: one append and a length check.
@@ -112,15 +124,21 @@ class RunRecorder:
     def _write(self, batch: list[Event]) -> None:
         conn = self._conn
         rows: list[tuple[Any, ...]] = []
+        ok_rows: list[tuple[Any, ...]] = []
         conn.execute("BEGIN")
         try:
             for ev in batch:
-                if type(ev) is RunStarted:
-                    if not ev.path and self._run is None:
-                        self._begin(ev)
+                kind = type(ev)
+                if kind is ItemFinished and self._run is not None and not self._tokens:
+                    self._ok_row(ev, ok_rows)  # type: ignore[arg-type]  # most events: the short way
+                elif kind is RunStarted:
+                    if not ev.path and self._run is None:  # type: ignore[attr-defined]
+                        self._begin(ev)  # type: ignore[arg-type]
                 elif self._run is not None:
                     self._apply(ev, rows)
             if self._run is not None:
+                if ok_rows:
+                    conn.executemany(_INSERT_OK_ITEM, ok_rows)
                 if rows:
                     conn.executemany(_INSERT_ITEM, rows)
                 for node in self._nodes.values():
@@ -177,9 +195,7 @@ class RunRecorder:
                 )
 
     def _apply(self, ev: Event, rows: list[tuple[Any, ...]]) -> None:
-        if isinstance(ev, ItemStarted):
-            self._inflight[(str(ev.loc), ev.index, ev.attempt)] = (ev.at, ev.slot)
-        elif isinstance(ev, ItemFinished):
+        if isinstance(ev, ItemFinished):
             self._final(ev, rows, "success", None, ev.item)
         elif isinstance(ev, ItemFailed):
             self._final(ev, rows, "failed", ev.error, ev.item)
@@ -190,17 +206,31 @@ class RunRecorder:
         elif isinstance(ev, UsageRecorded):
             self._usage(ev)
         elif isinstance(ev, NodeStarted):
-            node = self._node(str(ev.loc), ev.type)
+            node = self._node(ev.loc.key, ev.type)
             node.status = "running"
             node.visits += 1
             if node.started is None:
                 node.started = ev.at
         elif isinstance(ev, BatchStarted):
-            self._node(str(ev.loc)).total = ev.total
+            self._node(ev.loc.key).total = ev.total
         elif isinstance(ev, NodeFinished):
             self._node_finished(ev)
         elif isinstance(ev, RunFinished) and not ev.path:
             self._finished = ev
+
+    def _ok_row(self, ev: ItemFinished, rows: list[tuple[Any, ...]]) -> None:
+        """A successful attempt without tokens: the row of most items, with fewer columns to bind."""
+        key = ev.loc.key
+        node = self._nodes.get(key) or self._node(key)
+        node.ok += 1
+        node.dirty = True
+        idx = ev.index
+        shown = None
+        if idx is not None and not ev.loc.path:
+            self._items_ok += 1
+            item = ev.item
+            shown = str(item) if type(item) is int else self._preview(item)
+        rows.append((self._run, key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown))
 
     def _final(
         self,
@@ -211,9 +241,8 @@ class RunRecorder:
         item: Any,
     ) -> None:
         """One attempt's row: its outcome, tokens, and (for an item's final outcome) a preview."""
-        node_id = str(ev.loc)
+        node_id = ev.loc.key
         idx = ev.index
-        self._inflight.pop((node_id, idx, ev.attempt), None)
         used = self._tokens.pop((node_id, idx), None) if self._tokens else None
         node = self._node(node_id)
         top_item = idx is not None and ev.loc.top_level
@@ -254,7 +283,7 @@ class RunRecorder:
         return line
 
     def _node_finished(self, ev: NodeFinished) -> None:
-        node = self._node(str(ev.loc))
+        node = self._node(ev.loc.key)
         node.status = ev.status or "success"
         if node.status == "failed" and ev.error == "interrupted":
             node.status = "interrupted"
@@ -274,7 +303,7 @@ class RunRecorder:
 
     def _usage(self, ev: UsageRecorded) -> None:
         inp, outp = ev.input_tokens, ev.output_tokens
-        node_id = str(ev.loc)
+        node_id = ev.loc.key
         # Tokens count towards the item that made the call and towards the
         # top-level item (and node) it ran under, when it ran in a sub-workflow.
         keys = [(node_id, ev.index)]
@@ -294,13 +323,6 @@ class RunRecorder:
         """The run's outcome; attempts and nodes still open were cut short."""
         self._finished = None
         ended = ev.at
-        open_rows = [
-            (self._run, node_id, idx, attempt, slot, "interrupted", started, ended, None, None, None, None)
-            for (node_id, idx, attempt), (started, slot) in self._inflight.items()
-        ]
-        self._inflight.clear()
-        if open_rows:
-            self._conn.executemany(_INSERT_ITEM, open_rows)
         for node in self._nodes.values():
             if node.status == "running":
                 node.status = "interrupted" if ev.status == "interrupted" else "failed"
@@ -429,6 +451,10 @@ class _NodeState:
         )
 
 
+_INSERT_OK_ITEM = (
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview)"
+    " VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?)"
+)
 _INSERT_ITEM = (
     "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, error,"
     " input_tokens, output_tokens, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

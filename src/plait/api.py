@@ -1,0 +1,129 @@
+"""The Python API: ``plait.run(...)`` and ``plait.validate(...)``.
+
+    import plait
+
+    check = plait.validate("flow.json")
+    if not check.ok:
+        for p in check.problems:
+            print(p.path, p.message)
+
+    result = plait.run("flow.json", inputs={"folder": "docs"})
+    if result.ok:
+        print(result.outputs)
+
+A workflow is a path (``.json``, ``.yaml``) or the workflow object itself (a
+dict). ``run`` raises :class:`plait.errors.WorkflowInvalid` for a workflow
+that cannot run and :class:`plait.errors.UsageError` for inputs that do not
+fit; every outcome of the run itself (success, a failed node, an interrupt) is
+a :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plait.errors import Problem, WorkflowInvalid
+from plait.runtime.engine import NodeResult, RunResult
+
+Workflow = str | os.PathLike[str] | Mapping[str, Any]
+
+
+@dataclass
+class Validation:
+    """What ``plait.validate`` found."""
+
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    nodes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _registry(nodes: Iterable[str | os.PathLike[str]]) -> Any:
+    from plait.nodes.registry import Registry
+
+    registry = Registry()
+    for path in nodes:
+        registry.load_path(Path(path))
+    return registry
+
+
+def _compile(workflow: Workflow, registry: Any) -> Any:
+    from plait.runtime.compile import compile_raw, load_and_compile
+
+    if isinstance(workflow, Mapping):
+        return compile_raw(dict(workflow), registry, file=None)
+    return load_and_compile(os.fspath(workflow), registry)
+
+
+def validate(workflow: Workflow, *, nodes: Iterable[str | os.PathLike[str]] = ()) -> Validation:
+    """Check a workflow without running it; every problem is collected."""
+    try:
+        compiled = _compile(workflow, _registry(nodes))
+    except WorkflowInvalid as exc:
+        return Validation(problems=list(exc.problems))
+    return Validation(warnings=list(compiled.warnings), nodes=len(compiled.nodes))
+
+
+def run(
+    workflow: Workflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    executor: str | None = None,
+    nodes: Iterable[str | os.PathLike[str]] = (),
+    record: bool = False,
+    on_event: Callable[[Any], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunResult:
+    """Validate, then run a workflow.
+
+    ``inputs`` are Python values, fitted to the declared input types (text
+    that reads as the type is converted, as on the command line).
+    ``executor`` chooses where batch items run (see ``plait run --executor``).
+    ``record=True`` keeps a run record (``plait runs``). ``on_event`` receives
+    every typed event (:mod:`plait.runtime.events`). Setting ``cancel`` stops
+    the run as Ctrl-C does.
+    """
+    from plait.runtime.engine import Runner, coerce_inputs
+    from plait.runtime.events import EventBus
+    from plait.runtime.services import RunServices
+
+    registry = _registry(nodes)
+    compiled = _compile(workflow, registry)
+    if executor is not None:
+        from plait.errors import UsageError
+        from plait.runtime.executors import check_executor_name
+
+        wrong = check_executor_name(executor)
+        if wrong is not None:
+            raise UsageError(wrong)
+    values = coerce_inputs(compiled, dict(inputs or {}), source="plait.run(inputs=...)")
+    bus = EventBus()
+    if on_event is not None:
+        bus.subscribe(on_event)
+    directory = compiled.directory or str(Path.cwd())
+    services = RunServices(registry, bus, directory, cancelled=cancel)
+    recorder = None
+    if record:
+        from plait.runtime.records.writer import RunRecorder
+
+        recorder = RunRecorder()
+        recorder.attach(bus)
+    result: RunResult | None = None
+    try:
+        result = Runner(compiled, services, executor=executor).run(values)
+        return result
+    finally:
+        services.close()
+        if recorder is not None:
+            recorder.close(status="failed" if result is None else result.status)
+
+
+__all__ = ["NodeResult", "RunResult", "Validation", "run", "validate"]
