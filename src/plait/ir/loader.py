@@ -4,8 +4,8 @@ Both formats load to JSON's data model (objects with text keys, lists, text,
 numbers, true/false/null) and refuse what would exhaust or crash what comes
 after: nesting deeper than ``MAX_DEPTH``, YAML aliases that expand beyond
 ``MAX_ALIAS_NODES`` values, integers longer than ``MAX_INT_DIGITS`` digits,
-NaN and infinities, duplicate keys, lone UTF-16 surrogates and files over
-``MAX_FILE_BYTES``. docs/format.md, "Limits and hostile input", is the user's
+NaN and infinities, duplicate keys, lone UTF-16 surrogates, and files over
+``MAX_FILE_BYTES`` (YAML: ``MAX_YAML_CHARS``). docs/format.md, "Limits and hostile input", is the user's
 side of these rules.
 """
 
@@ -23,6 +23,8 @@ from plait.errors import Problem, WorkflowInvalid
 SUFFIXES = (".json", ".yaml", ".yml")
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+#: PyYAML's pure-Python parser takes ~7 s and ~120 MB per MiB of YAML
+MAX_YAML_CHARS = 2 * 1024 * 1024
 #: objects and lists inside one another; far beyond any real workflow, far below
 #: what the recursive code after the loader (validation, templates, JSON output) can take
 MAX_DEPTH = 100
@@ -375,6 +377,16 @@ def _locate_json_problem(text: str) -> Refused:
 def _load_yaml(text: str, file: str | None) -> Any:
     import yaml  # lazy: only YAML workflows pay for it
 
+    if len(text) > MAX_YAML_CHARS:
+        raise WorkflowInvalid(
+            [
+                Problem(
+                    f"the YAML workflow holds more than {MAX_YAML_CHARS // (1024 * 1024)} MiB of text",
+                    hint="write a workflow this large as JSON (up to 16 MiB), or keep its data in a file",
+                )
+            ],
+            file=file,
+        )
     try:
         loader = _yaml_loader_class()(text)  # the reader checks the characters here
         try:
@@ -538,10 +550,10 @@ def _yaml_loader_class() -> type:
         def construct_object(self, node: Any, deep: bool = False) -> Any:
             try:
                 return super().construct_object(node, deep=deep)
-            except (ValueError, KeyError, TypeError, OverflowError) as exc:
-                if isinstance(exc, Refused):
-                    raise
-                # An explicit tag on text that does not fit it (!!int abc, !!bool maybe)
+            except (Refused, yaml.YAMLError):
+                raise
+            except Exception:
+                # An explicit tag on text that does not fit it (!!int abc, !!bool maybe, !!float "")
                 raise Refused(
                     f"cannot read {_preview(node.value)!r} as {_tag_name(node.tag)}",
                     "remove the tag, or give a value of that type",

@@ -6,6 +6,7 @@ Template references and param value types are checked one layer up
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -104,7 +105,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    # 10**400 is an int, but not a number of seconds a float (and so a wait) can hold
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023
 
 
 def build_workflow(
