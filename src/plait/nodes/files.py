@@ -90,7 +90,7 @@ def _read_capped(path: Path, limit: int) -> bytearray:
 
 
 def _too_big(path: Path, limit: int, size: int | None) -> NodeError:
-    what = f"is {size} bytes" if size is not None else "holds more"
+    what = f"is {size} bytes, more" if size is not None else "holds more"
     return NodeError(
         f"{path} {what} than max_bytes allows ({limit} bytes); raise max_bytes to read it"
         " whole, or process it with a shell command (head, split, jq)",
