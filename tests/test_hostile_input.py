@@ -340,7 +340,7 @@ def test_corpus_file(path: Path) -> None:
 # -- fuzzing: only plait's own errors ever come out ---------------------------------
 
 FUZZ = settings(
-    max_examples=300,
+    max_examples=150,
     deadline=None,
     derandomize=True,  # the same examples on every run: CI is repeatable
     database=None,
@@ -487,7 +487,7 @@ WORKFLOW = st.fixed_dictionaries(
 REGISTRY = Registry()
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=300)
 @given(raw=WORKFLOW)
 def test_fuzz_the_validator(raw: dict[str, Any]) -> None:
     try:
