@@ -46,6 +46,8 @@ class Field:
                 return f"must be an integer, not {value!r}"
             if isinstance(value, float) and not math.isfinite(value):
                 return f"must be a finite number, not {value!r}"
+            if t == "number" and isinstance(value, int) and abs(value) >= 2**1023:
+                return "must be a number a float can hold, not an integer that large"
             if self.minimum is not None and value < self.minimum:
                 return f"must be at least {_num(self.minimum)}, not {value!r}"
             if self.maximum is not None and value > self.maximum:

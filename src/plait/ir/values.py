@@ -5,24 +5,27 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from typing import Any
 
 from plait.errors import UsageError
+from plait.ir.loader import MAX_INT_DIGITS, Refused, parse_json
 from plait.ir.model import InputSpec, fits, value_type
 
 _INTEGER_RE = re.compile(r"[-+]?[0-9]+")
 _NUMBER_RE = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ConversionError(ValueError):
-    """Text that does not read as the declared type; ``expected`` says what would."""
+    """Text that does not read as the declared type; ``expected`` says what would.
+    ``refused`` is set when the text parsed but holds what plait refuses (NaN, depth)."""
 
-    def __init__(self, expected: str) -> None:
+    def __init__(self, expected: str, refused: Refused | None = None) -> None:
         super().__init__(expected)
         self.expected = expected
+        self.refused = refused
 
 
 def convert_text(text: str, type_: str) -> Any:
@@ -47,7 +50,7 @@ def convert_text(text: str, type_: str) -> Any:
             return _int(stripped)
         number = float(stripped)
         if not math.isfinite(number):
-            raise ConversionError("a number of a size a float can hold")
+            raise ConversionError("a number small enough to be finite")
         return number
     if type_ == "boolean":
         low = stripped.lower()
@@ -58,16 +61,17 @@ def convert_text(text: str, type_: str) -> Any:
         raise ConversionError("true or false")
     if type_ in ("object", "array"):
         try:
-            value = json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            raise ConversionError(f"JSON ({getattr(exc, 'msg', exc)}{where})")
+            value = parse_json(text)
+        except json.JSONDecodeError as exc:
+            raise ConversionError(f"JSON ({exc.msg} at column {exc.colno})")
+        except Refused as exc:
+            raise ConversionError(exc.locate(text).message, refused=exc)
         if not isinstance(value, dict if type_ == "object" else list):
             raise ConversionError("a JSON object {...}" if type_ == "object" else "a JSON list [...]")
         return value
     try:
-        return json.loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
+        return parse_json(text)
+    except ValueError:  # not JSON, or JSON that plait refuses (NaN, too deep...): the text
         return text
 
 
@@ -75,18 +79,26 @@ def _int(digits: str) -> int:
     try:
         return int(digits)
     except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-        raise ConversionError(f"a whole number of at most {sys.get_int_max_str_digits()} digits")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+        raise ConversionError(f"a whole number of at most {MAX_INT_DIGITS} digits")
 
 
 def convert(spec: InputSpec | None, name: str, text: str) -> Any:
+    """A command-line or stdin value for input ``name``, by its declared type."""
     type_ = spec.type if spec is not None else "any"
+    if _SURROGATE.search(text):
+        # What the OS hands Python for bytes that are not UTF-8 (surrogateescape)
+        raise UsageError(
+            f"input '{name}' is not valid UTF-8 text",
+            hint=f"give {name} as UTF-8 (check the terminal's or the file's encoding)",
+        )
     try:
         return convert_text(text, type_)
     except ConversionError as exc:
+        if exc.refused is not None:
+            raise UsageError(
+                f"input '{name}': {exc.refused.message} (at column {exc.refused.column})",
+                hint=exc.refused.hint,
+            )
         raise _bad(name, type_, text, exc.expected)
 
 
