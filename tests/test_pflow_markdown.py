@@ -231,6 +231,15 @@ def test_a_cache_section_is_refused_and_a_near_miss_section_warned_about():
     assert [n["id"] for n in doc.ir["nodes"]] == ["a"]  # entries of an unknown section are not steps
 
 
+def test_markdown_warnings_reach_the_compiled_workflow(tmp_path):
+    text = md("# T", "", "## Output", "", "### o", "", "Out.", "", "## Steps", "", "stray", "", *step("a", "- type: echo"))
+    path = tmp_path / "warned.pflow.md"
+    path.write_text(text)
+    warnings = load_and_compile(path, Registry()).warnings
+    assert any("'## Output'" in w and "'## Outputs'" in w for w in warnings)
+    assert any(w.startswith(f"line {line_of(text, 'stray')}:") and "## Steps" in w for w in warnings)
+
+
 # --------------------------------------------------------------------------- errors
 
 

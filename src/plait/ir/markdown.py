@@ -356,7 +356,6 @@ class _Entity:
     items: list[_Item] = field(default_factory=list)
     blocks: list[_Block] = field(default_factory=list)
     path: str = ""
-    bad: bool = False  # had a problem of its own
     bad_id: bool = False  # its id is invalid or a duplicate, so edges naming it are in doubt
 
 
@@ -367,6 +366,8 @@ class _Parser:
         self.lines = text.splitlines()
         self.out = MarkdownWorkflow(ir={})
         self.entities: list[_Entity] = []
+        self.steps_line: int | None = None  # of the '## Steps' heading
+        self.unclosed = False  # a code block ran to the end of the file
 
     def problem(
         self,
@@ -378,10 +379,8 @@ class _Parser:
         entity: _Entity | None = None,
         path: str | None = None,
     ) -> None:
-        if entity is not None:
-            entity.bad = True
-            if entity.path:
-                self.out.tainted.add(entity.path)
+        if entity is not None and entity.path:
+            self.out.tainted.add(entity.path)
         self.out.problems.append(
             Problem(
                 message,
@@ -438,7 +437,6 @@ class _Parser:
         scalar_key: int | None = None  # column of the key of an open "- key: |" block scalar
         scalar_indent = 0
         orphans: dict[str, list[int]] = {}
-        self.steps_line: int | None = None
         cache_line: int | None = None
 
         def flush() -> None:
