@@ -19,7 +19,7 @@ import click
 from plait import __version__
 from plait.errors import PlaitError
 
-_WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
+_WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 
 _RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor")
@@ -44,9 +44,10 @@ def cli() -> None:
     """plait: validate, then run, declarative workflows — with batch processing.
 
     \b
-    plait run WORKFLOW [name=value ...]   run a .json/.yaml workflow
+    plait run WORKFLOW [name=value ...]   run a .json/.yaml/.pflow.md workflow
     plait WORKFLOW [name=value ...]       the same, shorter
     plait validate WORKFLOW               check it without running
+    plait convert WORKFLOW --to md|json   the same workflow as .pflow.md or JSON
     plait nodes [TYPE]                    node types, their params and outputs
     plait schema                          JSON Schema of the workflow format
     plait runs                            recent runs, from .plait/runs.db
@@ -215,6 +216,18 @@ def validate(workflow: str, output_format: str, nodes_paths: tuple[str, ...], de
             click.echo(f"warning: {warning}", err=True)
         n = len(compiled.nodes)
         click.echo(f"✓ {workflow} is valid ({n} node{'s' if n != 1 else ''})")
+
+
+@cli.command()
+@click.argument("workflow", type=click.Path())
+@click.option("--to", "to", type=click.Choice(["json", "md"]), required=True, help="The format to write.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file, not stdout.")
+def convert(workflow: str, to: str, output: str | None) -> None:
+    """Convert WORKFLOW between JSON/YAML and pflow's markdown (.pflow.md)."""
+    with _errors():
+        from plait.cli.convert import convert_command
+
+        sys.exit(convert_command(workflow, to, output))
 
 
 @cli.command()

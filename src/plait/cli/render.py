@@ -33,7 +33,8 @@ def error_block(exc: PlaitError, stream: TextIO | None = None) -> None:
         for p in exc.problems:
             loc = p.path or ""
             if p.line is not None:
-                loc = f"line {p.line}, column {p.column}" + (f" ({loc})" if loc else "")
+                col = f", column {p.column}" if p.column is not None else ""
+                loc = f"line {p.line}{col}" + (f" ({loc})" if loc else "")
             head = f"{loc}: " if loc else ""
             lines.append("  " + _style("✗ ", "31", stream) + head + p.message)
             if p.hint:

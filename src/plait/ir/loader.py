@@ -15,12 +15,53 @@ import functools
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plait.errors import Problem, WorkflowInvalid
 
 SUFFIXES = (".json", ".yaml", ".yml")
+MARKDOWN_SUFFIX = ".pflow.md"  # pflow's markdown format; Path.suffix sees only ".md"
+
+
+@dataclass
+class Document:
+    """A workflow file as read: its plain IR, and what reading it found.
+
+    For a ``.pflow.md`` the IR is built as far as the markdown allows, beside every
+    problem in it, and :meth:`report` points later problems at markdown lines.
+    """
+
+    raw: Any
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    markdown: Any = None  # the MarkdownWorkflow of a .pflow.md
+
+    def report(self, later: list[Problem]) -> list[Problem]:
+        """The problems found while reading plus ``later`` ones, placed in the file."""
+        if self.markdown is None:
+            return [*self.problems, *later]
+        problems: list[Problem] = self.markdown.report(later)
+        return problems
+
+
+def load_document(path: str | Path) -> Document:
+    """Like :func:`load_file`, but a ``.pflow.md``'s problems come back instead of raising."""
+    p = Path(path)
+    if not p.name.lower().endswith(MARKDOWN_SUFFIX) or not p.is_file():
+        return Document(load_file(p))
+    from plait.ir.markdown import parse_markdown
+
+    doc = parse_markdown(_read(p))
+    return Document(doc.ir, doc.problems, doc.warnings, doc)
+
+
+def _read(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8-sig")  # tolerate the BOM some editors write
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowInvalid([Problem(f"cannot read workflow file: {exc}")], file=str(p))
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 #: PyYAML's pure-Python parser takes ~7 s and ~120 MB per MiB of YAML
@@ -71,6 +112,10 @@ def line_column(text: str, pos: int) -> tuple[int, int]:
 
 def load_file(path: str | Path) -> Any:
     p = Path(path)
+    if p.name.lower().endswith(MARKDOWN_SUFFIX) and p.is_file():
+        from plait.ir.markdown import load_markdown
+
+        return load_markdown(_read(p), file=str(p))
     if not p.exists():
         raise WorkflowInvalid(
             [Problem(f"workflow file not found: {p}", hint="check the path and the current directory")],
@@ -87,7 +132,11 @@ def load_file(path: str | Path) -> Any:
             [
                 Problem(
                     f"unsupported workflow file type '{suffix or p.name}'",
-                    hint="use a .json, .yaml or .yml file",
+                    hint=(
+                        f"a pflow markdown workflow is named NAME{MARKDOWN_SUFFIX}"
+                        if suffix == ".md"
+                        else f"use a .json, .yaml, .yml or {MARKDOWN_SUFFIX} file"
+                    ),
                 )
             ],
             file=str(p),

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from plait.errors import Problem, WorkflowInvalid
-from plait.ir import Workflow, build_workflow, load_file
+from plait.ir import Workflow, build_workflow
 from plait.ir.format import BATCH
 from plait.ir.graph import effective_edges, start_node
+from plait.ir.loader import load_document
 from plait.ir.model import BatchSpec
 from plait.ir.validate import document_order
 from plait.ir.values import ConversionError, convert_text
@@ -70,8 +71,17 @@ class CompiledWorkflow:
 
 
 def load_and_compile(path: str | Path, registry: Mapping[str, type[PlaitNode]]) -> CompiledWorkflow:
-    raw = load_file(path)
-    return compile_raw(raw, registry, file=str(path))
+    doc = load_document(path)
+    # One report: what reading the file found (a .pflow.md's markdown problems) and what
+    # validation finds, the latter placed at their markdown lines.
+    try:
+        compiled = compile_raw(doc.raw, registry, file=str(path))
+    except WorkflowInvalid as exc:
+        raise WorkflowInvalid(doc.report(exc.problems), file=str(path)) from None
+    if doc.problems:
+        raise WorkflowInvalid(doc.report([]), file=str(path))
+    compiled.warnings[:0] = doc.warnings
+    return compiled
 
 
 def compile_raw(
