@@ -351,8 +351,8 @@ def test_writing_many_results_holds_no_memory_per_result(tmp_path):
     tracemalloc.start()
     try:
         with ResultSink({"to": "out.jsonl"}, base_dir=str(tmp_path)) as sink:
-            for i in range(30_000):
-                sink.write(i, ok(i, body="b" * 200))
+            for i in range(10_000):
+                sink.write(i, ok(i, body="b" * 600))
             sink.close(success=True)
         _, peak = tracemalloc.get_traced_memory()
     finally:

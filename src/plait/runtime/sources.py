@@ -40,7 +40,8 @@ EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv
 STDIN = "-"
 STDIN_NAME = "<stdin>"
 
-_CHUNK = 1 << 18  # bytes per read when counting
+_CHUNK = 1 << 19  # bytes per read when counting lines
+_JSON_COUNT_CHUNK = 1 << 18  # counting a JSON array keeps a few reductions of each read
 _JSON_CHUNK = 1 << 16  # characters per read of a JSON array
 _BOM = b"\xef\xbb\xbf"
 _MAGIC = re.compile(r"[*?[]")
@@ -437,9 +438,9 @@ def _count_file(path: str, shown: str, fmt: str) -> int | None:
 def _count_lines(f: BinaryIO, ws: bytes, *, stop_at_quote: bool = False, chunk: int = _CHUNK) -> int | None:
     """Non-blank lines, by a byte scan. ``None`` when ``stop_at_quote`` and a quote appears."""
     blank_starts = set(ws) | {10}
-    # A blank line follows a newline with a newline or blank byte; only chunks
-    # where one of these pairs occurs are counted line by line.
-    probes = [b"\n" + bytes([c]) for c in blank_starts]
+    # A blank line follows a newline with a newline or a blank byte: only the
+    # chunks where that happens (or that start so) are counted line by line.
+    probe = re.compile(b"\\n[\\n" + re.escape(ws) + b"]")
     strip = ws + b"\n"
     n = 0
     first = True
@@ -457,7 +458,7 @@ def _count_lines(f: BinaryIO, ws: bytes, *, stop_at_quote: bool = False, chunk: 
                     continue
         if stop_at_quote and b'"' in data:
             return None
-        if data[0] in blank_starts or any(p in data for p in probes):
+        if data[0] in blank_starts or probe.search(data) is not None:
             n += sum(1 for line in data.split(b"\n") if line.strip(strip))
         else:
             n += data.count(b"\n") + (data[-1:] != b"\n")
@@ -488,7 +489,7 @@ _EMPTY_PAIR = re.compile(rb"\{,*\}|\[,*\]")
 _BRACKET = re.compile(rb"([\[\]{}])")
 
 
-def _count_json_array(f: BinaryIO, chunk: int = _CHUNK) -> int | None:
+def _count_json_array(f: BinaryIO, chunk: int = _JSON_COUNT_CHUNK) -> int | None:
     """Elements of a top-level JSON array, by a structural scan (no values are built).
 
     Escaped backslashes and quotes are dropped, then everything but quotes,
@@ -603,7 +604,9 @@ def _text_chunks(where: Any) -> Callable[[int], tuple[str, bool]]:
         return read_text
     raw = getattr(where, "buffer", where)
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    raw_read = raw.read
+    # read1: what is there, up to n; a pipe fed slowly yields its elements as
+    # they come instead of waiting for a full read
+    raw_read = getattr(raw, "read1", raw.read)
 
     def read(n: int) -> tuple[str, bool]:
         while True:
@@ -852,17 +855,19 @@ def _contents(paths: list[str], names: list[str]) -> Iterator[Any]:
 
 
 _WS = re.compile(r"[ \t\n\r]*")
+_AFTER_VALUE = frozenset(" \t\n\r,]")
 
 
 class _JsonArray:
     """A top-level JSON array read element by element from a text stream.
 
-    The buffer holds the unread rest of the last chunks, never the file: each
+    The buffer holds the unread rest of the last reads, never the file: each
     element is decoded with the C scanner where it starts, and the consumed
-    prefix is dropped. An element cut by the end of the buffer (an error at the
-    buffer's end, an unterminated string, or a value that ends too close to the
-    end to be sure a number is complete) gets more text and is decoded again;
-    the reads grow with the element, so a huge element costs linear time.
+    prefix is dropped. An element cut by the end of the buffer (an error near
+    the buffer's end, an unterminated string, a number with nothing after it)
+    gets more text and is decoded again; the reads grow with the element, so a
+    huge element costs linear time. An element is yielded as soon as it is
+    whole, so a pipe fed slowly gives its items as they come.
     """
 
     def __init__(self, read: Callable[[int], tuple[str, bool]], name: str, skip: list[int]) -> None:
@@ -949,7 +954,9 @@ class _JsonArray:
                 except ValueError as exc:
                     err, msg = pos, str(exc)
                 else:
-                    if end + 64 < len(buf) or self.eof:
+                    # A container or a string is whole once closed; a number or
+                    # a literal only when something that cannot extend it follows.
+                    if self.eof or buf[end - 1] in '}]"' or (end < len(buf) and buf[end] in _AFTER_VALUE):
                         break
                     pos = self._more(pos)
                     continue
