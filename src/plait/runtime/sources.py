@@ -378,7 +378,7 @@ class ItemSource:
 
     def _readers(self) -> Iterator[Iterator[Any]]:
         for where, shown, fmt in self._parts:
-            if shown == STDIN_NAME:
+            if not isinstance(where, str):  # standard input: read as it is, never closed here
                 yield _reader(where, shown, fmt, self._skip, stream=True)
                 continue
             try:
