@@ -49,6 +49,10 @@ class ProbeNode(PlaitNode):
         deadline = time.monotonic() + float(p.get("sleep") or 0)
         while time.monotonic() < deadline and not cancelled.is_set():
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+        return self._finish(p, attempt)
+
+    def _finish(self, p: dict[str, Any], attempt: int) -> dict[str, Any]:
+        log = p.get("log")
         if log:
             _append(log, f"end {p.get('value')}")
         if p.get("boom"):
@@ -69,6 +73,56 @@ class ProbeNode(PlaitNode):
         return {"value": p.get("value"), "seen": seen, "attempt": attempt}
 
 
+class AsyncProbeNode(ProbeNode):
+    """``probe`` with an ``exec_async``: sleeps on the event loop, never in a thread."""
+
+    type_name = "aprobe"
+    description = "A test node like probe, with an async exec."
+
+    async def exec_async(self, prep_res: Any) -> dict[str, Any]:
+        import asyncio
+
+        p, cancelled, attempt = prep_res
+        if p.get("log"):
+            _append(p["log"], f"start {p.get('value')}")
+        delay = float(p.get("sleep") or 0)
+        if delay:
+            await asyncio.sleep(delay)
+        return self._finish(p, attempt)
+
+
 def _append(path: str, line: str) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")
+
+
+class LoopUserNode(PlaitNode):
+    """From a synchronous exec, uses a per-run async resource on the run's event loop."""
+
+    type_name = "loop-user"
+    description = "A test node: call_async with an async resource counted in files."
+    param_specs = (Param("dir", "string", required=True), Param("value", "any"))
+    output_specs = (Output("value", "any"), Output("session", "integer"))
+
+    def prep(self, shared: ItemContext) -> Any:
+        return shared.params, shared.services
+
+    def exec(self, prep_res: Any) -> dict[str, Any]:
+        p, services = prep_res
+        folder = Path(p["dir"])
+
+        async def make() -> int:
+            import asyncio
+
+            await asyncio.sleep(0.01)  # slow to make: concurrent askers must wait for this one
+            _append(str(folder / "made.txt"), "made")
+            return len((folder / "made.txt").read_text().splitlines())
+
+        async def close(session: int) -> None:
+            _append(str(folder / "closed.txt"), f"closed {session}")
+
+        async def work() -> int:
+            session: int = await services.async_resource("loop-user.session", make, close)
+            return session
+
+        return {"value": p.get("value"), "session": services.call_async(work())}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,33 @@ from plait.runtime.events import Event, ItemFinished, ItemStarted
 PROBE = str(Path(__file__).with_name("probe_nodes.py"))
 
 
+@dataclass(frozen=True)
+class Setup:
+    executor: str  # the name given to plait.run(executor=...)
+    node_type: str = "probe"  # "aprobe" has an exec_async
+
+
 @contextlib.contextmanager
-def _plain(name: str) -> Iterator[str]:
-    yield name
+def _plain(setup: Setup) -> Iterator[Setup]:
+    yield setup
 
 
-# name -> a context manager that makes the executor available and yields the name to pass
-EXECUTORS: dict[str, Callable[[], contextlib.AbstractContextManager[str]]] = {
-    "sequential": lambda: _plain("sequential"),
-    "threads": lambda: _plain("threads"),
+# id -> a context manager that makes the executor available and yields how to use it
+EXECUTORS: dict[str, Callable[[], contextlib.AbstractContextManager[Setup]]] = {
+    "sequential": lambda: _plain(Setup("sequential")),
+    "threads": lambda: _plain(Setup("threads")),
+    "async-sync-node": lambda: _plain(Setup("async")),
+    "async": lambda: _plain(Setup("async", "aprobe")),
 }
+
+_current = threading.local()
 
 
 @pytest.fixture(params=sorted(EXECUTORS))
 def executor(request: pytest.FixtureRequest) -> Iterator[str]:
-    with EXECUTORS[request.param]() as name:
-        yield name
+    with EXECUTORS[request.param]() as setup:
+        _current.node_type = setup.node_type
+        yield setup.executor
 
 
 def probe_batch(tmp: Path, items: list[Any], parallel: bool = True, **batch: Any) -> dict[str, Any]:
@@ -47,7 +59,7 @@ def probe_batch(tmp: Path, items: list[Any], parallel: bool = True, **batch: Any
         "nodes": [
             {
                 "id": "p",
-                "type": "probe",
+                "type": getattr(_current, "node_type", "probe"),
                 "params": {"value": "${item}", "log": str(tmp / "log.txt"), **params},
                 "batch": {"items": items, "parallel": parallel, "max_concurrent": 4, **batch},
             }

@@ -275,3 +275,19 @@ def test_the_version_command_does_not_import_the_cli() -> None:
     first, listed = out.stdout.splitlines()
     assert first == f"plait, version {plait.__version__}"
     assert listed == "['plait', 'plait._entry']"
+
+
+def test_an_async_resource_is_made_once_per_run_and_closed_at_its_end(tmp_path: Path) -> None:
+    node = {
+        "id": "u",
+        "type": "loop-user",
+        "params": {"dir": str(tmp_path), "value": "${item}"},
+        "batch": {"items": list(range(20)), "parallel": True, "max_concurrent": 8},
+    }
+    result = plait.run({"nodes": [node]}, nodes=[PROBE])
+    assert result.ok, result.errors
+    assert {r["session"] for r in result.outputs["results"]} == {1}
+    assert (tmp_path / "made.txt").read_text() == "made\n"
+    assert (tmp_path / "closed.txt").read_text() == "closed 1\n"
+    result = plait.run({"nodes": [node]}, nodes=[PROBE])  # a new run, a new resource
+    assert {r["session"] for r in result.outputs["results"]} == {2}

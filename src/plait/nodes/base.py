@@ -23,7 +23,7 @@ node reads them where PocketFlow users expect them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -128,6 +128,28 @@ class Services:
         """
         raise NotImplementedError
 
+    async def async_resource(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]] | Callable[[], T],
+        aclose: Callable[[T], Awaitable[Any]] | None = None,
+    ) -> T:
+        """The async twin of :meth:`resource`, for ``exec_async`` and :meth:`call_async`.
+
+        The resource is made on the run's event loop (so an aiohttp session
+        belongs to that loop), once per key, and ``aclose`` is awaited there
+        when the run ends, before the loop stops. ``factory`` may be a plain
+        function or a coroutine function.
+        """
+        raise NotImplementedError
+
+    def call_async(self, coro: Awaitable[T]) -> T:
+        """Run a coroutine on the run's event loop (started on first use) and
+        wait for its result, from a node's synchronous ``exec``. When the run is
+        cancelled while it waits, the coroutine is cancelled and
+        ``NodeError("interrupted")`` is raised."""
+        raise NotImplementedError
+
     def record_usage(self, ctx: ItemContext, usage: Usage) -> None:
         """Record one call's usage (tokens, cost) against this item."""
         raise NotImplementedError
@@ -187,6 +209,20 @@ class PlaitNode(_PocketFlowNode):
 
     def exec(self, prep_res: Any) -> dict[str, Any]:
         raise NotImplementedError
+
+    async def exec_async(self, prep_res: Any) -> dict[str, Any]:
+        """Optional: the same work as ``exec``, as a coroutine.
+
+        A node type that defines it can run on the ``async`` executor, where a
+        parallel batch keeps thousands of items in flight on one event loop
+        (``auto`` picks it for a parallel batch of such a node). It must not
+        block the loop; ``prep`` and ``post`` stay synchronous and cheap.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def has_async_exec(cls) -> bool:
+        return cls.exec_async is not PlaitNode.exec_async
 
     def post(self, shared: ItemContext, prep_res: Any, exec_res: dict[str, Any]) -> str:
         shared.outputs = exec_res

@@ -12,7 +12,7 @@ import time
 from functools import partial
 from typing import Any
 
-from plait.runtime.compile import CompiledNode
+from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.driver import BatchDriver, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
@@ -31,8 +31,10 @@ class BatchFailed(Exception):
         self.outputs = outputs
 
 
-def _job(cn: CompiledNode, base: Base, services: RunServices) -> Job:
-    return Job(node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services))
+def _job(cn: CompiledNode, base: Base, services: RunServices, workflow: CompiledWorkflow | None = None) -> Job:
+    return Job(
+        node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services), workflow=workflow
+    )
 
 
 def _retry(cn: CompiledNode) -> RetryPolicy:
@@ -98,7 +100,13 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def run_batch(cn: CompiledNode, base: Base, services: RunServices, executor: Executor) -> dict[str, Any]:
+def run_batch(
+    cn: CompiledNode,
+    base: Base,
+    services: RunServices,
+    executor: Executor,
+    workflow: CompiledWorkflow | None = None,
+) -> dict[str, Any]:
     """Run a batch node; return its output (SPEC §5) or raise BatchFailed."""
     spec = cn.batch
     assert spec is not None
@@ -124,7 +132,9 @@ def run_batch(cn: CompiledNode, base: Base, services: RunServices, executor: Exe
         durations.append(out.duration)
 
     policy = FailurePolicy(spec.error_handling == "fail_fast", count, spec.max_failures, spec.max_failure_rate)
-    driver = BatchDriver(_job(cn, base, services), executor, retry=_retry(cn), failures=policy, on_final=on_final)
+    driver = BatchDriver(
+        _job(cn, base, services, workflow), executor, retry=_retry(cn), failures=policy, on_final=on_final
+    )
     stop = driver.run(iter(enumerate(items)))
     errors.sort(key=lambda e: e["index"])
     durations.sort()

@@ -211,10 +211,14 @@ class Runner:
         if cn.batch is not None:
             spec = cn.batch
             executor = make_executor(
-                self._executor_name(cn), parallel=spec.parallel, slots=spec.max_concurrent, job_name=cn.id
+                self._executor_name(cn),
+                parallel=spec.parallel,
+                slots=spec.max_concurrent,
+                job_name=cn.id,
+                async_capable=cn.cls.has_async_exec(),
             )
             try:
-                output = run_batch(cn, base, services, executor)
+                output = run_batch(cn, base, services, executor, self.compiled)
             except BatchFailed as exc:
                 output = {**exc.outputs, "error": exc.message} if exc.outputs else {"error": exc.message}
                 ok, error, index = False, exc.message, exc.index

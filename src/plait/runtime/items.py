@@ -7,8 +7,10 @@ attempt in another thread, another event loop or another process.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from plait.nodes.base import ItemContext, NodeError
@@ -86,48 +88,99 @@ class Outcome:
             setattr(self, name, value)
 
 
-def run_attempt(
-    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, slot: int
-) -> Outcome:
-    """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises."""
+def _begin(cn: CompiledNode, services: RunServices, attempt: Attempt, slot: int) -> Outcome:
     if services.cancelled.is_set():  # queued before the interrupt: it does not start
         return Outcome.dropped(attempt, slot)
-    index = attempt.index
     started = time.time()
-    t0 = time.perf_counter()
-    out = Outcome(index, attempt.item, attempt.number, slot, started)
+    out = Outcome(attempt.index, attempt.item, attempt.number, slot, started)
     bus = services.bus
     if ItemStarted in bus.listening:
-        bus.emit(ItemStarted(services.location(cn.id), index, attempt.number, slot, at=started))
-    try:
-        if index is None:
-            local = _EMPTY
-        else:
-            assert cn.batch is not None
-            local = {cn.batch.alias: attempt.item, "__index__": index}
-        ctx = ItemContext(cn.id, index, cn.resolve_params(base, local), services, attempt.number)
-        node = cn.node
-        prep_res = node.prep(ctx)
-        exec_res = node.exec(prep_res)
-        out.action = node.post(ctx, prep_res, exec_res) or "default"
-        outputs = ctx.outputs if ctx.outputs is not None else exec_res
-        out.outputs = outputs
-        if type(outputs) is dict and not outputs.get("error"):
-            out.ok = True
-        else:
-            settle(out, outputs)
-    except NodeError as exc:
+        bus.emit(ItemStarted(services.location(cn.id), attempt.index, attempt.number, slot, at=started))
+    return out
+
+
+def _context(cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt) -> ItemContext:
+    index = attempt.index
+    if index is None:
+        local = _EMPTY
+    else:
+        assert cn.batch is not None
+        local = {cn.batch.alias: attempt.item, "__index__": index}
+    return ItemContext(cn.id, index, cn.resolve_params(base, local), services, attempt.number)
+
+
+def _post(out: Outcome, cn: CompiledNode, ctx: ItemContext, prep_res: Any, exec_res: Any) -> None:
+    out.action = cn.node.post(ctx, prep_res, exec_res) or "default"
+    outputs = ctx.outputs if ctx.outputs is not None else exec_res
+    out.outputs = outputs
+    if type(outputs) is dict and not outputs.get("error"):
+        out.ok = True
+    else:
+        settle(out, outputs)
+
+
+def _failed(out: Outcome, exc: BaseException) -> None:
+    if isinstance(exc, NodeError):
         out.error = exc.message
         out.outputs = exc.outputs
         out.retryable = exc.retryable
         out.retry_after = exc.retry_after
-    except TemplateError as exc:
+    elif isinstance(exc, TemplateError):
         out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
         out.retryable = False
+    else:
+        out.error = f"{type(exc).__name__}: {exc}"
+
+
+def run_attempt(
+    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, slot: int
+) -> Outcome:
+    """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises."""
+    out = _begin(cn, services, attempt, slot)
+    if out.cancelled:
+        return out
+    t0 = time.perf_counter()
+    try:
+        ctx = _context(cn, base, services, attempt)
+        prep_res = cn.node.prep(ctx)
+        _post(out, cn, ctx, prep_res, cn.node.exec(prep_res))
     except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
         # SystemExit too (a library calling sys.exit): in a worker thread it
         # would end the thread silently and leave the batch waiting forever.
-        out.error = f"{type(exc).__name__}: {exc}"
+        _failed(out, exc)
+    out.duration = time.perf_counter() - t0
+    return out
+
+
+async def run_attempt_async(
+    cn: CompiledNode,
+    base: Base,
+    services: RunServices,
+    attempt: Attempt,
+    slot: int,
+    run_sync: Callable[[Callable[[Any], Any], Any], Awaitable[Any]] | None = None,
+) -> Outcome:
+    """The same attempt on an event loop: ``exec_async`` when the node has one,
+    else ``exec`` handed to ``run_sync`` (a thread). Never raises; cancelled, it
+    comes back as an interrupted failure."""
+    out = _begin(cn, services, attempt, slot)
+    if out.cancelled:
+        return out
+    t0 = time.perf_counter()
+    try:
+        ctx = _context(cn, base, services, attempt)
+        node = cn.node
+        prep_res = node.prep(ctx)
+        if run_sync is None:
+            exec_res = await node.exec_async(prep_res)
+        else:
+            exec_res = await run_sync(node.exec, prep_res)
+        _post(out, cn, ctx, prep_res, exec_res)
+    except asyncio.CancelledError:
+        out.error = "interrupted"
+        out.retryable = False
+    except (Exception, SystemExit) as exc:
+        _failed(out, exc)
     out.duration = time.perf_counter() - t0
     return out
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from plait.nodes.base import ItemContext, PlaitNode, Services, Usage
+from plait.nodes.base import ItemContext, NodeError, PlaitNode, Services, Usage
 from plait.runtime.events import EventBus, Location, Step, UsageRecorded
 
 if TYPE_CHECKING:
+    from plait.runtime.aio import RunLoop
     from plait.runtime.subworkflows import SubWorkflows
 
 T = TypeVar("T")
@@ -115,6 +116,7 @@ class RunServices(Services):
         self._making: dict[str, threading.Lock] = {}
         self._locations: dict[str, Location] = {}
         self._subworkflows: SubWorkflows | None = None
+        self._loop: RunLoop | None = None
 
     @property
     def root(self) -> RunServices:
@@ -148,6 +150,35 @@ class RunServices(Services):
                 self._resources[key] = value
             return value
 
+    # -- the run's event loop
+
+    def event_loop(self) -> RunLoop:
+        """The run's event loop thread, started on first use (the async executor, async nodes)."""
+        root = self._root
+        if root._loop is None:
+            with root._resource_lock:
+                if root._loop is None:
+                    from plait.runtime.aio import RunLoop
+
+                    root._loop = RunLoop(name=f"plait-loop-{root.run_id}")
+        return root._loop
+
+    async def async_resource(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]] | Callable[[], T],
+        aclose: Callable[[T], Awaitable[Any]] | None = None,
+    ) -> T:
+        return await self.event_loop().resource(key, factory, aclose)
+
+    def call_async(self, coro: Awaitable[T]) -> T:
+        import asyncio
+
+        try:
+            return self.event_loop().call(coro, self.cancelled)
+        except asyncio.CancelledError:
+            raise NodeError("interrupted", retryable=False) from None
+
     def warm_up(self, node_classes: Iterable[type[PlaitNode]]) -> None:
         """Let node types prepare slow shared resources in the background (the
         http node imports httpx and builds its SSL context) while the first
@@ -161,7 +192,11 @@ class RunServices(Services):
                 threading.Thread(target=cls.warm_up, args=(root,), name="plait-warm-up", daemon=True).start()
 
     def close(self) -> None:
-        """Close the run's resources, newest first; one that fails does not stop the others."""
+        """Close the run's resources, newest first; one that fails does not stop the others.
+        The async ones are closed on the event loop, which then stops."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
         with self._resource_lock:
             closers, self._closers = self._closers, []
             self._resources.clear()

@@ -5,12 +5,13 @@ An executor takes attempts (``submit``) and hands back their outcomes
 limits live above, in :mod:`plait.runtime.driver`, once for every executor —
 the way httpx keeps its transports behind one small interface.
 
-Executors are chosen by name: ``sequential`` and ``threads`` are built in;
+Executors are chosen by name: ``sequential``, ``threads`` and ``async`` are built in;
 others come from the ``plait.executors`` entry-point group (the value is a
 factory ``factory(slots, job_name) -> Executor``). A batch's ``executor`` field,
 the command line's ``--executor`` and the workflow's ``executor`` field choose
-one, in that order; ``auto`` (the default) is ``threads`` for a parallel batch
-and ``sequential`` otherwise. Every executor passes the same conformance
+one, in that order; ``auto`` (the default) is ``async`` for a parallel batch
+of a node type with ``exec_async``, ``threads`` for other parallel batches, and
+``sequential`` otherwise. Every executor passes the same conformance
 suite (tests/test_executor_conformance.py).
 """
 
@@ -24,7 +25,7 @@ from plait.errors import UsageError, did_you_mean
 from plait.runtime.items import Attempt, Outcome
 
 if TYPE_CHECKING:
-    from plait.runtime.compile import CompiledNode
+    from plait.runtime.compile import CompiledNode, CompiledWorkflow
     from plait.runtime.services import RunServices
     from plait.templates import Base
 
@@ -45,6 +46,7 @@ class Job:
     base: Base
     services: RunServices
     run: Callable[[Attempt, int], Outcome]
+    workflow: CompiledWorkflow | None = None  # the workflow the node belongs to
 
     @property
     def name(self) -> str:
@@ -89,7 +91,13 @@ def _threads(slots: int, name: str) -> Executor:
     return ThreadExecutor(slots, name=name)
 
 
-BUILTIN: dict[str, ExecutorFactory] = {"sequential": _sequential, "threads": _threads}
+def _async(slots: int, name: str) -> Executor:
+    from plait.runtime.executors.aio import AsyncExecutor
+
+    return AsyncExecutor(slots, name=name)
+
+
+BUILTIN: dict[str, ExecutorFactory] = {"sequential": _sequential, "threads": _threads, "async": _async}
 _entry_points: dict[str, Any] | None = None
 
 
@@ -115,12 +123,16 @@ def check_executor_name(name: str) -> str | None:
     return f"unknown executor '{name}'" + (f"; {hint}" if hint else f" (known: {', '.join(names)})")
 
 
-def make_executor(name: str | None, *, parallel: bool, slots: int, job_name: str = "plait") -> Executor:
-    """The executor called ``name`` (``auto`` or None: threads when parallel, else sequential)."""
+def make_executor(
+    name: str | None, *, parallel: bool, slots: int, job_name: str = "plait", async_capable: bool = False
+) -> Executor:
+    """The executor called ``name``. ``auto`` (or None): for a parallel batch,
+    ``async`` when the node type has ``exec_async`` and ``threads`` otherwise;
+    ``sequential`` for the rest."""
     if not parallel or slots < 1:
         slots = 1
     if name in (None, AUTO):
-        name = "threads" if slots > 1 else "sequential"
+        name = ("async" if async_capable else "threads") if slots > 1 else "sequential"
     factory = BUILTIN.get(name)
     if factory is None:
         ep = _plugins().get(name)
