@@ -82,7 +82,7 @@ class AsyncProbeNode(ProbeNode):
     async def exec_async(self, prep_res: Any) -> dict[str, Any]:
         import asyncio
 
-        p, cancelled, attempt = prep_res
+        p, _cancelled, attempt = prep_res
         if p.get("log"):
             _append(p["log"], f"start {p.get('value')}")
         delay = float(p.get("sleep") or 0)
