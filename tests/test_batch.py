@@ -488,7 +488,7 @@ def test_a_failed_batch_can_hand_over_to_an_error_edge(plait, workflow):
     r = plait("run", wf, "-o", "json", "-q")
     assert r.code == 0, r
     assert r.json["outputs"]["stdout"] == "handled: item 1 failed: command exited with code 3\n"
-    assert r.json["nodes"]["next"]["status"] == "skipped"
+    assert r.json["nodes"]["next"]["status"] == "not_run"
     assert r.json["nodes"]["b"]["status"] == "failed"
 
 

@@ -66,5 +66,5 @@ def test_every_item_reports_started_finished_retried_and_failed(tmp_path, monkey
     for e in events:
         if e.kind.startswith("item_") and e.kind != "item_started":
             assert e.duration_ms is not None and e.duration_ms >= 0
-    assert result.status == "success"  # type: ignore[attr-defined]
+    assert result.status == "partial"  # type: ignore[attr-defined]  # item 7 failed
 

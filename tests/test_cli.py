@@ -465,7 +465,7 @@ def test_json_output_shape_on_failure(plait: Run, workflow: Write) -> None:
     assert out["status"] == "failed"
     assert out["nodes"]["ok"]["status"] == "success"
     assert out["nodes"]["bad"]["status"] == "failed"
-    assert out["nodes"]["later"]["status"] == "skipped"
+    assert out["nodes"]["later"]["status"] == "not_run"
     assert len(out["errors"]) == 1
     assert out["errors"][0]["node_id"] == "bad"
     assert "nope" in out["errors"][0]["message"]

@@ -126,7 +126,7 @@ def test_error_edge_hands_over_to_the_handler(plait: Run, workflow: Write, tmp_p
     assert out["outputs"]["stdout"] == "handled code=3 err=boom\n\n"
     assert out["nodes"]["risky"]["status"] == "failed"
     assert out["nodes"]["handle"]["status"] == "success"
-    assert out["nodes"]["after"]["status"] == "skipped"  # the default edge is not taken
+    assert out["nodes"]["after"]["status"] == "not_run"  # the default edge is not taken
     assert order(tmp_path) == []
 
 
@@ -158,7 +158,7 @@ def test_without_an_error_edge_json_reports_the_failure(plait: Run, workflow: Wr
     out = r.json
     assert out["status"] == "failed"
     assert out["nodes"]["risky"]["status"] == "failed"
-    assert out["nodes"]["after"]["status"] == "skipped"
+    assert out["nodes"]["after"]["status"] == "not_run"
     assert out["errors"][0]["node_id"] == "risky"
     assert "exited with code 4" in out["errors"][0]["message"]
 
@@ -264,7 +264,7 @@ def test_join_after_only_the_activated_branch(
     r = plait("run", "-o", "json", "--nodes", nodes_file, workflow(wf))
     assert r.code == 0, r
     assert order(tmp_path) == ["left", "join"]
-    assert r.json["nodes"]["right"]["status"] == "skipped"
+    assert r.json["nodes"]["right"]["status"] == "not_run"
 
 
 # -- loops ------------------------------------------------------------------------------

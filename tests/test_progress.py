@@ -98,7 +98,7 @@ def test_a_terminal_shows_failures_in_the_bar_and_the_failed_node(workflow: Work
     assert stdout == ""
     assert "1 failed" in raw.decode(errors="replace")
     screen = final_screen(raw)
-    assert re.fullmatch(r"✓ work  10 items, 1 failed, \S+ m?s", screen[0]), screen
+    assert re.fullmatch(r"⚠ work  10 items, 1 failed, \S+ m?s", screen[0]), screen
     assert re.fullmatch(r"✗ after  failed, \S+ \S+", screen[1]), screen
     assert screen[2] == "error: node 'after' failed: command exited with code 3"
 

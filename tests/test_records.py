@@ -125,7 +125,7 @@ def test_records_hold_every_attempt_with_slot_timing_and_outcome(
         tmp_path,
         "SELECT status, items_total, items_ok, items_failed, retries, params FROM nodes WHERE node_id = 'work'",
     )[0]
-    assert node[:5] == ("success", 5, 4, 1, 2)
+    assert node[:5] == ("partial", 5, 4, 1, 2)
     assert json.loads(node[5]) == {"command": command}
 
 
@@ -246,7 +246,7 @@ def test_an_interrupted_run_exits_130_and_is_recorded_as_interrupted(
     ok = db_rows(tmp_path, "SELECT count(*) FROM items WHERE node_id = 'work' AND status = 'success'")[0][0]
     assert ok >= seen
     nodes = dict(db_rows(tmp_path, "SELECT node_id, status FROM nodes"))
-    assert nodes == {"work": "interrupted", "after": "pending"}
+    assert nodes == {"work": "interrupted", "after": "not_run"}
 
     shown = plait("show", run_id).stdout
     assert "⏹ interrupted" in shown

@@ -160,6 +160,11 @@ def _errors(
     "--no-record", is_flag=True, help="Keep no run record (see `plait runs`) for this run."
 )
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 when batch items failed (a 'partial' run), as the workflow's fail_on_item_errors does.",
+)
+@click.option(
     "--executor",
     metavar="NAME",
     help="Where batch items run: auto, sequential, threads, or an installed executor "
@@ -173,6 +178,7 @@ def run(
     output_format: str,
     quiet: bool,
     no_record: bool,
+    strict: bool,
     executor: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
@@ -194,6 +200,7 @@ def run(
             nodes_paths=nodes_paths,
             record=not no_record,
             executor=executor,
+            strict=strict,
         )
     sys.exit(code)
 

@@ -168,17 +168,20 @@ def node_line(
 ) -> tuple[str, str, str]:
     """(mark, node id, details) of a finished node."""
     status = ev.status or "success"
-    interrupted = status != "success" and (
-        ev.error == "interrupted" or (cancelled is not None and cancelled.is_set())
+    interrupted = status == "interrupted" or (
+        status == "failed" and (ev.error == "interrupted" or (cancelled is not None and cancelled.is_set()))
     )
-    mark = marks["stop"] if interrupted else marks["ok"] if status == "success" else marks["fail"]
+    if interrupted:
+        mark = marks["stop"]
+    else:
+        mark = {"success": marks["ok"], "partial": marks["partial"]}.get(status, marks["fail"])
     details = []
     counts = ev.counts or {}
     count = counts.get("count")
     if count is None:
         count = node.total
     if count is not None:
-        done = node.done if interrupted or status != "success" else count
+        done = node.done if interrupted or status not in ("success", "partial") else count
         items = f"{done}/{count} items" if done != count else f"{count} item{'s' if count != 1 else ''}"
         details.append(items)
         failed = counts.get("error_count") or node.failed
@@ -188,7 +191,7 @@ def node_line(
             details.append(f"{node.retries} retried")
     if interrupted:
         details.append("interrupted")
-    elif status != "success" and not any(d.endswith(" failed") for d in details):
+    elif status not in ("success", "partial") and not any(d.endswith(" failed") for d in details):
         details.append("failed")
     details.append(fmt_duration(ev.duration_ms or 0.0))
     return mark, node.id, ", ".join(details)
@@ -197,10 +200,10 @@ def node_line(
 def _marks(stream: TextIO) -> dict[str, str]:
     encoding = getattr(stream, "encoding", None) or "ascii"
     try:
-        "✓✗⏹".encode(encoding)
+        "✓✗⏹⚠".encode(encoding)
     except (UnicodeEncodeError, LookupError):
-        return {"ok": "ok", "fail": "FAILED", "stop": "STOPPED"}
-    return {"ok": "✓", "fail": "✗", "stop": "⏹"}
+        return {"ok": "ok", "fail": "FAILED", "stop": "STOPPED", "partial": "PARTIAL"}
+    return {"ok": "✓", "fail": "✗", "stop": "⏹", "partial": "⚠"}
 
 
 # --------------------------------------------------------------------------- displays
@@ -297,7 +300,9 @@ class LiveDisplay(Display):
         from rich.text import Text
 
         mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
-        style = "green" if mark == self.marks["ok"] else "yellow" if mark == self.marks["stop"] else "red"
+        style = {self.marks["ok"]: "green", self.marks["stop"]: "yellow", self.marks["partial"]: "yellow"}.get(
+            mark, "red"
+        )
         line = Text.assemble((mark, f"bold {style}"), " ", (node_id, "bold"), "  ", (details, "dim"))
         self.live.refresh()  # the tracker has let go of the node: clear its bar first
         self.console.print(line)

@@ -10,15 +10,26 @@ from typing import Any, TextIO
 
 from plait.cli.progress import fmt_duration
 from plait.runtime.records.queries import Records, db_path, records_dir
+from plait.runtime.status import shown as status_shown
 
 _STATUS_STYLE = {
     "success": "32",
+    "partial": "33",
     "failed": "31",
     "interrupted": "33",
     "running": "36",
     "died": "35",
+    "not_run": "2",
 }
-_MARKS = {"success": "✓", "failed": "✗", "interrupted": "⏹", "running": "…", "died": "†"}
+_MARKS = {
+    "success": "✓",
+    "partial": "⚠",
+    "failed": "✗",
+    "interrupted": "⏹",
+    "running": "…",
+    "died": "†",
+    "not_run": "·",
+}
 
 
 def _color(text: str, status: str, stream: TextIO) -> str:
@@ -123,7 +134,10 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
             )
         )
     if run.get("error") and status not in ("success", "interrupted"):
-        info.append(("error", run["error"]))
+        if status == "partial":
+            info.append(("failed", run["error"]))
+        else:
+            info.append(("error", run["error"]))
     width = max(len(k) for k, _ in info)
     out += [f"  {k.ljust(width)}  {v}" for k, v in info]
     stream.write("\n".join(out) + "\n\nnodes\n")
@@ -144,7 +158,7 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
             details.append(f"{n['llm_calls']} llm calls, {n['input_tokens']}+{n['output_tokens']} tokens")
         if n["status"] == "failed" and n.get("error"):
             details.append(n["error"])
-        shown = "not run" if n["status"] == "pending" else n["status"]
+        shown = status_shown(n["status"])
         rows.append(
             [
                 f"  {_MARKS.get(n['status'], '·')} {n['node_id']}",

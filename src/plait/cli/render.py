@@ -44,6 +44,21 @@ def error_block(exc: PlaitError, stream: TextIO | None = None) -> None:
     stream.write("\n".join(lines) + "\n")
 
 
+def warning(text: str, stream: TextIO | None = None) -> None:
+    """A line in warning colour (yellow on a terminal), on stderr."""
+    stream = stream or sys.stderr
+    mark = "⚠ " if _encodable("⚠", stream) else "warning: "
+    stream.write(_style(mark + text, "1;33", stream) + "\n")
+
+
+def _encodable(text: str, stream: TextIO) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def print_value(value: Any, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if value is None:

@@ -26,6 +26,7 @@ def run_command(
     nodes_paths: tuple[str, ...],
     record: bool = True,
     executor: str | None = None,
+    strict: bool = False,
 ) -> int:
     registry = Registry()
     for path in nodes_paths:
@@ -82,11 +83,17 @@ def run_command(
         error_block(Interrupted("interrupted: stopped at once by a second Ctrl-C"))
         sys.stderr.write(details)
         return 130
+    strict = strict or bool(compiled.workflow.fail_on_item_errors)
     if output_format == "json":
         payload = {"run_id": run_id, **result.to_json()}
+        if result.status == "partial":
+            payload["strict"] = strict
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
-    elif result.status == "success":
+    elif result.status in ("success", "partial"):
         print_value(result.primary)
+    if result.status == "partial":
+        partial_line(result, run_id if recorded else None, strict)
+        return 1 if strict else 0
     if result.status == "interrupted":
         error_block(Interrupted(_how_far(result)))
         sys.stderr.write(details)
@@ -101,6 +108,23 @@ def run_command(
         sys.stderr.write(details)
         return 1
     return 0
+
+
+def partial_line(result: RunResult, run_id: str | None, strict: bool) -> None:
+    """The last line of a run whose batches finished with failed items: in warning colour."""
+    from plait.cli.render import warning
+
+    parts = [
+        f"{r.items[2]} of {r.items[0]} items failed in '{node_id}'"
+        for node_id, r in result.nodes.items()
+        if r.status == "partial" and r.items is not None
+    ]
+    text = "partial: " + "; ".join(parts)
+    if strict:
+        text += " (exit 1: --strict / fail_on_item_errors)"
+    if run_id:
+        text += f"; the failed items: plait show {run_id}"
+    warning(text)
 
 
 def _subscriber_failed(subscriber: Any, exc: BaseException) -> None:
@@ -130,7 +154,7 @@ def _how_far(result: RunResult) -> str:
     text = f"interrupted: {done} of {len(result.nodes)} nodes finished"
     for node_id, res in result.nodes.items():
         out = result.values.get(node_id)
-        if res.status == "failed" and isinstance(out, dict) and isinstance(out.get("count"), int):
+        if res.status in ("failed", "interrupted") and isinstance(out, dict) and isinstance(out.get("count"), int):
             finished = out.get("batch_metadata", {}).get("completed")
             if finished is None:
                 finished = sum(1 for r in out.get("results") or () if r is not None)

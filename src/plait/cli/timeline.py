@@ -17,6 +17,7 @@ from typing import Any
 
 from plait.cli.progress import fmt_duration
 from plait.runtime.records.queries import Records
+from plait.runtime.status import shown as status_shown
 
 STATUS_CODES = {"success": 0, "failed": 1, "retried": 2, "interrupted": 3}
 FAILED_LISTED = 500
@@ -167,7 +168,7 @@ def render_timeline(records: Records, run: dict[str, Any]) -> tuple[str, int]:
             f"{esc(n['node_id'])}</td>",
             f"<td class=muted>{esc(n.get('type') or '')}</td>",
             f'<td><span class="pill {esc(n["status"])}">'
-            f"{esc('not run' if n['status'] == 'pending' else n['status'])}</span></td>",
+            f"{esc(status_shown(n['status']))}</span></td>",
             f"<td class=num>{fmt_duration(n['duration_ms']) if n.get('duration_ms') is not None else '–'}</td>",
             f"<td class=num>{f'{total:,}' if total is not None else '–'}</td>",
             f"<td class=num>{n['items_failed'] or '–'}</td>",

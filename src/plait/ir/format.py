@@ -142,6 +142,8 @@ TOP = Fields(
     Field("edges", "array", None, doc="`{from, to, action?}`; without edges nodes run in the listed order"),
     Field("start_node", "string", None, doc="the first node; default: the first listed"),
     Field("executor", "string", "auto", extension=True, doc="the executor for this workflow's batches"),
+    Field("fail_on_item_errors", "boolean", False, extension=True,
+          doc="a run whose batch items failed (status `partial`) exits 1, as with `--strict`"),
 )
 
 NODE = Fields(

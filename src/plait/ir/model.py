@@ -116,6 +116,7 @@ class Workflow:
     start_node: str | None = None
     file: str | None = None
     executor: str = TOP.default("executor")
+    fail_on_item_errors: bool = TOP.default("fail_on_item_errors")
     raw: Any = None  # the plain data the workflow was built from
 
     def node(self, node_id: str) -> NodeSpec:

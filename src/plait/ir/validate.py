@@ -159,6 +159,7 @@ def build_workflow(
     edges = _edges(raw.get("edges", []), node_ids, c)
     outputs = _outputs(raw.get("outputs", {}), c)
 
+    fail_on_item_errors = _field(raw, TOP["fail_on_item_errors"], "", "", "", c)
     executor = raw.get("executor", TOP.default("executor"))
     if not isinstance(executor, str) or not executor:
         c.add(f"executor must be the name of an executor, not {executor!r}", "executor")
@@ -185,6 +186,7 @@ def build_workflow(
         start_node=start,
         file=file,
         executor=executor,
+        fail_on_item_errors=fail_on_item_errors,
         raw=raw,
     )
     return wf, c.problems
@@ -395,7 +397,8 @@ def _field(raw: dict[str, Any], f: Field, path: str, what: str, node_id: str, c:
     if wrong is None:
         return value
     hint = f.hint or (did_you_mean(str(value), f.choices) if f.choices and isinstance(value, str) else "")
-    c.add(f"{what}.{f.name} {wrong}", f"{path}.{f.name}", hint, node_id=node_id)
+    label = f"{what}.{f.name}" if what else f.name
+    c.add(f"{label} {wrong}", f"{path}.{f.name}" if path else f.name, hint, node_id=node_id or None)
     return f.default
 
 

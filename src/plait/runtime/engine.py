@@ -15,6 +15,7 @@ from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStar
 from plait.runtime.executors import AUTO, make_executor
 from plait.runtime.executors.local import SequentialExecutor
 from plait.runtime.services import RunServices
+from plait.runtime.status import FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
 from plait.templates import TemplateError
 
 MAX_VISITS = 100  # per node, for loops through non-default actions
@@ -22,16 +23,23 @@ MAX_VISITS = 100  # per node, for loops through non-default actions
 
 @dataclass
 class NodeResult:
-    status: str  # success | failed | skipped
+    status: str  # runtime/status.py: success | partial | failed | interrupted | not_run
     duration_ms: float = 0.0
     error: str | None = None
     index: int | None = None
     visits: int = 0
+    #: a batch node's items: (count, succeeded, failed), and its first failures
+    items: tuple[int, int, int] | None = None
+    item_errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: failed items listed per node in the JSON envelope (all of them are in `plait show`)
+ITEM_ERRORS_LISTED = 20
 
 
 @dataclass
 class RunResult:
-    status: str  # success | failed | interrupted
+    status: str  # runtime/status.py: success | partial | failed | interrupted
     outputs: dict[str, Any]
     nodes: dict[str, NodeResult]
     errors: list[dict[str, Any]]
@@ -47,17 +55,21 @@ class RunResult:
         return self.status == "success"
 
     def to_json(self) -> dict[str, Any]:
+        nodes: dict[str, Any] = {}
+        for nid, r in self.nodes.items():
+            entry: dict[str, Any] = {"status": r.status, "duration_ms": round(r.duration_ms, 3)}
+            if r.error:
+                entry["error"] = r.error
+            if r.items is not None:
+                count, ok, failed = r.items
+                entry["items"] = {"count": count, "succeeded": ok, "failed": failed}
+                if r.item_errors:
+                    entry["item_errors"] = r.item_errors
+            nodes[nid] = entry
         return {
             "status": self.status,
             "outputs": self.outputs,
-            "nodes": {
-                nid: {
-                    "status": r.status,
-                    "duration_ms": round(r.duration_ms, 3),
-                    **({"error": r.error} if r.error else {}),
-                }
-                for nid, r in self.nodes.items()
-            },
+            "nodes": nodes,
             "duration_ms": round(self.duration_ms, 3),
             "errors": self.errors,
             "llm_usage": self.llm_usage,
@@ -116,7 +128,7 @@ class Runner:
         services = self.services
         t0 = time.perf_counter()
         base: dict[str, Any] = dict(inputs)
-        results = {nid: NodeResult("skipped") for nid in cw.order}
+        results = {nid: NodeResult(NOT_RUN) for nid in cw.order}
         errors: list[dict[str, Any]] = []
         bus = self.bus
         if cw.file and not services.stack:  # the top level: a child calling it back is a cycle
@@ -175,6 +187,22 @@ class Runner:
             except TemplateError as exc:
                 status = "failed"
                 errors.append({"message": f"workflow output: {exc.message}"})
+        if status == "success":
+            # Finished, but items failed under `continue`: not a plain success.
+            for node_id, res in results.items():
+                if res.status == PARTIAL and res.items is not None:
+                    count, _, failed = res.items
+                    first = res.item_errors[0]["index"] if res.item_errors else None
+                    errors.append(
+                        {
+                            "node_id": node_id,
+                            "message": f"{failed} of {count} items failed",
+                            "failed": failed,
+                            "index": first,
+                        }
+                    )
+            if errors:
+                status = PARTIAL
         duration_ms = (time.perf_counter() - t0) * 1000.0
         usage = services.ledger.total()
         if bus.active:
@@ -233,18 +261,27 @@ class Runner:
                 if out.attempt > 1:
                     error = f"{error} (after {out.attempt} attempts)"
         res.duration_ms += (time.perf_counter() - t0) * 1000.0
-        res.status = "success" if ok else "failed"
         res.error = error
         res.index = index
+        counts = None
+        out_value = base.get(cn.id)
+        if cn.batch is not None and isinstance(out_value, dict):
+            counts = {
+                k: v for k in ("count", "success_count", "error_count") if isinstance(v := out_value.get(k), int)
+            }
+            if "count" in counts:
+                res.items = (counts["count"], counts.get("success_count", 0), counts.get("error_count", 0))
+                res.item_errors = [
+                    {"index": e.get("index"), "error": e.get("error"), "attempts": e.get("attempts")}
+                    for e in (out_value.get("errors") or [])[:ITEM_ERRORS_LISTED]
+                ]
+        if ok:
+            res.status = PARTIAL if res.items is not None and res.items[2] else SUCCESS
+        elif error == "interrupted" or services.cancelled.is_set():
+            res.status = INTERRUPTED
+        else:
+            res.status = FAILED
         if bus.active:
-            counts = None
-            out_value = base.get(cn.id)
-            if cn.batch is not None and isinstance(out_value, dict):
-                counts = {
-                    k: v
-                    for k in ("count", "success_count", "error_count")
-                    if isinstance(v := out_value.get(k), int)
-                }
             bus.emit(NodeFinished(loc, res.status, res.duration_ms, error, index, counts))
         return action, ok, error, index
 

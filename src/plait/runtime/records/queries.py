@@ -97,6 +97,8 @@ class Records:
         out = []
         for r in rows:
             node = _row_dict(r)
+            if node["status"] == "pending":  # what runs recorded before schema 3 called it
+                node["status"] = "not_run"
             if run["status"] == "died" and node["status"] == "running":
                 node["status"] = "died"  # it was running when its run was killed
             node["params"] = json.loads(node["params"]) if node.get("params") else {}

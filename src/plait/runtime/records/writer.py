@@ -183,7 +183,7 @@ class RunRecorder:
             for spec in wf.nodes:
                 self._conn.execute(
                     "INSERT INTO nodes (run, node_id, position, type, params, batch, status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                    " VALUES (?, ?, ?, ?, ?, ?, 'not_run')",
                     (
                         self._run,
                         spec.id,
@@ -335,10 +335,13 @@ class RunRecorder:
                 self._conn.execute(_UPSERT_NODE, stopped.row(self._run))
         first = ev.errors[0] if ev.errors else None
         error = None
-        if first:
+        if ev.status == "partial":
+            error = "; ".join(f"{e['message']} in '{e['node_id']}'" for e in ev.errors)
+        elif first:
             error = str(first.get("message"))
             if first.get("node_id") and error != "interrupted":
                 error = f"node '{first['node_id']}' failed: {error}"
+        if error:
             error = self.redactor.text(error)
         usage = ev.usage
         self._conn.execute(
@@ -417,7 +420,7 @@ class _NodeState:
     def __init__(self, node_id: str, type_: str | None = None) -> None:
         self.node_id = node_id
         self.type = type_
-        self.status = "pending"
+        self.status = "not_run"
         self.visits = 0
         self.started: float | None = None
         self.ended: float | None = None
