@@ -1,6 +1,6 @@
 """Run records: what `plait runs` and `plait show` tell after a run that
 succeeded, failed, was interrupted or was killed — through the real CLI, with
-the real SQLite file under .plait/ of the working directory."""
+the real SQLite file in $PLAIT_HOME (here: .plait/ of the test's folder)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ Workflow = Callable[..., str]
 
 
 @pytest.fixture(autouse=True)
-def _default_home(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PLAIT_HOME", raising=False)
+def _default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PLAIT_HOME", str(tmp_path / ".plait"))
 
 
 def batch_workflow(
@@ -307,6 +307,26 @@ def test_runs_are_recorded_under_plait_home_when_set(plait: Plait, workflow: Wor
     assert nothing.code == 0
     assert nothing.stdout == f"no runs recorded yet in {tmp_path / '.plait'}\n"
     assert plait("show", "last").code == 2
+
+
+def test_by_default_runs_live_in_the_users_data_directory_and_are_found_from_any_folder(
+    plait: Plait, workflow: Workflow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PLAIT_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    path = workflow({"nodes": [{"id": "hi", "type": "shell", "params": {"command": "echo hi"}}]})
+    project = tmp_path / "project"
+    project.mkdir()
+    run_id = plait("run", path, "-q", "-o", "json", cwd=project).json["run_id"]
+    assert (tmp_path / "home" / ".local" / "share" / "plait" / "runs.db").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_id in plait("runs", cwd=elsewhere).stdout
+    assert not (project / ".plait").exists()
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    plait("run", path, "-q", cwd=project)
+    assert (tmp_path / "xdg" / "plait" / "runs.db").exists()
 
 
 def test_show_explains_an_unknown_or_ambiguous_run(plait: Plait, workflow: Workflow) -> None:

@@ -50,7 +50,7 @@ def cli() -> None:
     plait convert WORKFLOW --to md|json   the same workflow as .pflow.md or JSON
     plait nodes [TYPE]                    node types, their params and outputs
     plait schema                          JSON Schema of the workflow format
-    plait runs                            recent runs, from .plait/runs.db
+    plait runs                            recent runs (records in $PLAIT_HOME)
     plait show RUN                        one run: nodes, failed items and errors
     plait timeline RUN -o FILE.html       a picture of the run over time
     """
@@ -185,8 +185,9 @@ def run(
 ) -> None:
     """Validate WORKFLOW, then run it. Inputs are given as name=value.
 
-    Every run is recorded in .plait/runs.db of the working directory (or
-    $PLAIT_HOME): see `plait runs`, `plait show RUN`, `plait timeline RUN`.
+    Every run is recorded in runs.db of $PLAIT_HOME (default: the user's data
+    directory, ~/.local/share/plait): see `plait runs`, `plait show RUN`,
+    `plait timeline RUN`.
     """
     code = 1
     with _errors(output_format, debug):
@@ -293,8 +294,8 @@ def schema(markdown: bool, nodes_paths: tuple[str, ...]) -> None:
 def runs(limit: int, as_json: bool) -> None:
     """List recent runs: id, start, workflow, status, duration, items.
 
-    Runs are recorded in .plait/runs.db of the working directory ($PLAIT_HOME
-    overrides the folder).
+    Runs are recorded in runs.db of the user's data directory
+    (~/.local/share/plait); $PLAIT_HOME chooses another folder.
     """
     with _errors():
         from plait.cli.records_cmd import runs_command

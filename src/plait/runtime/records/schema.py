@@ -6,7 +6,6 @@ The schema changes only through ``MIGRATIONS``: step *n* takes a database from
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,9 +98,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def records_dir() -> Path:
-    """``$PLAIT_HOME`` or ``.plait`` in the working directory."""
-    home = os.environ.get("PLAIT_HOME")
-    return Path(home) if home else Path.cwd() / ".plait"
+    """plait's home (``$PLAIT_HOME``, else the user's data directory: :mod:`plait.paths`)."""
+    from plait.paths import home
+
+    return home()
 
 
 def db_path() -> Path:
