@@ -220,7 +220,18 @@ def test_batch_alias_outside_a_batch() -> None:
     }
     p = only(raw)
     assert p.path == "nodes[1].params.command"
-    assert "only inside a batch" in p.message
+    assert p.message == "${item}: 'item' is the item of a batch, but node 'after' has no batch"
+
+
+def test_item_without_any_batch_in_the_workflow_says_so() -> None:
+    p = only({"nodes": [shell("a", "echo ${item.name}")]})
+    assert "'item' is the item of a batch, but node 'a' has no batch" in p.message
+    assert '"batch"' in p.hint and "declare it under 'inputs'" not in p.hint
+
+
+def test_an_unknown_node_type_says_where_custom_types_come_from() -> None:
+    p = only({"nodes": [{"id": "a", "type": "frobnicate"}]})
+    assert "--nodes FILE.py" in p.hint and "plait.nodes entry points" in p.hint
 
 
 def test_batch_items_reference_is_checked() -> None:

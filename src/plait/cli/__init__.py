@@ -33,8 +33,19 @@ class _Group(click.Group):
     """`plait WORKFLOW ...` is shorthand for `plait run WORKFLOW ...`."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
-        if args and args[0] not in self.commands and _looks_like_workflow(args[0]):
-            args = ["run", *args]
+        if args and args[0] not in self.commands:
+            if _looks_like_workflow(args[0]):
+                args = ["run", *args]
+            elif not args[0].startswith("-"):
+                from plait.errors import did_you_mean
+
+                names = sorted(self.commands)
+                hint = did_you_mean(args[0], names)
+                raise click.UsageError(
+                    f"no such command '{args[0]}' ({hint or 'commands: ' + ', '.join(names)}); "
+                    "to run a workflow file, give its path: plait run FILE",
+                    ctx,
+                )
         return super().resolve_command(ctx, args)
 
 
@@ -191,6 +202,7 @@ def run(
     """
     code = 1
     with _errors(output_format, debug):
+        _refuse_unknown_options(workflow, params)
         from plait.cli.running import run_command
 
         code = run_command(
@@ -204,6 +216,27 @@ def run(
             strict=strict,
         )
     sys.exit(code)
+
+
+def _refuse_unknown_options(workflow: str, params: tuple[str, ...]) -> None:
+    """`run` passes words it does not know on as name=value inputs: a word that is
+    an option (``-x``, ``--qiet``) is an unknown option, not a workflow or an input."""
+    for word in (workflow, *params):
+        if word.startswith("-") and "=" not in word.split("-", 2)[-1][:1] and not _is_number(word):
+            from plait.errors import UsageError, did_you_mean
+
+            known = [o for p in run.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+            name = word.split("=", 1)[0]
+            hint = did_you_mean(name, known) or f"options of run: {', '.join(sorted(set(known)))}"
+            raise UsageError(f"no such option: {name}", hint=hint)
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 @cli.command()
@@ -358,4 +391,43 @@ def main() -> None:
         and _looks_like_workflow(args[first])
     ):
         args = ["run", *args]
-    cli(args=args, prog_name="plait")
+    for stream in (sys.stdout, sys.stderr):
+        # A lone surrogate (from an API, a file) prints escaped instead of failing the output.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+    try:
+        cli(args=args, prog_name="plait", standalone_mode=False)
+        code: int = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.exceptions.Abort:
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = _pipe_closed()
+    sys.exit(_flush_stdout(code))
+
+
+def _pipe_closed() -> int:
+    """stdout's reader went away (`plait show RUN | head`): stop quietly, as SIGPIPE would."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
+def _flush_stdout(code: int) -> int:
+    """Write what is buffered now, so a full disk or a closed pipe is an error that says so."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _pipe_closed()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
+        return code or 1
+    return code

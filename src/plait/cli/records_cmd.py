@@ -204,9 +204,14 @@ def timeline_command(ref: str, output: str | None, stream: TextIO | None = None)
     finally:
         records.close()
     path = Path(output or f"timeline-{run['run_id']}.html")
-    if path.parent != Path("."):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
+    try:
+        if path.parent != Path("."):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        from plait.errors import UsageError
+
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}", hint="give another file with -o FILE.html")
     stream.write(f"wrote {path} (run {run['run_id']}, {bars} item attempts)\n")
     return 0
 

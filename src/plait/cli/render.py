@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, TextIO
 
@@ -59,14 +60,53 @@ def _encodable(text: str, stream: TextIO) -> bool:
     return True
 
 
-def print_value(value: Any, stream: TextIO | None = None) -> None:
+def write_out(text: str, stream: TextIO | None = None) -> None:
+    """Write to stdout; a full disk or a closed file is a clear error, not a traceback
+    (a reader that went away, `| head`, is left to the caller: BrokenPipeError)."""
     stream = stream or sys.stdout
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise PlaitError(
+            f"cannot write the output: {exc.strerror or exc}",
+            hint="check the disk or the file that standard output goes to",
+        )
+
+
+def print_value(value: Any, stream: TextIO | None = None) -> None:
     if value is None:
         return
     if isinstance(value, str):
-        stream.write(value if value.endswith("\n") or not value else value + "\n")
+        write_out(value if value.endswith("\n") or not value else value + "\n", stream)
     else:
-        stream.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+        write_out(json_text(value) + "\n", stream)
+
+
+def json_text(value: Any, indent: int | None = 2) -> str:
+    """JSON that is always valid: NaN and infinities become null, and text with a
+    lone surrogate (from an API or a file) is written with \\u escapes."""
+    try:
+        text = json.dumps(value, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:  # NaN or Infinity somewhere
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=True, default=str)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def describe_node(decl: dict[str, Any]) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 from typing import Any
 
 from plait.cli.inputs import add_piped, parse_args
-from plait.cli.render import error_block, print_value
+from plait.cli.render import error_block, json_text, print_value, write_out
 from plait.errors import Interrupted, PlaitError, RunFailed
 from plait.nodes.registry import Registry
 from plait.runtime.compile import load_and_compile
@@ -50,7 +49,10 @@ def run_command(
     add_piped(given, specs, sys.stdin)
     values = coerce_inputs(compiled, given)
 
-    recorder = _start_recorder() if record else None
+    from plait.runtime.redact import Redactor
+
+    redactor = Redactor()
+    recorder = _start_recorder(redactor) if record else None
     if recorder is not None:
         recorder.attach(bus)
     if not quiet:
@@ -88,7 +90,7 @@ def run_command(
         payload = {"run_id": run_id, **result.to_json()}
         if result.status == "partial":
             payload["strict"] = strict
-        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+        write_out(json_text(redactor.value(payload)) + "\n")
     elif result.status in ("success", "partial"):
         print_value(result.primary)
     if result.status == "partial":
@@ -135,12 +137,12 @@ def _subscriber_failed(subscriber: Any, exc: BaseException) -> None:
     )
 
 
-def _start_recorder() -> Any:
+def _start_recorder(redactor: Any) -> Any:
     """The run record; a run goes on without one when it cannot be written."""
     from plait.runtime.records.writer import RunRecorder
 
     try:
-        return RunRecorder()
+        return RunRecorder(redactor=redactor)
     except PlaitError as exc:
         sys.stderr.write(f"warning: this run is not recorded: {exc.message}\n")
     except Exception as exc:  # an unwritable folder, a locked or damaged database

@@ -334,7 +334,8 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
                 f"unknown node type '{type_}'",
                 f"{path}.type",
                 did_you_mean(type_, node_types)
-                or f"available types: {', '.join(sorted(node_types))} (see `plait nodes`)",
+                or f"available types: {', '.join(sorted(node_types))}; a custom type comes from "
+                "--nodes FILE.py or an installed plugin (the plait.nodes entry points)",
                 node_id=node_id,
             )
         else:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from plait.errors import UsageError
-from plait.nodes.base import PlaitNode
+from plait.nodes.base import PARAM_TYPES, Output, Param, PlaitNode
 
 ENTRY_POINT_GROUP = "plait.nodes"
 
@@ -29,6 +30,57 @@ BUILTINS: dict[str, str] = {
     "code": "plait.nodes.code:CodeNode",
     "workflow": "plait.nodes.workflow:WorkflowNode",
 }
+
+
+_TYPE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def declaration_problems(cls: type[PlaitNode]) -> list[str]:
+    """What is wrong with a node class's declaration (an empty list when nothing is)."""
+    problems = []
+    name = cls.type_name
+    if not isinstance(name, str) or not _TYPE_NAME_RE.match(name):
+        problems.append(f"type_name must be a name such as 'my-node' (letters, digits, _ - .), not {name!r}")
+    if not isinstance(cls.description, str):
+        problems.append("description must be a string")
+    for what, specs, kind in (("param_specs", cls.param_specs, Param), ("output_specs", cls.output_specs, Output)):
+        if not isinstance(specs, tuple | list):
+            problems.append(f"{what} must be a tuple of {kind.__name__}(...), not {type(specs).__name__}")
+            continue
+        seen: set[str] = set()
+        for spec in specs:
+            if not isinstance(spec, kind):
+                problems.append(f"{what} must hold {kind.__name__}(...) objects, not {spec!r}")
+                continue
+            if not isinstance(spec.name, str) or not _PARAM_NAME_RE.match(spec.name):
+                problems.append(f"{what}: {spec.name!r} is not a valid name")
+            elif spec.name in seen:
+                problems.append(f"{what}: '{spec.name}' is declared twice")
+            seen.add(spec.name)
+            types = spec.type.split("|") if isinstance(spec.type, str) else [spec.type]
+            bad = [t for t in types if t not in PARAM_TYPES]
+            if bad:
+                problems.append(
+                    f"{what}: '{spec.name}' has type {spec.type!r}; types are {', '.join(PARAM_TYPES)} "
+                    "(several joined by |)"
+                )
+    if cls.exec is PlaitNode.exec and not cls.has_async_exec():
+        problems.append("it defines no exec(self, prep_res) method")
+    outputs = {o.name for o in cls.output_specs if isinstance(o, Output)} if isinstance(cls.output_specs, tuple | list) else set()
+    if cls.primary_output is not None and outputs and cls.primary_output not in outputs:
+        problems.append(f"primary_output {cls.primary_output!r} is not one of its outputs")
+    return problems
+
+
+def _checked(cls: type[PlaitNode], source: str) -> type[PlaitNode]:
+    problems = declaration_problems(cls)
+    if problems:
+        raise UsageError(
+            f"node class {cls.__name__} from {source} has a bad declaration: " + "; ".join(problems),
+            hint="see docs/custom-nodes.md for how a node type declares its params and outputs",
+        )
+    return cls
 
 
 def _import_target(target: str) -> type[PlaitNode]:
@@ -73,6 +125,8 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 f"node type '{name}' could not be loaded from {target}: {exc}",
                 hint="check the plugin that provides it (`pip show` it, or fix the file)",
             )
+        if self._sources.get(name) != "built-in":
+            _checked(cls, self._sources.get(name) or target)
         self._loaded[name] = cls
         return cls
 
@@ -97,6 +151,7 @@ class Registry(Mapping[str, type[PlaitNode]]):
     def register(self, cls: type[PlaitNode], source: str) -> None:
         if not cls.type_name:
             raise UsageError(f"node class {cls.__name__} in {source} has no type_name")
+        _checked(cls, source)
         self._targets[cls.type_name] = f"{cls.__module__}:{cls.__name__}"
         self._loaded[cls.type_name] = cls
         self._sources[cls.type_name] = source

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from plait.errors import UsageError, did_you_mean
+from plait.ir.graph import Reachability
 from plait.ir.values import fit_input
 from plait.runtime.batch import BatchFailed, run_batch, run_single
 from plait.runtime.compile import CompiledNode, CompiledWorkflow
@@ -302,14 +303,12 @@ class Runner:
         return outputs, outputs
 
 
-def _reachability(cw: CompiledWorkflow) -> dict[str, set[str]]:
-    from plait.ir.graph import reachable_from
-
+def _reachability(cw: CompiledWorkflow) -> Reachability:
     succ = {n: [t for _, t in edges] for n, edges in cw.edges_from.items()}
-    return {n: reachable_from(n, succ) for n in cw.order}
+    return Reachability(cw.order, succ)
 
 
-def _pick(pending: list[str], reach: dict[str, set[str]], order: list[str]) -> str:
+def _pick(pending: list[str], reach: Reachability, order: list[str]) -> str:
     """The next node to run: one that no other pending node could still lead to.
 
     That makes a join wait for every activated predecessor. Inside a loop every
@@ -317,7 +316,7 @@ def _pick(pending: list[str], reach: dict[str, set[str]], order: list[str]) -> s
     """
     for candidate in pending:
         if not any(
-            other != candidate and candidate in reach[other] and other not in reach[candidate]
+            other != candidate and reach.leads_to(other, candidate) and not reach.leads_to(candidate, other)
             for other in pending
         ):
             return candidate

@@ -23,9 +23,16 @@ from typing import Any
 MASK = "***"
 
 _SECRET_NAME = re.compile(
-    r"token|key|secret|passw|passphrase|credential|authorization|cookie|signature"
-    r"|(?:^|[_\-.])auth(?:$|[_\-.])|^pwd$",
+    r"token|key|secret|passw|passphrase|credential|authorization|cookie|signature|session"
+    r"|(?:^|[_\-.])auth(?:$|[_\-.])",
     re.IGNORECASE,
+)
+# Environment variables whose names look secret but whose values are not (a
+# path, a socket): learning them would mask every path under the working folder.
+_NOT_SECRET_ENV = frozenset(
+    ("PWD", "OLDPWD", "SSH_AUTH_SOCK", "GPG_AGENT_INFO", "KEYTIMEOUT", "XAUTHORITY", "XDG_SESSION_ID",
+     "XDG_SESSION_TYPE", "XDG_SESSION_CLASS", "XDG_SESSION_DESKTOP", "DESKTOP_SESSION", "SESSION_MANAGER",
+     "DBUS_SESSION_BUS_ADDRESS")
 )
 _TEMPLATES_ONLY = re.compile(r"^(?:\s*\$\{[^}]*\}\s*)+$")
 _BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=\-]{4,}", re.IGNORECASE)
@@ -40,6 +47,8 @@ _SUSPECT = re.compile(
     r"://|=|\"\s*:|bearer|basic|token|authorization|cookie|api-key", re.IGNORECASE
 )
 _JSON_PAIR = re.compile(r'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+# A secret-named JSON value cut off by a preview: no closing quote before the end.
+_JSON_PAIR_CUT = re.compile(r'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)(?:\.\.\.|…)?$')
 # Short values would match by accident inside ordinary text.
 _MIN_SECRET_LEN = 6
 
@@ -57,7 +66,7 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         env = os.environ if environ is None else environ
         for name, value in env.items():
-            if is_secret_name(name):
+            if is_secret_name(name) and name.upper() not in _NOT_SECRET_ENV and not _looks_like_a_path(value):
                 self.learn(value)
 
     def learn(self, value: Any) -> None:
@@ -69,6 +78,22 @@ class Redactor:
         ):
             self._secrets.add(value)
             self._pattern = None
+
+    def learn_from(self, value: Any) -> None:
+        """Learn the secrets a value holds under secret-looking names (an
+        ``access_token`` in an HTTP response, a ``set-cookie`` header), so they are
+        masked wherever they appear later, also in free text."""
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if isinstance(k, str) and is_secret_name(k) and _maskable(v):
+                        self._learn_all(v)
+                    elif isinstance(v, dict | list):
+                        stack.append(v)
+            elif isinstance(item, list):
+                stack.extend(v for v in item if isinstance(v, dict | list))
 
     def value(self, value: Any, name: str | None = None) -> Any:
         """A copy of ``value`` with secret-named entries masked (recursively)."""
@@ -98,6 +123,7 @@ class Redactor:
             text = _URL_USERINFO.sub(rf"\1:{MASK}@", text)
         if '":' in text or '" :' in text:
             text = _JSON_PAIR.sub(_mask_json_pair, text)
+            text = _JSON_PAIR_CUT.sub(_mask_json_pair, text)
         if "=" in text:
             text = _QUERY_PARAM.sub(_mask_query, text)
         text = _BEARER.sub(rf"\1 {MASK}", text)
@@ -116,6 +142,10 @@ class Redactor:
         elif isinstance(value, list | tuple):
             for v in value:
                 self._learn_all(v)
+
+
+def _looks_like_a_path(value: str) -> bool:
+    return value.startswith(("/", "~/", "./")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))
 
 
 def _maskable(value: Any) -> bool:

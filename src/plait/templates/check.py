@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from plait.errors import Problem, did_you_mean
-from plait.ir.graph import can_run_before, unreachable
+from plait.ir.graph import RunOrder, unreachable
 from plait.ir.model import Workflow, fits, value_type
 from plait.templates import TEMPLATE_RE, Ref, compile_value
 
@@ -31,7 +31,8 @@ def check_workflow(
     warnings: list[str] = []
     if not wf.nodes:
         return problems, warnings
-    before = can_run_before(wf)
+    order = RunOrder(wf)
+    aliases = _aliases(wf)
     node_ids = [n.id for n in wf.nodes]
     by_id = {n.id: n for n in wf.nodes}
     inputs = list(wf.inputs)
@@ -49,19 +50,24 @@ def check_workflow(
                     Problem(f"{ref.text}: name a variable, like ${{env.HOME}}", path=path, node_id=node_id)
                 )
             return
-        if root == "__index__" or root in _aliases(wf):
+        if (root in ("__index__", "item") or root in aliases) and root not in by_id:
+            where = f"node '{node_id}' has no batch" if node_id else "workflow outputs are outside every batch"
             problems.append(
                 Problem(
-                    f"{ref.text}: '{root}' exists only inside a batch node's params",
+                    f"{ref.text}: '{root}' is the item of a batch, but {where}",
                     path=path,
                     node_id=node_id,
-                    hint="add a 'batch' to this node, or reference a node output instead",
+                    hint=(
+                        'add "batch": {"items": ...} to this node to run it once per item, '
+                        "or reference a node output or an input instead"
+                    ),
                 )
             )
             return
         if root not in by_id:
             visible = [*allowed_local, *inputs]
-            visible += [n for n in node_ids if node_id is None or not check_order or n in before[node_id]]
+            before = order.before(node_id) if node_id is not None and check_order else None
+            visible += [n for n in node_ids if before is None or n in before]
             visible = list(dict.fromkeys(visible))
             hint = did_you_mean(root, [*node_ids, *inputs, *allowed_local])
             hint += (" " if hint else "") + (
@@ -92,7 +98,7 @@ def check_workflow(
                 )
             )
             return
-        if check_order and node_id is not None and root not in before[node_id]:
+        if check_order and node_id is not None and not order.can_run_before(root, node_id):
             problems.append(
                 Problem(
                     f"{ref.text}: node '{root}' cannot have run before '{node_id}'",

@@ -71,11 +71,23 @@ class Records:
     def resolve(self, ref: str) -> dict[str, Any]:
         """A run by id, unique id prefix, ``last`` (or ``last~N``, N runs before it)."""
         if ref == "last" or ref.startswith("last~"):
-            back = int(ref[5:] or 0) if ref != "last" and ref[5:].isdigit() else 0
+            back_text = ref[5:] if ref != "last" else "0"
+            if not back_text.isdigit() or len(back_text) > 9:
+                raise UsageError(
+                    f"'{ref}' is not a run: after 'last~' comes how many runs back, such as last~2",
+                    hint="`plait runs` lists recent runs",
+                )
+            back = int(back_text)
             row = self.conn.execute(
                 "SELECT * FROM runs ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?", (back,)
             ).fetchone()
             if row is None:
+                if back:
+                    count = self.conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+                    raise UsageError(
+                        f"there is no run {back} before the last ({count} recorded)",
+                        hint="`plait runs` lists recent runs",
+                    )
                 raise UsageError("no runs recorded yet", hint="run a workflow first: plait run FILE")
             return _run_dict(row)
         rows = self.conn.execute(

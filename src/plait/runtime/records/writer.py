@@ -129,7 +129,7 @@ class RunRecorder:
         try:
             for ev in batch:
                 kind = type(ev)
-                if kind is ItemFinished and self._run is not None and not self._tokens:
+                if kind is ItemFinished and self._run is not None and not self._tokens and ev.index is not None:  # type: ignore[attr-defined]
                     self._ok_row(ev, ok_rows)  # type: ignore[arg-type]  # most events: the short way
                 elif kind is RunStarted:
                     if not ev.path and self._run is None:  # type: ignore[attr-defined]
@@ -196,6 +196,8 @@ class RunRecorder:
 
     def _apply(self, ev: Event, rows: list[tuple[Any, ...]]) -> None:
         if isinstance(ev, ItemFinished):
+            if ev.index is None and ev.outputs:
+                self.redactor.learn_from(ev.outputs)  # a token a node obtained: masked from now on
             self._final(ev, rows, "success", None, ev.item)
         elif isinstance(ev, ItemFailed):
             self._final(ev, rows, "failed", ev.error, ev.item)

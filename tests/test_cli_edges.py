@@ -1,0 +1,221 @@
+"""What a new user and a hostile input hit first: CLI papercuts, output that must
+not fail, big workflows (issue "Honest outcomes and hardened edges")."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import plait
+from conftest import Result, plait_env
+from plait.ir.graph import Reachability, reachable_from
+
+Plait = Callable[..., Result]
+Workflow = Callable[..., str]
+ROOT = Path(__file__).resolve().parents[1]
+HELLO = {"nodes": [{"id": "hi", "type": "shell", "params": {"command": "echo hi"}}]}
+
+
+# -- options and commands
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["run", "-x", "WF"], "no such option: -x"),
+        (["run", "WF", "--qiet"], "did you mean '--quiet'?"),
+        (["WF", "--stirct"], "did you mean '--strict'?"),
+        (["runs", "--lmit", "3"], "Did you mean '--limit'?"),
+    ],
+)
+def test_unknown_options_are_errors_with_a_suggestion(
+    plait: Plait, workflow: Workflow, args: list[str], expect: str
+) -> None:
+    path = workflow(HELLO)
+    r = plait(*[path if a == "WF" else a for a in args])
+    assert r.code == 2, r
+    assert expect in r.stderr
+    assert "workflow file not found" not in r.stderr
+
+
+def test_a_negative_number_is_still_an_input_value(plait: Plait, workflow: Workflow) -> None:
+    wf = {"inputs": {"n": {"type": "integer"}}, "nodes": [{"id": "e", "type": "echo", "params": {"n": "${n}"}}]}
+    r = plait("run", workflow(wf), "n=-5", "-o", "json", "-q")
+    assert r.code == 0 and r.json["outputs"] == {"n": -5}
+
+
+@pytest.mark.parametrize(("word", "expect"), [("lsit", "commands: "), ("shwo", "did you mean 'show'?")])
+def test_unknown_commands_are_errors_with_a_suggestion(plait: Plait, word: str, expect: str) -> None:
+    r = plait(word)
+    assert r.code == 2, r
+    assert f"no such command '{word}'" in r.stderr and expect in r.stderr
+    assert "plait run FILE" in r.stderr
+
+
+def test_show_into_a_closed_pipe_does_not_crash(tmp_path: Path, plait: Plait, workflow: Workflow) -> None:
+    for _ in range(3):
+        plait("run", workflow(HELLO), "-q")
+    # a reader that takes one byte and goes away, as `| head -c1` does
+    proc = subprocess.run(
+        f"{sys.executable} -m plait runs -n 500 | head -c1 >/dev/null",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=plait_env(),
+        cwd=tmp_path,
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+
+
+def test_output_to_a_full_device_is_a_clear_error(tmp_path: Path, workflow: Workflow, plait: Plait) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    path = workflow(HELLO)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "plait", "run", path, "-q"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=plait_env(),
+            cwd=tmp_path,
+        )
+    assert proc.returncode == 1
+    assert "error: cannot write the output: No space left on device" in proc.stderr
+    assert "internal error" not in proc.stderr
+    r = plait("timeline", "last", "-o", "/dev/full")
+    assert r.code == 2 and "cannot write /dev/full: No space left on device" in r.stderr
+
+
+@pytest.mark.parametrize("ref", ["last~99999999999999999999", "last~x", "last~7"])
+def test_a_run_reference_out_of_range_is_a_clear_error(plait: Plait, workflow: Workflow, ref: str) -> None:
+    plait("run", workflow(HELLO), "-q")
+    r = plait("show", ref)
+    assert r.code == 2, r
+    assert "internal error" not in r.stderr
+    assert ("no run 7 before the last (1 recorded)" if ref == "last~7" else "how many runs back") in r.stderr
+
+
+# -- output that must not fail
+
+
+def test_a_lone_surrogate_in_an_output_is_printed_not_lost(plait: Plait, workflow: Workflow) -> None:
+    wf = {
+        "nodes": [
+            {"id": "make", "type": "code", "params": {"code": "result = 'half an emoji: ' + chr(0xD83D)"}},
+        ]
+    }
+    r = plait("run", workflow(wf), "-q")
+    assert r.code == 0, r
+    assert r.stdout == "half an emoji: \\ud83d\n"
+    r = plait("run", workflow(wf), "-q", "-o", "json")
+    assert r.code == 0, r
+    assert json.loads(r.stdout)["outputs"]["result"] == "half an emoji: \ud83d"
+
+
+def test_nan_from_a_node_is_never_printed_as_invalid_json(plait: Plait, workflow: Workflow) -> None:
+    wf = {"nodes": [{"id": "make", "type": "echo", "params": {"v": "${x}"}}], "inputs": {"x": {"type": "any"}}}
+    path = workflow(wf)
+    r = plait("run", path, "x=1", "-q", "-o", "json")
+    assert r.code == 0
+    code = {"nodes": [{"id": "m", "type": "code", "params": {"code": "result = {'a': float('nan'), 'b': [float('inf')]}"}}]}
+    r = plait("run", workflow(code), "-q", "-o", "json")
+    assert r.code == 0, r
+    assert json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"printed {c}"))["outputs"]["result"] == {
+        "a": None,
+        "b": [None],
+    }
+
+
+# -- messages a new user needs
+
+
+def test_the_readmes_first_example_works_as_written(tmp_path: Path, plait: Plait) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## A first workflow\n\n```json\n(.*?)\n```", readme, re.S)
+    assert block, "the README has a first workflow"
+    (tmp_path / "words.json").write_text(block.group(1))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one two three\n")
+    (docs / "b.txt").write_text("four five\n")
+    commands = re.search(r"```sh\n(plait validate words.json.*?)```", readme, re.S)
+    assert commands
+    checked = False
+    for line in commands.group(1).splitlines():
+        words = line.split("#")[0].split()
+        assert words[0] == "plait"
+        r = plait(*words[1:])
+        assert r.code == 0, (line, r)
+        if "folder=docs" in words:
+            counts = json.loads((tmp_path / "counts.json").read_text())
+            assert [c["item"] for c in counts] == ["docs/a.txt", "docs/b.txt"]
+            assert [c["stdout"].strip() for c in counts] == ["3", "2"]
+            checked = True
+    assert checked
+
+
+def test_a_custom_node_with_a_bad_declaration_gets_a_clear_error(
+    plait: Plait, workflow: Workflow, tmp_path: Path
+) -> None:
+    module = tmp_path / "bad_nodes.py"
+    module.write_text(
+        "from plait.nodes.base import PlaitNode, Param\n"
+        "class Bad(PlaitNode):\n"
+        "    type_name = 'bad'\n"
+        "    param_specs = ('x', Param('y', 'strin'))\n"
+    )
+    r = plait("run", workflow({"nodes": [{"id": "b", "type": "bad"}]}), "--nodes", str(module))
+    assert r.code == 2, r
+    assert "node class Bad from file" in r.stderr and "bad declaration" in r.stderr
+    assert "param_specs must hold Param(...) objects, not 'x'" in r.stderr
+    assert "'y' has type 'strin'" in r.stderr and "defines no exec" in r.stderr
+    assert "internal error" not in r.stderr
+
+
+# -- big workflows
+
+
+def test_a_workflow_of_5000_nodes_validates_and_runs_in_linear_memory() -> None:
+    chain = {
+        "nodes": [
+            {"id": f"n{i}", "type": "echo", "params": {"v": f"${{n{i - 1}.v}}" if i else 1}} for i in range(5000)
+        ]
+    }
+    tracemalloc.start()
+    try:
+        check = plait.validate(chain)
+        assert check.ok, check.problems[:3]
+        result = plait.run(chain)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.ok and result.outputs == {"v": 1}
+    # the closure of a 5,000-node chain is 12.5 million pairs (over 1 GB as sets); linear is a few MB
+    assert peak < 80 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_reachability_answers_as_the_closure_would(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = [f"n{i}" for i in range(rng.randint(1, 25))]
+    succ: dict[str, list[str]] = {}
+    for _ in range(rng.randint(0, 40)):
+        a, b = rng.choice(nodes), rng.choice(nodes)
+        succ.setdefault(a, [])
+        if b not in succ[a]:
+            succ[a].append(b)
+    reach = Reachability(nodes, succ)
+    for a in nodes:
+        closure = reachable_from(a, succ)
+        for b in nodes:
+            assert reach.leads_to(a, b) == (b in closure), (a, b, succ)
+        assert reach.ancestors(a) == {x for x in nodes if a in reachable_from(x, succ)}
