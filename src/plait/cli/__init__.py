@@ -138,6 +138,8 @@ def _errors(
         yield
     except PlaitError as exc:
         _fail(exc, output_format, invalid_status)
+    except BrokenPipeError:  # the reader of stdout went away: main() ends quietly
+        raise
     except KeyboardInterrupt:  # Ctrl-C outside a run's own handler: still exit 130 (SPEC §7)
         from plait.errors import Interrupted
 
