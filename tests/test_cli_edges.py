@@ -4,10 +4,15 @@ not fail, big workflows (issue "Honest outcomes and hardened edges")."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import resource
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import plait
-from conftest import Result, plait_env
+from conftest import Result, plait_env, popen_cli
 from plait.ir.graph import Reachability, reachable_from
 
 Plait = Callable[..., Result]
@@ -219,3 +224,82 @@ def test_reachability_answers_as_the_closure_would(seed: int) -> None:
         for b in nodes:
             assert reach.leads_to(a, b) == (b in closure), (a, b, succ)
         assert reach.ancestors(a) == {x for x in nodes if a in reachable_from(x, succ)}
+
+
+# -- signals and limits that hold
+
+
+def test_sigterm_stops_a_node_that_blocks_the_main_thread_within_a_second(
+    tmp_path: Path, workflow: Workflow
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody ever writes: opening it blocks the main thread
+    wf = {
+        "nodes": [
+            {"id": "r", "type": "read-file", "params": {"file_path": str(fifo)}},
+            {"id": "after", "type": "echo", "params": {"v": 1}},
+        ]
+    }
+    proc = popen_cli("run", workflow(wf), "-o", "json", cwd=tmp_path)
+    db = Path(os.environ["PLAIT_HOME"]) / "runs.db"
+    try:
+        deadline = time.monotonic() + 20
+        while not _node_status(db, "r", "running") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert took < 5, f"took {took:.1f} s"  # a bound, not a benchmark: it used to ignore SIGTERM
+    payload = json.loads(out)
+    assert payload["status"] == "interrupted"
+    assert payload["nodes"]["r"]["status"] == "interrupted" and payload["nodes"]["after"]["status"] == "not_run"
+
+
+def _node_status(db: Path, node_id: str, status: str) -> bool:
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT status FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return row is not None and row[0] == status
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        conn.close()
+
+
+def test_running_out_of_threads_is_reported_and_the_batch_still_runs(tmp_path: Path, workflow: Workflow) -> None:
+    wf = {
+        "inputs": {"n": {"type": "array"}},
+        "nodes": [
+            {
+                "id": "w",
+                "type": "shell",
+                "params": {"command": "sleep 0.2"},
+                "batch": {"items": "${n}", "parallel": True, "max_concurrent": 2000},
+            }
+        ],
+    }
+
+    def small_address_space() -> None:  # thread stacks cannot all be mapped
+        resource.setrlimit(resource.RLIMIT_AS, (900 * 2**20, 900 * 2**20))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "plait", "run", workflow(wf), f"n={json.dumps(list(range(300)))}", "-q", "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=plait_env(),
+        cwd=tmp_path,
+        preexec_fn=small_address_space,
+        timeout=120,
+    )
+    if not proc.stdout:
+        pytest.skip(f"plait cannot start in 900 MB of address space here: {proc.stderr[-200:]}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["outputs"]["success_count"] == 300
+    assert re.search(r"warning: w: could start only \d+ of 2000 threads", proc.stderr), proc.stderr
+    assert "lower max_concurrent" in proc.stderr

@@ -31,6 +31,7 @@ from plait.runtime.events import (
     Location,
     NodeFinished,
     NodeStarted,
+    RunWarning,
 )
 
 SUMMARY_EVERY_S = 5.0  # plain mode: a batch running longer than this gets summary lines
@@ -212,6 +213,13 @@ def _marks(stream: TextIO) -> dict[str, str]:
 class Display:
     tracker: Tracker | None = None
 
+    def warn(self, ev: Event) -> None:
+        message = getattr(ev, "message", "")
+        loc = getattr(ev, "loc", None)
+        self.line(f"warning: {loc}: {message}" if loc is not None else f"warning: {message}")
+
+    def line(self, text: str) -> None: ...
+
     def node_started(self, node: NodeProgress) -> None: ...
 
     def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None: ...
@@ -262,6 +270,9 @@ class PlainDisplay(Display):
         mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
         self._write(f"{mark} {node_id}  {details}")
 
+    def line(self, text: str) -> None:
+        self._write(text)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2.0)
@@ -306,6 +317,11 @@ class LiveDisplay(Display):
         line = Text.assemble((mark, f"bold {style}"), " ", (node_id, "bold"), "  ", (details, "dim"))
         self.live.refresh()  # the tracker has let go of the node: clear its bar first
         self.console.print(line)
+
+    def line(self, text: str) -> None:
+        from rich.text import Text
+
+        self.console.print(Text(text, style="yellow"))
 
     def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
@@ -366,6 +382,7 @@ def attach_progress(
     tracker = Tracker(display)
     display.tracker = tracker
     bus.subscribe(tracker, kinds=(NodeStarted, BatchStarted, NodeFinished, ItemFinished, ItemFailed, ItemRetried))
+    bus.subscribe(display.warn, kinds=(RunWarning,))
     return display
 
 

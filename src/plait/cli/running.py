@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from typing import Any
@@ -61,6 +62,9 @@ def run_command(
         progress = attach_progress(bus, sys.stderr, cancelled=services.cancelled)
     else:
         progress = None
+        from plait.runtime.events import RunWarning
+
+        bus.subscribe(_print_warning, kinds=(RunWarning,))  # warnings are not progress: -q keeps them
     previous = _install_signals(services)
     result: RunResult | None = None
     stopped = "failed"  # what the record says if the run raises: an internal error
@@ -129,6 +133,11 @@ def partial_line(result: RunResult, run_id: str | None, strict: bool) -> None:
     warning(text)
 
 
+def _print_warning(ev: Any) -> None:
+    where = f"{ev.loc}: " if ev.loc is not None else ""
+    sys.stderr.write(f"warning: {where}{ev.message}\n")
+
+
 def _subscriber_failed(subscriber: Any, exc: BaseException) -> None:
     what = getattr(subscriber, "__qualname__", None) or type(subscriber).__qualname__
     sys.stderr.write(
@@ -167,14 +176,47 @@ def _how_far(result: RunResult) -> str:
     return text
 
 
+#: after an interrupt, how long a node blocking the main thread may take to notice
+STOP_ESCALATE_S = 0.75
+
+
 def _install_signals(services: RunServices) -> dict[int, Any]:
-    """First SIGINT/SIGTERM: stop starting work and wind down. A second SIGINT: stop now."""
+    """First SIGINT/SIGTERM: stop starting work and wind down. A second SIGINT: stop now.
+
+    A node that blocks the main thread (a read on a FIFO) would not notice the
+    first signal: when the main thread is still inside a node's exec
+    ``STOP_ESCALATE_S`` later, the signal is sent again and the handler raises
+    :class:`plait.runtime.items.Interrupt` into that exec, so the run stops
+    within a second and still records how far it got.
+    """
+    import threading
+
+    from plait.runtime.items import Interrupt, main_thread_in_exec
+
     previous: dict[int, Any] = {}
+    state: dict[str, Any] = {"escalating": False, "timer": None}
+    main = threading.main_thread().ident
+
+    def escalate(signum: int) -> None:
+        if main_thread_in_exec() and main is not None:
+            state["escalating"] = True
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(main, signum)
 
     def stop(signum: int, frame: Any) -> None:
+        if state["escalating"]:
+            state["escalating"] = False
+            if main_thread_in_exec():
+                raise Interrupt
+            return
         if services.cancelled.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         services.cancelled.set()
+        if state["timer"] is None:
+            timer = threading.Timer(STOP_ESCALATE_S, escalate, (signum,))
+            timer.daemon = True
+            timer.start()
+            state["timer"] = timer
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

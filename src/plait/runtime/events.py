@@ -17,6 +17,7 @@ Kinds (one class each), with the fields they carry besides ``at`` (epoch seconds
   :class:`ItemFailed`, :class:`ItemInterrupted` — one attempt at one item (a
   node without a batch is one item with ``index`` None)
 * :class:`UsageRecorded` — one call to a paid service (tokens, cost)
+* :class:`RunWarning` — something the user should know that does not stop the run
 
 Events come from worker threads; the bus serialises delivery with a lock, so a
 subscriber sees one event at a time. A subscriber that raises is detached and
@@ -209,6 +210,14 @@ class UsageRecorded(Event):
     cost_usd: float | None = None
 
 
+@dataclass(slots=True)
+class RunWarning(Event):
+    """Something the user should know that does not stop the run (a resource that ran short)."""
+
+    loc: Location | None
+    message: str
+
+
 _KINDS: dict[type, str] = {
     RunStarted: "run_started",
     RunFinished: "run_finished",
@@ -221,6 +230,7 @@ _KINDS: dict[type, str] = {
     ItemFailed: "item_failed",
     ItemInterrupted: "item_interrupted",
     UsageRecorded: "usage",
+    RunWarning: "warning",
 }
 
 Subscriber = Callable[[Event], None]

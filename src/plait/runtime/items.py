@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,23 @@ if TYPE_CHECKING:
     from plait.templates import Base
 
 _EMPTY: dict[str, Any] = {}
+_MAIN = threading.main_thread().ident
+
+
+class Interrupt(BaseException):
+    """Raised into a node's ``exec`` running in the main thread that did not come
+    back after an interrupt (a ``read`` on a FIFO, a C call that ignores
+    signals): the item ends as interrupted and the run winds down."""
+
+
+class _MainExec:
+    """How deep the main thread is inside node ``exec`` calls (sub-workflows nest)."""
+
+    depth = 0
+
+
+def main_thread_in_exec() -> bool:
+    return _MainExec.depth > 0
 
 
 class Attempt:
@@ -140,10 +158,22 @@ def run_attempt(
     if out.cancelled:
         return out
     t0 = time.perf_counter()
+    in_main = threading.get_ident() == _MAIN
     try:
         ctx = _context(cn, base, services, attempt)
         prep_res = cn.node.prep(ctx)
-        _post(out, cn, ctx, prep_res, cn.node.exec(prep_res))
+        if in_main:
+            _MainExec.depth += 1
+            try:
+                exec_res = cn.node.exec(prep_res)
+            finally:
+                _MainExec.depth -= 1
+        else:
+            exec_res = cn.node.exec(prep_res)
+        _post(out, cn, ctx, prep_res, exec_res)
+    except Interrupt:
+        out.error = "interrupted"
+        out.retryable = False
     except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
         # SystemExit too (a library calling sys.exit): in a worker thread it
         # would end the thread silently and leave the batch waiting forever.

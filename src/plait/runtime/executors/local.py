@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from plait.runtime.events import RunWarning
 from plait.runtime.executors import Job
 from plait.runtime.items import Attempt, Outcome
 
@@ -56,15 +57,41 @@ class ThreadExecutor:
         self._threads: list[threading.Thread] = []
         self._name = name
         self._run: Callable[[Attempt, int], Outcome] = _not_started
+        self._inline = False
+        self._job: Job | None = None
 
     def start(self, job: Job) -> None:
         self._run = job.run
+        self._job = job
 
-    def _start_worker(self) -> None:
+    def _start_worker(self) -> bool:
         slot = len(self._threads)
         t = threading.Thread(target=self._work, args=(slot,), name=f"{self._name}-{slot}", daemon=True)
-        t.start()
+        try:
+            t.start()
+        except RuntimeError as exc:  # "can't start new thread": the system's limit
+            self._short_of_threads(exc)
+            return False
         self._threads.append(t)
+        return True
+
+    def _short_of_threads(self, exc: RuntimeError) -> None:
+        wanted, got = self.slots, len(self._threads)
+        self.slots = max(got, 1)
+        if got:
+            message = (
+                f"could start only {got} of {wanted} threads ({exc}): the batch runs {got} items at a "
+                "time; lower max_concurrent, or raise the system's limit on threads"
+            )
+        else:
+            message = (
+                f"could not start a thread ({exc}): the batch runs one item at a time in the main thread; "
+                "lower max_concurrent, or raise the system's limit on threads"
+            )
+            self._inline = True
+        job = self._job
+        if job is not None:
+            job.services.bus.emit(RunWarning(job.services.location(job.node.id), message))
 
     def _work(self, slot: int) -> None:
         get, put, run = self._tasks.get, self._outcomes.put, self._run
@@ -87,11 +114,19 @@ class ThreadExecutor:
         # A worker per attempt until every slot has one: a batch of 3 items with
         # max_concurrent 200 starts 3 threads, not 200 (which cost ~80 ms, per
         # item of a batch of sub-workflows).
-        if len(self._threads) < self.slots:
+        if len(self._threads) < self.slots and not self._inline:
             self._start_worker()
         self._tasks.put(attempt)
 
     def next_outcome(self, timeout: float | None = None) -> Outcome | None:
+        if self._inline and not self._threads:  # no thread could start: run here, one at a time
+            try:
+                attempt = self._tasks.get_nowait()
+            except queue.Empty:
+                return None
+            if attempt is None:
+                return None
+            return Outcome.dropped(attempt) if self._cancelled else self._run(attempt, 0)
         try:
             return self._outcomes.get(timeout=timeout)
         except queue.Empty:
