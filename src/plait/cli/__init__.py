@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from plait import __version__
+from plait.cli.prices import register as _register_prices
 from plait.errors import PlaitError
 
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml")
@@ -324,3 +325,6 @@ def main() -> None:
     ):
         args = ["run", *args]
     cli(args=args, prog_name="plait")
+
+
+_register_prices(cli, _errors)
