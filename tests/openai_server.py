@@ -21,9 +21,10 @@ Knobs a test can turn:
   continuously, holding a minute's worth unless ``burst_requests`` /
   ``burst_tokens`` say less. A call over a limit gets 429 with ``Retry-After``
   (whole seconds, rounded up), ``retry-after-ms`` and the OpenAI
-  ``x-ratelimit-*`` headers; every answer carries ``x-ratelimit-limit-*``,
-  ``-remaining-*`` and ``-reset-*`` (``"1s"``, ``"6m0s"``, ``"250ms"``). A
-  refused call costs nothing.
+  ``x-ratelimit-*`` headers; every answer carries ``x-ratelimit-limit-*``
+  (what the bucket holds), ``-remaining-*`` and ``-reset-*`` (the time until
+  it is full again, as ``"1s"``, ``"6m0s"``, ``"250ms"``). A refused call
+  costs nothing.
 
 Every request is recorded (path, headers, parsed JSON body) in ``requests``;
 ``log`` holds ``(time.monotonic(), status)`` per chat request, and
@@ -235,7 +236,6 @@ def format_reset(seconds: float) -> str:
 
 class _Bucket:
     def __init__(self, per_minute: float, burst: float | None, now: float) -> None:
-        self.limit = per_minute
         self.rate = per_minute / 60.0
         self.capacity = float(burst) if burst is not None else float(per_minute)
         self.level = self.capacity
@@ -250,8 +250,10 @@ class _Bucket:
         return 0.0 if self.level >= need else (need - self.level) / self.rate
 
     def headers(self, kind: str) -> dict[str, str]:
+        # the limit is what the bucket holds (a minute's worth unless a burst is
+        # given), so that reset = (limit - remaining) / refill rate, as with OpenAI
         return {
-            f"x-ratelimit-limit-{kind}": str(int(self.limit)),
+            f"x-ratelimit-limit-{kind}": str(int(self.capacity)),
             f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
             f"x-ratelimit-reset-{kind}": format_reset((self.capacity - self.level) / self.rate),
         }

@@ -341,7 +341,47 @@ def test_an_unconfigured_limiter_still_backs_off(clock: ManualClock) -> None:
     assert limiter.ready_in() == pytest.approx(3.0)  # 4 in flight: a slot, after the pause
 
 
-def test_headers_space_the_remaining_requests_before_a_429(clock: ManualClock) -> None:
+def test_headers_with_a_limit_mirror_the_providers_bucket(clock: ManualClock) -> None:
+    limiter = Limiter("api", clock=clock)
+    held = limiter.acquire()
+    assert held is not None
+    # OpenAI's reset is the time until the bucket is full again: 90 to go in 9 s is 10/s
+    limiter.settle(held, headers={
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "10",
+        "x-ratelimit-reset-requests": "9s",
+    })
+    tickets = []
+    for _ in range(10):
+        assert limiter.ready_in() == 0
+        tickets.append(limiter.acquire())
+    assert limiter.ready_in() == pytest.approx(0.1)  # its refill rate, not the 9 s reset
+    for ticket in tickets[1:8]:
+        limiter.settle(ticket)  # type: ignore[arg-type]
+    # none left and two still out: wait for three to refill, not for a 429
+    limiter.settle(tickets[0], headers={  # type: ignore[arg-type]
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "10s",
+    })
+    assert limiter.in_flight == 2
+    assert limiter.ready_in() == pytest.approx(0.3)
+    assert limiter.stats()["header_pauses"] == 1
+
+
+def test_token_headers_with_a_limit_mirror_the_providers_tokens(clock: ManualClock) -> None:
+    limiter = Limiter("llm", clock=clock)
+    limiter.settle(limiter.acquire(100), actual_tokens=120, headers={  # type: ignore[arg-type]
+        "x-ratelimit-limit-tokens": "10000",
+        "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-reset-tokens": "9s",  # 9000 to go in 9 s: 1000/s
+    })
+    assert limiter.ready_in(1000) == 0
+    assert limiter.ready_in(1500) == pytest.approx(0.5)
+    assert limiter.ready_in(0) == 0  # calls without tokens are not held
+
+
+def test_without_a_limit_header_the_remaining_requests_are_spread(clock: ManualClock) -> None:
     limiter = Limiter("api", clock=clock)
     ticket = limiter.acquire()
     limiter.settle(  # type: ignore[arg-type]
@@ -373,7 +413,7 @@ def test_in_flight_calls_count_against_the_remaining_requests(clock: ManualClock
     assert limiter.ready_in() == pytest.approx(0.5)  # 6 left, 4 still out: 2 over 1 s
 
 
-def test_headers_space_tokens_too(clock: ManualClock) -> None:
+def test_without_a_limit_header_tokens_are_spread_too(clock: ManualClock) -> None:
     limiter = Limiter("llm", clock=clock)
     limiter.settle(  # type: ignore[arg-type]
         limiter.acquire(50),
@@ -744,3 +784,33 @@ def test_after_a_429_nothing_is_sent_during_retry_after() -> None:
         assert any(g >= before + 0.3 for g in grants)  # and the retries did go afterwards
         assert limiter.stats()["throttles"] == 1
         assert (server.request_count, server.ok_count, server.throttled_since(0)) == (13, 12, 1)
+
+
+def test_with_no_configuration_the_headers_stop_429s_after_the_first_wave() -> None:
+    with OpenAIServer() as server:
+        server.enforce(rpm=3000, burst_requests=5)  # 50/s, at most 5 at once
+        limiter = LimiterSet().for_http(server.base_url)  # the default: no caps at all
+        seen: list[tuple[int, int]] = []
+
+        def worker() -> None:
+            with httpx.Client(timeout=10) as client:
+                for _ in range(6):
+                    while True:
+                        ticket = limiter.acquire()
+                        assert ticket is not None
+                        response = _chat(client, server.base_url)
+                        seen.append((ticket.seq, response.status_code))
+                        limiter.settle(ticket, outcome=outcome_for_status(response.status_code), headers=response.headers)
+                        if response.status_code == 200:
+                            break
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        assert server.ok_count == 48
+        # only the first 8 calls went before any answer (and its headers) came back;
+        # every later call waited for the server's bucket as its headers describe it
+        assert [seq for seq, status in seen if status == 429 and seq >= 8] == []

@@ -58,15 +58,22 @@ Adaptive back-off
 * The concurrency window shrinks by half on a throttle (from what was really
   in flight, never below 1) and grows back by 1/window per success while it is
   what limits (+1 per window's worth of successes, as TCP does), up to
-  ``concurrency`` when configured. The responses to calls sent before a
-  decrease do not shrink it again: one burst of 429s is one congestion event.
-* ``x-ratelimit-remaining-requests`` / ``-tokens`` with
-  ``x-ratelimit-reset-requests`` / ``-tokens`` (OpenAI's formats: ``"1s"``,
-  ``"6m0s"``, ``"250ms"``, plain seconds) slow requests before a 429: the
-  remaining requests (less those still in flight) are spread over the time to
-  reset, and the remaining tokens likewise; when nothing remains the limiter
-  waits for the reset. Against a provider's refilling bucket this settles where
-  the bucket stays half full, i.e. at the provider's sustained rate.
+  ``concurrency`` when configured. Only calls sent under the current window
+  move it: the 429s of a burst sent before a decrease are one congestion
+  event, and their successes do not grow it back either.
+* ``x-ratelimit-*`` headers (OpenAI's: ``limit``, ``remaining`` and ``reset``
+  for ``requests`` and ``tokens``; resets as ``"1s"``, ``"6m0s"``, ``"250ms"``
+  or plain seconds) slow requests before a 429 happens. With the limit, the
+  limiter *mirrors the provider's bucket*: it holds ``limit``, has
+  ``remaining`` less what is still in flight (which the provider may not have
+  counted yet), and refills at (limit - remaining) / reset, since the reset is
+  the time until it is full again; calls wait for the mirror like for the
+  limiter's own buckets, so an unconfigured limiter settles at the provider's
+  own rate after the first answers. Without a limit header, the remaining calls
+  are spread evenly over the time to reset, and when none remain nothing goes
+  until the reset. ``header_pauses`` counts answers that left less than one
+  call: the ones where, without the headers, the next call would have been a
+  429.
 * Rate-limit waits and throttles are counted apart (:meth:`Limiter.stats`), so
   a driver can retry a throttled call without counting it as an item failure.
 
@@ -124,6 +131,7 @@ LIMIT_FIELDS: dict[str, str] = {
 }
 
 _EPSILON = 1e-9
+_OUTCOMES = frozenset(("ok", "error", "throttled"))
 
 
 # ---------------------------------------------------------------------------
@@ -388,15 +396,25 @@ class _Bucket:
 
     def refill(self, now: float) -> None:
         if now > self.stamp:
-            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            level = self.level + (now - self.stamp) * self.rate
+            self.level = level if level < self.capacity else self.capacity
             self.stamp = now
 
     def ready_at(self, amount: float, now: float) -> float:
-        """When ``amount`` may be taken (an amount above capacity: when full)."""
-        need = min(amount, self.capacity)
-        if self.level >= need - _EPSILON:
+        """Refill, then say when ``amount`` may be taken (more than the
+        capacity: when full). Written out, as it runs on every acquire."""
+        capacity = self.capacity
+        level = self.level
+        if now > self.stamp:
+            level += (now - self.stamp) * self.rate
+            if level > capacity:
+                level = capacity
+            self.level = level
+            self.stamp = now
+        need = amount if amount < capacity else capacity
+        if level >= need - _EPSILON:
             return now
-        return now + (need - self.level) / self.rate
+        return now + (need - level) / self.rate
 
 
 @dataclass(eq=False, slots=True)
@@ -490,6 +508,7 @@ class Limiter:
         self.concurrency = int(ceiling) if ceiling is not None else None
 
         now = self.clock.now()
+        self._now = self.clock.now
         self._lock = threading.Lock()
         self._requests: list[_Bucket] = []
         if self.rps is not None:
@@ -508,7 +527,10 @@ class Limiter:
         self._paused_until = -math.inf
         self._throttles_in_a_row = 0
 
-        # header-driven pacing, valid until _pace_until
+        # the provider's own buckets, mirrored from x-ratelimit-* headers
+        self._mirror_requests: _Bucket | None = None
+        self._mirror_tokens: _Bucket | None = None
+        # without a limit header: the remaining calls spread until _pace_until
         self._pace_until = -math.inf
         self._pace_interval = 0.0  # seconds between requests
         self._pace_token_rate: float | None = None  # tokens per second
@@ -593,11 +615,13 @@ class Limiter:
 
         Returns its :class:`Ticket`, or None when ``cancelled`` was set first.
         """
-        tokens = max(0, int(tokens_estimate))
+        tokens = int(tokens_estimate)
+        if tokens < 0:
+            tokens = 0
         if cancelled is not None and cancelled.is_set():
             return None
         with self._lock:
-            now = self.clock.now()
+            now = self._now()
             if not self._queue and self._slot_free() and self._ready_at(tokens, now) <= now:
                 return self._grant(tokens, now, now)
             waiter = _ThreadWaiter(tokens, now)
@@ -635,11 +659,13 @@ class Limiter:
     ) -> Ticket | None:
         """:meth:`acquire` for a coroutine: the same queue and state. Cancelling
         the task while it waits gives its place up (and re-raises)."""
-        tokens = max(0, int(tokens_estimate))
+        tokens = int(tokens_estimate)
+        if tokens < 0:
+            tokens = 0
         if cancelled is not None and cancelled.is_set():
             return None
         with self._lock:
-            now = self.clock.now()
+            now = self._now()
             if not self._queue and self._slot_free() and self._ready_at(tokens, now) <= now:
                 return self._grant(tokens, now, now)
             waiter = _AsyncWaiter(tokens, now, asyncio.get_running_loop())
@@ -720,30 +746,38 @@ class Limiter:
         """
         if ticket.limiter is not self:
             raise ValueError(f"ticket of limiter '{ticket.limiter.name}' settled on '{self.name}'")
+        if outcome not in _OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(sorted(_OUTCOMES))}, got {outcome!r}")
         h = _lower(headers) if headers else None
-        if outcome == "throttled" and retry_after is None and h:
-            retry_after = parse_retry_after(h)
+        if outcome == "throttled":
+            if retry_after is None and h:
+                retry_after = parse_retry_after(h)
+            if actual_tokens is None:
+                actual_tokens = 0  # a refused call used no tokens
         with self._lock:
             if ticket.settled:
                 return
             ticket.settled = True
-            now = self.clock.now()
+            now = self._now()
             self._in_flight -= 1
-            self._tokens_in_flight -= ticket.tokens
-            if actual_tokens is None and outcome == "throttled":
-                actual_tokens = 0
-            if self._tokens is not None and actual_tokens is not None:
-                self._tokens.refill(now)
-                diff = ticket.tokens - max(0, int(actual_tokens))
-                self._tokens.level = min(self._tokens.capacity, self._tokens.level + diff)
-            if outcome == "throttled":
-                self._throttled(ticket, now, retry_after)
-            elif outcome == "ok":
+            tokens = ticket.tokens
+            self._tokens_in_flight -= tokens
+            token_bucket = self._tokens
+            if token_bucket is not None and actual_tokens is not None:
+                token_bucket.refill(now)
+                level = token_bucket.level + tokens - (actual_tokens if actual_tokens > 0 else 0)
+                token_bucket.level = level if level < token_bucket.capacity else token_bucket.capacity
+            if outcome == "ok":
                 self._throttles_in_a_row = 0
-                if ticket.seq >= self._decrease_seq:  # sent under the current window
+                # only calls sent under the current window say something about it
+                if self._window is not None and ticket.seq >= self._decrease_seq:
                     self._grow()
+            elif outcome == "throttled":
+                self._throttled(ticket, now, retry_after)
             if h:
                 self._read_headers(h, now)
+            if not self._queue:
+                return
             wakes = self._dispatch(now, None)
         _fire(wakes)
 
@@ -776,31 +810,56 @@ class Limiter:
             self._window = window
 
     def _read_headers(self, h: dict[str, str], now: float) -> None:
-        remaining_r = _header_int(h, "x-ratelimit-remaining-requests")
-        reset_r = parse_duration(h.get("x-ratelimit-reset-requests"))
-        remaining_t = _header_int(h, "x-ratelimit-remaining-tokens")
-        reset_t = parse_duration(h.get("x-ratelimit-reset-tokens"))
-        until = -math.inf
+        """Slow down before the provider says 429, from what it says is left."""
+        spread_until = -math.inf
         interval = 0.0
         token_rate: float | None = None
-        if remaining_r is not None and reset_r is not None and reset_r > 0:
-            left = remaining_r - self._in_flight  # those in flight may not be counted yet
-            if left <= 0:
-                self._header_pause(now + reset_r)
-            else:
-                interval = reset_r / left
-                until = now + reset_r
-        if remaining_t is not None and reset_t is not None and reset_t > 0:
-            left_t = remaining_t - max(0, self._tokens_in_flight)
-            if left_t <= 0:
-                self._header_pause(now + reset_t)
-            else:
-                token_rate = left_t / reset_t
-                until = max(until, now + reset_t)
-        if until > now:
-            self._pace_until = until
+        for kind in ("requests", "tokens"):
+            remaining = _header_int(h, f"x-ratelimit-remaining-{kind}")
+            reset = parse_duration(h.get(f"x-ratelimit-reset-{kind}"))
+            if remaining is None or reset is None:
+                continue
+            limit = _header_int(h, f"x-ratelimit-limit-{kind}")
+            # what is in flight may not be counted in `remaining` yet
+            left = remaining - (self._in_flight if kind == "requests" else max(0, self._tokens_in_flight))
+            if limit is not None and limit > 0:
+                self._mirror(kind, limit, remaining, reset, left, now)
+            elif left <= 0:
+                self._header_pause(now + reset)
+            elif reset > 0:
+                spread_until = max(spread_until, now + reset)
+                if kind == "requests":
+                    interval = reset / left
+                else:
+                    token_rate = left / reset
+        if spread_until > now:
+            self._pace_until = spread_until
             self._pace_interval = interval
             self._pace_token_rate = token_rate
+
+    def _mirror(self, kind: str, limit: int, remaining: int, reset: float, left: float, now: float) -> None:
+        """The provider's bucket, as its headers describe it: ``limit`` full,
+        ``remaining`` now, full again in ``reset`` seconds, so refilling at
+        (limit - remaining) / reset. Calls wait for it as for our own buckets."""
+        mirror = self._mirror_requests if kind == "requests" else self._mirror_tokens
+        if reset > 0 and limit > remaining:
+            rate = (limit - remaining) / reset
+        elif mirror is not None:
+            rate = mirror.rate  # a full bucket tells nothing about its refill
+        else:
+            return
+        if mirror is None:
+            mirror = _Bucket(rate, 1.0, now, 1.0)
+            if kind == "requests":
+                self._mirror_requests = mirror
+            else:
+                self._mirror_tokens = mirror
+        mirror.rate = rate
+        mirror.capacity = float(limit)
+        mirror.level = min(float(left), float(limit))
+        mirror.stamp = now
+        if left < 1:
+            self.header_pauses += 1  # without the mirror, the next call would be a 429
 
     def _header_pause(self, until: float) -> None:
         if until > self._paused_until:
@@ -814,16 +873,30 @@ class Limiter:
 
     def _ready_at(self, tokens: int, now: float) -> float:
         at = now
-        if self._paused_until > at:
-            at = self._paused_until
+        paused = self._paused_until
+        if paused > at:
+            at = paused
         if self._pace_until > now and self._pace_next > at:
             at = self._pace_next
         for bucket in self._requests:
-            bucket.refill(now)
-            at = max(at, bucket.ready_at(1.0, now))
-        if self._tokens is not None and tokens:
-            self._tokens.refill(now)
-            at = max(at, self._tokens.ready_at(tokens, now))
+            t = bucket.ready_at(1.0, now)
+            if t > at:
+                at = t
+        token_bucket = self._tokens
+        if token_bucket is not None and tokens:
+            t = token_bucket.ready_at(tokens, now)
+            if t > at:
+                at = t
+        mirror = self._mirror_requests
+        if mirror is not None:
+            t = mirror.ready_at(1.0, now)
+            if t > at:
+                at = t
+        mirror = self._mirror_tokens
+        if mirror is not None and tokens:
+            t = mirror.ready_at(tokens, now)
+            if t > at:
+                at = t
         return at
 
     def _grant(self, tokens: int, now: float, arrived: float) -> Ticket:
@@ -831,6 +904,10 @@ class Limiter:
             bucket.level -= 1.0
         if self._tokens is not None:
             self._tokens.level -= tokens
+        if self._mirror_requests is not None:
+            self._mirror_requests.level -= 1.0
+        if self._mirror_tokens is not None:
+            self._mirror_tokens.level -= tokens
         self._in_flight += 1
         self._tokens_in_flight += tokens
         if self._pace_until > now:
@@ -840,7 +917,8 @@ class Limiter:
             self._pace_next = now + gap
         self.acquired += 1
         waited = now - arrived
-        self.wait_seconds += waited
+        if waited:
+            self.wait_seconds += waited
         seq = self._next_seq
         self._next_seq = seq + 1
         return Ticket(self, tokens, now, waited, seq)
@@ -851,9 +929,14 @@ class Limiter:
         for bucket in self._requests:
             bucket.refill(now)
             bucket.level = min(bucket.capacity, bucket.level + 1.0)
-        if self._tokens is not None:
-            self._tokens.refill(now)
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + ticket.tokens)
+        for other, amount in (
+            (self._tokens, ticket.tokens),
+            (self._mirror_requests, 1.0),
+            (self._mirror_tokens, ticket.tokens),
+        ):
+            if other is not None:
+                other.refill(now)
+                other.level = min(other.capacity, other.level + amount)
         self._in_flight -= 1
         self._tokens_in_flight -= ticket.tokens
         self.acquired -= 1
