@@ -226,7 +226,7 @@ def format_reset(seconds: float) -> str:
     if seconds < 1:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
     if seconds < 60:
-        return f"{round(seconds, 3):g}s"
+        return f"{math.ceil(seconds * 1000) / 1000:g}s"  # never less than the truth
     minutes, secs = divmod(seconds, 60)
     if minutes < 60:
         return f"{int(minutes)}m{round(secs):d}s"

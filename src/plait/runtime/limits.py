@@ -67,7 +67,7 @@ Adaptive back-off
   limiter *mirrors the provider's bucket*: it holds ``limit``, has
   ``remaining`` less what is still in flight (which the provider may not have
   counted yet), and refills at (limit - remaining) / reset, since the reset is
-  the time until it is full again; calls wait for the mirror like for the
+  the time until it is full again (erring low: see ``Limiter._mirror``); calls wait for the mirror like for the
   limiter's own buckets, so an unconfigured limiter settles at the provider's
   own rate after the first answers. Without a limit header, the remaining calls
   are spread evenly over the time to reset, and when none remain nothing goes
@@ -425,7 +425,7 @@ class Ticket:
     tokens: int
     granted_at: float
     waited: float
-    seq: int
+    seq: int  # grants before this one
     settled: bool = False
 
 
@@ -606,7 +606,8 @@ class Limiter:
             now = self.clock.now()
             if not self._slot_free():
                 return None
-            return max(0.0, self._ready_at(max(0, int(tokens)), now) - now)
+            at = self._ready_at(max(0, int(tokens)), now)
+            return None if at == math.inf else max(0.0, at - now)
 
     # -- acquire -------------------------------------------------------------
 
@@ -650,6 +651,10 @@ class Limiter:
                     waiter.event.clear()
                     wakes = [] if waiter.ticket is not None else self._dispatch(self.clock.now(), waiter)
                 _fire(wakes)
+        except BaseException:
+            # Ctrl-C in this very thread: a waiter left at the head would block everyone
+            self._leave(waiter)
+            raise
         finally:
             if isinstance(cancelled, CancelSignal):
                 cancelled.unsubscribe(key)
@@ -694,7 +699,7 @@ class Limiter:
                     waiter.event.clear()
                     wakes = [] if waiter.ticket is not None else self._dispatch(self.clock.now(), waiter)
                 _fire(wakes)
-        except asyncio.CancelledError:
+        except BaseException:  # the task was cancelled (or worse): give the place up
             self._leave(waiter)
             raise
         finally:
@@ -810,7 +815,11 @@ class Limiter:
             self._window = window
 
     def _read_headers(self, h: dict[str, str], now: float) -> None:
-        """Slow down before the provider says 429, from what it says is left."""
+        """Slow down before the provider says 429, from what it says is left.
+
+        The calls still in flight may not be counted in ``remaining`` yet, so
+        they are taken off it.
+        """
         spread_until = -math.inf
         interval = 0.0
         token_rate: float | None = None
@@ -820,7 +829,6 @@ class Limiter:
             if remaining is None or reset is None:
                 continue
             limit = _header_int(h, f"x-ratelimit-limit-{kind}")
-            # what is in flight may not be counted in `remaining` yet
             left = remaining - (self._in_flight if kind == "requests" else max(0, self._tokens_in_flight))
             if limit is not None and limit > 0:
                 self._mirror(kind, limit, remaining, reset, left, now)
@@ -839,25 +847,40 @@ class Limiter:
 
     def _mirror(self, kind: str, limit: int, remaining: int, reset: float, left: float, now: float) -> None:
         """The provider's bucket, as its headers describe it: ``limit`` full,
-        ``remaining`` now, full again in ``reset`` seconds, so refilling at
-        (limit - remaining) / reset. Calls wait for it as for our own buckets."""
+        ``remaining`` now, full again in ``reset`` seconds.
+
+        The mirror must never think the provider has more than it has, or the
+        next call is a 429. So: ``remaining`` is rounded down, the bucket may
+        hold up to one more and refills at no less than (limit - remaining - 1)
+        / reset, which is the rate taken; an answer never *raises* the mirror
+        (answers are read out of order, and an old one describes a fuller
+        bucket), only the refill does; and the first mirror, made from the
+        first answer read, takes off every call still in flight, which includes
+        every call that can have reached the provider after that one. The
+        mirror holds at most ``limit`` less what is in flight (see
+        ``_ready_at``).
+        """
         mirror = self._mirror_requests if kind == "requests" else self._mirror_tokens
-        if reset > 0 and limit > remaining:
-            rate = (limit - remaining) / reset
-        elif mirror is not None:
-            rate = mirror.rate  # a full bucket tells nothing about its refill
-        else:
-            return
+        rate = (limit - remaining - 1) / reset if reset > 0 and limit - remaining > 1 else None
         if mirror is None:
+            if rate is None:
+                if reset <= 0 or limit <= remaining:
+                    return  # a full bucket tells nothing of its refill
+                # one short of full: a rough rate, until the next answers correct it
+                rate = (limit - remaining) / reset
             mirror = _Bucket(rate, 1.0, now, 1.0)
+            mirror.capacity = float(limit)
+            mirror.level = min(float(left), float(limit))
             if kind == "requests":
                 self._mirror_requests = mirror
             else:
                 self._mirror_tokens = mirror
-        mirror.rate = rate
-        mirror.capacity = float(limit)
-        mirror.level = min(float(left), float(limit))
-        mirror.stamp = now
+        else:
+            mirror.refill(now)
+            if rate is not None:
+                mirror.rate = rate
+            mirror.capacity = float(limit)
+            mirror.level = min(mirror.level, float(left), float(limit))
         if left < 1:
             self.header_pauses += 1  # without the mirror, the next call would be a 429
 
@@ -887,13 +910,27 @@ class Limiter:
             t = token_bucket.ready_at(tokens, now)
             if t > at:
                 at = t
+        # The provider's bucket holds at most its limit less what is on its way
+        # to it; when that is less than this call, only an answer can help (inf).
         mirror = self._mirror_requests
         if mirror is not None:
+            mirror.refill(now)
+            room = mirror.capacity - self._in_flight
+            if mirror.level > room:
+                mirror.level = room
+            if room < 1.0 - _EPSILON:
+                return math.inf
             t = mirror.ready_at(1.0, now)
             if t > at:
                 at = t
         mirror = self._mirror_tokens
         if mirror is not None and tokens:
+            mirror.refill(now)
+            room = mirror.capacity - self._tokens_in_flight
+            if mirror.level > room:
+                mirror.level = room
+            if room < min(tokens, mirror.capacity) - _EPSILON:
+                return math.inf
             t = mirror.ready_at(tokens, now)
             if t > at:
                 at = t
@@ -955,6 +992,9 @@ class Limiter:
                 head.wake_at = None  # a settle will dispatch again
                 break
             at = self._ready_at(head.tokens, now)
+            if at == math.inf:
+                head.wake_at = None  # waits for an answer, like for a free slot
+                break
             if at > now:
                 earlier = head.wake_at is None or at < head.wake_at
                 head.wake_at = at
