@@ -166,14 +166,18 @@ def test_an_exact_id_in_an_overlay_beats_an_alias_of_the_table() -> None:
 def test_bad_user_files_say_where_and_how_to_fix(home: Path) -> None:
     path = home / "prices.json"
     path.write_text("{not json")
-    with pytest.raises(PlaitError, match="is not valid JSON") as err:
+    with pytest.raises(PlaitError, match="the prices file is not valid JSON") as err:
         PriceTable.load()
-    assert str(path) in err.value.message and '"models"' in err.value.hint
+    assert err.value.file == str(path) and '"models"' in err.value.hint
 
     path.write_text(json.dumps({"gpt-4o": {"input": 1, "output": 2}}))
     with pytest.raises(PlaitError, match="model prices go under 'models'") as err:
         PriceTable.load()
-    assert str(path) in err.value.message
+    assert err.value.file == str(path)
+
+    path.write_text(json.dumps({"models": {"gpt-4o": {"input": -1}}}))
+    with pytest.raises(PlaitError, match=r"^bad prices file: models\.gpt-4o\.input: 'input' of 'gpt-4o'"):
+        PriceTable.load()
 
     path.write_text(json.dumps({"models": {"new-model": {"input": 1}}}))
     with pytest.raises(PlaitError, match="new model 'new-model' needs 'output'"):

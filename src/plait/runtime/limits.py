@@ -521,6 +521,7 @@ class Limiter:
 
         # the adaptive window: None = no limit on calls in flight (until a throttle)
         self._window: float | None = float(self.concurrency) if self.concurrency else None
+        self._slots: int | None = self.concurrency  # int(window), kept beside it for speed
         self._in_flight = 0
         self._tokens_in_flight = 0
         self._decrease_seq = 0  # tickets granted from this one on were sent after the last decrease
@@ -623,12 +624,18 @@ class Limiter:
             return None
         with self._lock:
             now = self._now()
-            if not self._queue and self._slot_free() and self._ready_at(tokens, now) <= now:
-                return self._grant(tokens, now, now)
-            waiter = _ThreadWaiter(tokens, now)
-            self._queue.append(waiter)
-            self.waits += 1
-            wakes = self._dispatch(now, waiter)
+            slots = self._slots
+            if not self._queue and (slots is None or self._in_flight < slots) and self._ready_at(tokens, now) <= now:
+                seq = self._take(tokens, now)
+                fast = True
+            else:
+                fast = False
+                waiter = _ThreadWaiter(tokens, now)
+                self._queue.append(waiter)
+                self.waits += 1
+                wakes = self._dispatch(now, waiter)
+        if fast:
+            return Ticket(self, tokens, now, 0.0, seq)
         _fire(wakes)
         poll = None
         key = None
@@ -671,12 +678,18 @@ class Limiter:
             return None
         with self._lock:
             now = self._now()
-            if not self._queue and self._slot_free() and self._ready_at(tokens, now) <= now:
-                return self._grant(tokens, now, now)
-            waiter = _AsyncWaiter(tokens, now, asyncio.get_running_loop())
-            self._queue.append(waiter)
-            self.waits += 1
-            wakes = self._dispatch(now, waiter)
+            slots = self._slots
+            if not self._queue and (slots is None or self._in_flight < slots) and self._ready_at(tokens, now) <= now:
+                seq = self._take(tokens, now)
+                fast = True
+            else:
+                fast = False
+                waiter = _AsyncWaiter(tokens, now, asyncio.get_running_loop())
+                self._queue.append(waiter)
+                self.waits += 1
+                wakes = self._dispatch(now, waiter)
+        if fast:
+            return Ticket(self, tokens, now, 0.0, seq)
         _fire(wakes)
         poll = None
         key = None
@@ -800,7 +813,7 @@ class Limiter:
             # what was really in flight, this call included, is the operating point
             used = self._in_flight + 1
             current = used if self._window is None else min(self._window, used)
-            self._window = max(1.0, current * WINDOW_DECREASE)
+            self._set_window(max(1.0, current * WINDOW_DECREASE))
             self._decrease_seq = self._next_seq
 
     def _grow(self) -> None:
@@ -812,7 +825,7 @@ class Limiter:
             window += 1.0 / window
             if self.concurrency is not None:
                 window = min(window, float(self.concurrency))
-            self._window = window
+            self._set_window(window)
 
     def _read_headers(self, h: dict[str, str], now: float) -> None:
         """Slow down before the provider says 429, from what it says is left.
@@ -891,8 +904,12 @@ class Limiter:
 
     # -- internals (called with the lock held) ----------------------------------
 
+    def _set_window(self, window: float) -> None:
+        self._window = window
+        self._slots = max(1, int(window + _EPSILON))
+
     def _slot_free(self) -> bool:
-        return self._window is None or self._in_flight < max(1, int(self._window + _EPSILON))
+        return self._slots is None or self._in_flight < self._slots
 
     def _ready_at(self, tokens: int, now: float) -> float:
         at = now
@@ -901,10 +918,18 @@ class Limiter:
             at = paused
         if self._pace_until > now and self._pace_next > at:
             at = self._pace_next
-        for bucket in self._requests:
-            t = bucket.ready_at(1.0, now)
-            if t > at:
-                at = t
+        for bucket in self._requests:  # _Bucket.ready_at(1.0, now), written out: the hot path
+            level = bucket.level
+            if now > bucket.stamp:
+                level += (now - bucket.stamp) * bucket.rate
+                if level > bucket.capacity:
+                    level = bucket.capacity
+                bucket.level = level
+                bucket.stamp = now
+            if level < 1.0 - _EPSILON:  # a request bucket holds at least 1
+                t = now + (1.0 - level) / bucket.rate
+                if t > at:
+                    at = t
         token_bucket = self._tokens
         if token_bucket is not None and tokens:
             t = token_bucket.ready_at(tokens, now)
@@ -936,7 +961,8 @@ class Limiter:
                 at = t
         return at
 
-    def _grant(self, tokens: int, now: float, arrived: float) -> Ticket:
+    def _take(self, tokens: int, now: float) -> int:
+        """Charge a call to every bucket; its sequence number."""
         for bucket in self._requests:
             bucket.level -= 1.0
         if self._tokens is not None:
@@ -953,11 +979,14 @@ class Limiter:
                 gap = max(gap, tokens / self._pace_token_rate)
             self._pace_next = now + gap
         self.acquired += 1
-        waited = now - arrived
-        if waited:
-            self.wait_seconds += waited
         seq = self._next_seq
         self._next_seq = seq + 1
+        return seq
+
+    def _grant(self, tokens: int, now: float, arrived: float) -> Ticket:
+        seq = self._take(tokens, now)
+        waited = now - arrived
+        self.wait_seconds += waited
         return Ticket(self, tokens, now, waited, seq)
 
     def _undo(self, ticket: Ticket) -> None:

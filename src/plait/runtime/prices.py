@@ -200,9 +200,12 @@ class PriceTable:
         problems = validate_prices(block, known=self._prices.keys())
         if problems:
             message, path, hint = problems[0]
-            where = "" if source in ("plait", "workflow") else f" in {source}"
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise PlaitError(f"prices{where}: {path}: {message}{more}", hint=hint)
+            if source in ("plait", "workflow"):
+                raise PlaitError(f"{path}: {message}{more}", hint=hint)
+            inner = path.removeprefix("prices").lstrip(".")  # a path inside the file
+            where = f"{inner}: " if inner else ""
+            raise PlaitError(f"bad prices file: {where}{message}{more}", hint=hint, file=source)
         merged = dict(self._prices)
         for model_id, entry in (block.get("models") or {}).items():
             merged[model_id] = _price(model_id, entry, merged.get(model_id), source)
@@ -295,16 +298,16 @@ def _read_user_file(path: Path) -> Mapping[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise PlaitError(f"cannot read {path}: {exc.strerror or exc}", file=str(path))
+        raise PlaitError(f"cannot read the prices file: {exc.strerror or exc}", file=str(path))
     except ValueError as exc:
         raise PlaitError(
-            f"{path} is not valid JSON: {exc}",
+            f"the prices file is not valid JSON: {exc}",
             hint='it holds {"models": {"MODEL": {"input": 2.5, "output": 10}}}, prices per 1M tokens',
             file=str(path),
         )
     if not isinstance(data, Mapping):
         raise PlaitError(
-            f"{path} must hold a JSON object, got {type(data).__name__}",
+            f"the prices file must hold a JSON object, got {type(data).__name__}",
             hint='for example {"models": {"my-model": {"input": 1, "output": 2}}}',
             file=str(path),
         )
@@ -507,7 +510,7 @@ def validate_prices(block: Any, path: str = "prices", *, known: Iterable[str] | 
             if key not in MODEL_FIELDS:
                 problems.append((f"unknown field '{key}' for model '{model_id}'", fpath, did_you_mean(str(key), MODEL_FIELDS) or "the fields are " + ", ".join(MODEL_FIELDS)))
             elif key in ("input", "output") and (not _number(value) or value < 0):
-                problems.append((f"'{key}' of '{model_id}' must be a number of dollars per 1M tokens, got {value!r}", fpath, "0 or more"))
+                problems.append((f"'{key}' of '{model_id}' must be a number of dollars per 1M tokens, got {value!r}", fpath, f'0 or more, e.g. "{key}": 2.5'))
             elif key == "cached" and value is not None and (not _number(value) or value < 0):
                 problems.append((f"'cached' of '{model_id}' must be dollars per 1M tokens or null, got {value!r}", fpath, "null when the model has no cache price"))
             elif key == "max_output" and value is not None and (not _number(value) or value < 1 or int(value) != value):
