@@ -172,7 +172,7 @@ def overhead(n: int) -> None:
     c_floor = min(_threaded(n, lambda: _lock_loop(threading.Lock())) for _ in range(3))
     c_full = min(_threaded(n, lambda: _limiter_loop(Limiter("bench", **NEVER), 100)) for _ in range(3))  # type: ignore[arg-type]
     a_floor, a_full = _async(n, chunks)
-    per_thread = max(20, n // 1000)
+    per_thread = max(100, n // 200)
     io_floor = min(_with_io(None, per_thread) for _ in range(3))
     io_full = min(_with_io(Limiter("bench", **NEVER), per_thread) for _ in range(3))  # type: ignore[arg-type]
     us = 1e6
