@@ -15,13 +15,27 @@ Knobs a test can turn:
 * ``rate_limit(times, retry_after)``: answer 429 with ``Retry-After`` that many
   times before answering normally; ``fail(times, status)`` does the same with
   any error status.
+* ``enforce(rpm=..., tpm=...)``: the server keeps its own limits the way a
+  provider does — token buckets of requests and of tokens (each call costs the
+  prompt + completion tokens it reports, or ``token_cost(body)``), refilled
+  continuously, holding a minute's worth unless ``burst_requests`` /
+  ``burst_tokens`` say less. A call over a limit gets 429 with ``Retry-After``
+  (whole seconds, rounded up), ``retry-after-ms`` and the OpenAI
+  ``x-ratelimit-*`` headers; every answer carries ``x-ratelimit-limit-*``
+  (what the bucket holds), ``-remaining-*`` and ``-reset-*`` (the time until
+  it is full again, as ``"1s"``, ``"6m0s"``, ``"250ms"``). A refused call
+  costs nothing.
 
-Every request is recorded (path, headers, parsed JSON body) in ``requests``.
+Every request is recorded (path, headers, parsed JSON body) in ``requests``;
+``log`` holds ``(time.monotonic(), status)`` per chat request, and
+``request_count``, ``ok_count``, ``throttled_count`` (429s from ``enforce``) and
+``failed_count`` (the scripted failures) count them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -91,8 +105,35 @@ class OpenAIServer:
         self._thread: threading.Thread | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        self.log: list[tuple[float, int]] = []
+        self.ok_count = 0
+        self.throttled_count = 0
+        self._limits: _Limits | None = None
 
     # -- control ---------------------------------------------------------
+
+    def enforce(
+        self,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        *,
+        burst_requests: float | None = None,
+        burst_tokens: float | None = None,
+        token_cost: Callable[[dict[str, Any]], int] | None = None,
+    ) -> None:
+        """Keep these limits from now on (None: no limit of that kind)."""
+        with self._lock:
+            self._limits = _Limits(rpm, tpm, burst_requests, burst_tokens, token_cost)
+
+    @property
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self.log)
+
+    def throttled_since(self, index: int) -> int:
+        """429s among the chat requests from the ``index``-th one on."""
+        with self._lock:
+            return sum(1 for _, status in self.log[index:] if status == 429)
 
     def rate_limit(self, times: int, retry_after: float = 0.1) -> None:
         """Answer the next ``times`` requests with 429 and this ``Retry-After``."""
@@ -137,17 +178,39 @@ class OpenAIServer:
 
     # -- used by the handler ---------------------------------------------
 
-    def _record(self, request: RecordedRequest) -> tuple[int, str | None] | None:
-        """Record a request; return (status, Retry-After) when it must fail."""
+    def _record(
+        self, request: RecordedRequest
+    ) -> tuple[tuple[int, str | None] | None, dict[str, str]]:
+        """Record a request; return ((status, Retry-After) when it must fail, or
+        None) and the headers to answer with."""
         with self._lock:
             self.requests.append(request)
+            now = time.monotonic()
             if self._failures_left > 0:
                 self._failures_left -= 1
                 self.failed_count += 1
-                return self._failure_status, self._retry_after
+                self.log.append((now, self._failure_status))
+                return (self._failure_status, self._retry_after), {}
+            headers: dict[str, str] = {}
+            if self._limits is not None:
+                wait, headers = self._limits.admit(now, self._token_cost(request.body))
+                if wait is not None:
+                    self.throttled_count += 1
+                    self.log.append((now, 429))
+                    headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+                    return (429, str(max(1, math.ceil(wait)))), headers
+            self.ok_count += 1
+            self.log.append((now, 200))
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            return None
+            return None, headers
+
+    def _token_cost(self, body: dict[str, Any]) -> int:
+        limits = self._limits
+        if limits is not None and limits.token_cost is not None:
+            return int(limits.token_cost(body))
+        usage = self.usage or {}
+        return int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0))
 
     def _done(self) -> None:
         with self._lock:
@@ -156,6 +219,79 @@ class OpenAIServer:
     def _reply_for(self, body: dict[str, Any]) -> str:
         reply = self.reply
         return reply(body) if callable(reply) else reply
+
+
+def format_reset(seconds: float) -> str:
+    """A duration the way OpenAI's ``x-ratelimit-reset-*`` headers write it."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{math.ceil(seconds * 1000) / 1000:g}s"  # never less than the truth
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)}m{round(secs):d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{int(hours)}h{int(minutes)}m{round(secs):d}s"
+
+
+class _Bucket:
+    def __init__(self, per_minute: float, burst: float | None, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst) if burst is not None else float(per_minute)
+        self.level = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def headers(self, kind: str) -> dict[str, str]:
+        # the limit is what the bucket holds (a minute's worth unless a burst is
+        # given), so that reset = (limit - remaining) / refill rate, as with OpenAI
+        return {
+            f"x-ratelimit-limit-{kind}": str(int(self.capacity)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, math.floor(self.level))),
+            f"x-ratelimit-reset-{kind}": format_reset((self.capacity - self.level) / self.rate),
+        }
+
+
+class _Limits:
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        burst_requests: float | None,
+        burst_tokens: float | None,
+        token_cost: Callable[[dict[str, Any]], int] | None,
+    ) -> None:
+        now = time.monotonic()
+        self.requests = _Bucket(rpm, burst_requests, now) if rpm else None
+        self.tokens = _Bucket(tpm, burst_tokens, now) if tpm else None
+        self.token_cost = token_cost
+
+    def admit(self, now: float, tokens: int) -> tuple[float | None, dict[str, str]]:
+        """(None, headers) when the call may go (and is charged), else (seconds
+        to wait, headers)."""
+        wait = 0.0
+        for bucket, amount in ((self.requests, 1), (self.tokens, tokens)):
+            if bucket is not None:
+                bucket.refill(now)
+                wait = max(wait, bucket.wait_for(amount))
+        if wait <= 0:
+            if self.requests is not None:
+                self.requests.level -= 1
+            if self.tokens is not None:
+                self.tokens.level -= tokens
+        headers: dict[str, str] = {}
+        if self.requests is not None:
+            headers.update(self.requests.headers("requests"))
+        if self.tokens is not None:
+            headers.update(self.tokens.headers("tokens"))
+        return (wait if wait > 0 else None), headers
 
 
 class _Server(ThreadingHTTPServer):
@@ -175,6 +311,7 @@ _ERRORS = {
 class _Handler(BaseHTTPRequestHandler):
     owner: OpenAIServer
     server_version = "plait-test-openai/1"
+    _limit_headers: dict[str, str] = {}
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean
@@ -193,14 +330,18 @@ class _Handler(BaseHTTPRequestHandler):
 
         owner = self.owner
         headers = {k.lower(): v for k, v in self.headers.items()}
-        failure = owner._record(RecordedRequest(self.path, headers, body))
+        failure, limit_headers = owner._record(RecordedRequest(self.path, headers, body))
+        self._limit_headers = limit_headers
         if failure is not None:
             status, retry_after = failure
             message, code = _ERRORS.get(status, ("The server had an error", "server_error"))
+            extra = dict(limit_headers)
+            if retry_after is not None:
+                extra["Retry-After"] = retry_after
             self._send_json(
                 status,
                 {"error": {"message": message, "type": code, "code": code}},
-                extra_headers={"Retry-After": retry_after} if retry_after is not None else None,
+                extra_headers=extra or None,
             )
             return
         try:
@@ -242,12 +383,14 @@ class _Handler(BaseHTTPRequestHandler):
         usage = self._usage()
         if usage is not None:
             payload["usage"] = usage
-        self._send_json(200, payload)
+        self._send_json(200, payload, extra_headers=self._limit_headers or None)
 
     def _send_stream(self, body: dict[str, Any], text: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
+        for name, value in self._limit_headers.items():
+            self.send_header(name, value)
         self.end_headers()  # HTTP/1.0: the body ends when the connection closes
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

@@ -291,3 +291,11 @@ def test_an_async_resource_is_made_once_per_run_and_closed_at_its_end(tmp_path: 
     assert (tmp_path / "closed.txt").read_text() == "closed 1\n"
     result = plait.run({"nodes": [node]}, nodes=[PROBE])  # a new run, a new resource
     assert {r["session"] for r in result.outputs["results"]} == {2}
+
+
+def test_no_function_binds_the_standard_streams_at_import() -> None:
+    # A default such as `stream=sys.stdout` keeps the stream of the first import:
+    # output then goes to the wrong place once sys.stdout is replaced (tests, embedding).
+    for path in (SRC / "plait").rglob("*.py"):
+        text = path.read_text()
+        assert "= sys.stdout)" not in text and "= sys.stderr)" not in text, path

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from plait import __version__
+from plait.cli.prices import register as _register_prices
 from plait.errors import PlaitError
 
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
@@ -433,3 +434,6 @@ def _flush_stdout(code: int) -> int:
             sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
         return code or 1
     return code
+
+
+_register_prices(cli, _errors)
