@@ -230,7 +230,13 @@ def _exit_message(code: int, stdout: str, stderr: str) -> str:
             )
             return f"command not found: {name} ({why}; exit code 127); {hint}"
     detail = stderr.strip()[-500:] or stdout.strip()[-200:]
-    return f"command exited with code {code}" + (f": {detail}" if detail else "")
+    message = f"command exited with code {code}" + (f": {detail}" if detail else "")
+    if "Argument list too long" in stderr:
+        message += (
+            "; the system limits one argument or environment variable given to a program to "
+            "128 KiB: pass big values on stdin or in a file"
+        )
+    return message
 
 
 class ShellNode(PlaitNode):

@@ -377,7 +377,7 @@ class _Analyser:
                             continue
                         target = args[k + 1] if name == "read" and k + 1 < len(args) else arg
                         target_name = self._static(target)
-                        if target_name and NAME_RE.fullmatch(text):
+                        if target_name and NAME_RE.fullmatch(target_name):
                             self.array_names.add(target_name)
 
     def _declared_name(self, node: Any) -> str | None:
@@ -408,32 +408,30 @@ class _Analyser:
             # an integer is inert anywhere, even in code: sed -n "$(( ${n} ))p"
             return any(kind == INTEGER for kind, _ in checks)
 
+        backslash = "a template right after a backslash: the backslash would change how bash reads it; remove it"
+        before = self.src[node.start_byte : start]
+        escaped = (len(before) - len(before.rstrip(b"\\"))) % 2 == 1
         if node.type == "expansion" and node.start_byte == start and node.end_byte == end:
             pass
-        elif node.type in ("raw_string", "ansi_c_string", "comment", "regex", "extglob_pattern"):
-            before = self.src[node.start_byte : start]
-            escaped = len(before) - len(before.rstrip(b"\\"))
-            if node.type == "raw_string":
-                form = SINGLE
-            elif node.type == "comment":
-                return Slot(DROP, None, "a comment")
-            elif escaped % 2:
-                return refuse(
-                    "a template right after a backslash: the backslash would change how bash reads it; "
-                    "remove the backslash"
-                )
-            elif node.type == "ansi_c_string":
-                form = ANSI
+        elif node.type == "raw_string":
+            form = SINGLE  # a backslash is plain text in 'single quotes'
+        elif node.type == "comment":
+            return Slot(DROP, None, "a comment")
         elif node.type in ("heredoc_body", "heredoc_content") and self._heredoc_quoted(node):
             return refuse(
                 "a template inside a quoted heredoc (<<'EOF') would stay literal text; "
                 "use an unquoted delimiter (<<EOF) to pass the value"
             )
-        elif self.src[start - 1 : start] == b"\\":
-            return refuse(
-                "a template right after a backslash: the backslash would change how bash reads it; "
-                "remove the backslash"
-            )
+        elif escaped or self.src[start - 1 : start] == b"\\":
+            return refuse(backslash)
+        elif node.type == "ansi_c_string":
+            form = ANSI
+        elif node.type in ("regex", "extglob_pattern"):
+            pass
+        elif node.type in ("heredoc_body", "heredoc_content"):
+            # bash expands ${...} anywhere in an unquoted heredoc body (tree-sitter
+            # misses one at the start of a <<- line)
+            pass
         else:
             return refuse(
                 f"plait cannot tell how bash reads a template here (inside {_describe(node.type)}); "
@@ -447,7 +445,7 @@ class _Analyser:
         test_op: str | None = None
         test_word = node
         child = node
-        parent = node.parent
+        parent = node if node.type == "heredoc_body" else node.parent
         while parent is not None:
             pt = parent.type
             if pt in _BOUNDARIES:
@@ -1052,8 +1050,8 @@ class _Analyser:
         if child.type == "variable_assignment":
             eq = next((c for c in child.children if c.type in ("=", "+=")), None)
             at = self.byte_starts[self._slot_index(offset)]
-            if eq is None or at < eq.start_byte:
-                return _DATA  # in the name's subscript: checked there
+            if eq is None or at < eq.start_byte or child.children[-1].type == "array":
+                return _DATA  # in the name's subscript, or an element of name=(...): checked there
             name = self.t(child.children[0])
             value_prefix = self.src[eq.end_byte : at].decode("utf-8", errors="replace")
             value_prefix = value_prefix.replace('"', "").replace("'", "")
