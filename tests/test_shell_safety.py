@@ -123,8 +123,9 @@ DATA = [
     Shape("find . -maxdepth 0 -exec printf '%s' ${item} \\;", "data", external=True),
     Shape("awk 'BEGIN { printf \"%s\", ARGV[1] }' ${item}", "data", external=True),
     Shape("read -r line <<< ${item}; printf '%s' \"$line\"", "data", first_line),
+    # (the herestring adds a newline, so a value ending in one gives an empty last line)
     Shape("mapfile -t lines <<< ${item}; printf '%s|' \"${lines[@]}\"", "data",
-          lambda v: "".join(f"{x}|" for x in v.split("\n")) if not v.endswith("\n") else "".join(f"{x}|" for x in v.split("\n"))),
+          lambda v: "".join(f"{x}|" for x in v.split("\n"))),
     Shape("./show ${item}", "data", external=True),
     Shape("./show x${item}y", "data", lambda v: f"x{v}y", external=True),
     Shape("printf '%s' ${item} > ${item}.txt 2>/dev/null; printf '%s' done", "data", lambda v: "done"),
