@@ -285,13 +285,17 @@ class ShellNode(PlaitNode):
             literals, templates, anchors = _literals_of_raw(command)
             if templates:
                 analysis = syntax.analyse(literals)  # also warms the cache for the run
+                starts = syntax.skeleton_of(literals)[1]
                 for problem in analysis.problems:
                     line, column = _raw_position(command, anchors, problem.offset)
-                    which = ""
-                    for k, start in enumerate(syntax.skeleton_of(literals)[1]):
-                        if start == problem.offset:
-                            which = f" ({templates[k]})"
-                    problems.append((f"command line {line}, column {column}{which}: {problem.message}", "command"))
+                    message = problem.message
+                    if problem.offset in starts:
+                        which = f" ({templates[starts.index(problem.offset)]})"
+                    else:
+                        which = ""
+                        near = command.split("\n")[line - 1][column - 1 : column + 19]
+                        message = message.replace(syntax.SYNTAX_ERROR, f"{syntax.SYNTAX_ERROR} at `{near}`", 1)
+                    problems.append((f"command line {line}, column {column}{which}: {message}", "command"))
         not_options = params.get("not_options")
         if isinstance(not_options, list):
             from plait.templates import TEMPLATE_RE

@@ -100,6 +100,7 @@ def skeleton_of(literals: tuple[str, ...]) -> tuple[str, list[int]]:
     return "".join(out), starts
 
 
+SYNTAX_ERROR = "bash syntax plait cannot read"
 _cache: dict[tuple[str, ...], Analysis] = {}
 _lock = threading.Lock()
 _parser: Any = None
@@ -296,13 +297,12 @@ class _Analyser:
         if root.has_error:
             bad = _first_error(root)
             at = self.char_offset(bad.start_byte) if bad is not None else 0
-            near = self.text[at : at + 20].split("\n")[0]
+            while at < len(self.text) - 1 and self.text[at] in " \t":
+                at += 1
             self.problems.append(
                 Problem(
-                    "bash syntax plait cannot read"
-                    + (f" near `{near}`" if near.strip() else "")
-                    + ": a command with templates must parse, so plait can tell where each value "
-                    "goes; fix the syntax, or keep the script in a file and pass values as arguments",
+                    SYNTAX_ERROR + ": a command with templates must parse, so plait can tell where each "
+                    "value goes; fix the syntax, or keep the script in a file and pass values as arguments",
                     at,
                 )
             )
