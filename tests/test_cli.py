@@ -111,7 +111,9 @@ def test_nodes_as_json_is_the_declaration(plait: Run) -> None:
     decls = {d["type"]: d for d in r.json}
     assert set(BUILTINS) <= set(decls)
     shell = decls["shell"]
-    assert [p["name"] for p in shell["params"]] == ["command", "stdin", "cwd", "env", "timeout", "ignore_errors"]
+    assert [p["name"] for p in shell["params"]] == [
+        "command", "stdin", "cwd", "env", "timeout", "ignore_errors", "strip_newline", "max_output_bytes", "not_options"
+    ]
     assert {"name": "command", "type": "string", "required": True} .items() <= shell["params"][0].items()
     assert [o["name"] for o in decls["read-file"]["outputs"]] == ["content", "size"]
     assert decls["echo"]["open_params"] is True
