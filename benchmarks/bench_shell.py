@@ -113,7 +113,7 @@ def main() -> None:
     )
 
     # Why no preexec_fn: it takes Popen off the vfork path, for every command.
-    import plait.cli  # noqa: F401  (a process the size of plait's)
+    import plait.cli
     import plait.runtime  # noqa: F401
 
     m = 300 if QUICK else 1_000
