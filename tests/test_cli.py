@@ -72,7 +72,7 @@ def test_json_and_yaml_hold_the_same_object(plait: Run, workflow: Write) -> None
     data = yaml.safe_load(YAML_WORKFLOW)
     from_json = plait(workflow(data, name="same.json"), "-o", "json")
     from_yaml = plait(workflow(YAML_WORKFLOW, name="same.yaml"), "-o", "json")
-    assert from_json.json["outputs"] == from_yaml.json["outputs"] == {"text": "hello world\n"}
+    assert from_json.json["outputs"] == from_yaml.json["outputs"] == {"text": "hello world"}
 
 
 def test_a_workflow_in_another_folder(plait: Run, workflow: Write) -> None:
@@ -424,7 +424,7 @@ def test_without_declared_outputs_an_echo_prints_its_params(plait: Run, workflow
 
 def test_without_declared_outputs_json_shows_all_outputs_of_the_last_node(plait: Run, workflow: Write) -> None:
     r = plait("run", "-o", "json", workflow({"nodes": [sh("a", "echo out; echo err >&2")]}))
-    assert r.json["outputs"] == {"stdout": "out\n", "stderr": "err\n", "exit_code": 0}
+    assert r.json["outputs"] == {"stdout": "out", "stderr": "err\n", "exit_code": 0}
 
 
 def test_the_last_node_that_ran_is_the_one_shown(plait: Run, workflow: Write) -> None:
