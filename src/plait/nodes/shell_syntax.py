@@ -103,6 +103,7 @@ def skeleton_of(literals: tuple[str, ...]) -> tuple[str, list[int]]:
 SYNTAX_ERROR = "bash syntax plait cannot read"
 _cache: dict[tuple[str, ...], Analysis] = {}
 _lock = threading.Lock()
+_parse_lock = threading.Lock()
 _parser: Any = None
 
 
@@ -120,14 +121,14 @@ def analyse(literals: tuple[str, ...]) -> Analysis:
 
 def _parse(text: bytes) -> Any:
     global _parser
-    if _parser is None:
-        with _lock:
-            if _parser is None:
-                import tree_sitter
-                import tree_sitter_bash
+    # one parser, used by one thread at a time (parallel items may meet a new command together)
+    with _parse_lock:
+        if _parser is None:
+            import tree_sitter
+            import tree_sitter_bash
 
-                _parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_bash.language()))
-    return _parser.parse(text)
+            _parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_bash.language()))
+        return _parser.parse(text)
 
 
 # -- commands and what they do with their arguments ---------------------------------------
@@ -411,8 +412,8 @@ class _Analyser:
         backslash = "a template right after a backslash: the backslash would change how bash reads it; remove it"
         before = self.src[node.start_byte : start]
         escaped = (len(before) - len(before.rstrip(b"\\"))) % 2 == 1
-        if node.type == "expansion" and node.start_byte == start and node.end_byte == end:
-            pass
+        if node.type == "expansion" and node.end_byte == end and not before.strip(b" \t"):
+            pass  # (tree-sitter may count blanks before a ${ into the expansion)
         elif node.type == "raw_string":
             form = SINGLE  # a backslash is plain text in 'single quotes'
         elif node.type == "comment":
