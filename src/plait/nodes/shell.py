@@ -16,9 +16,11 @@ heredoc body    ``${PLAIT_V0}``             expanded, quotes would show
 arithmetic      ``${PLAIT_V0}``             only if the value is an integer
 ==============  ==========================  ===============================
 
-The values travel in the environment (``PLAIT_V0``...; values too big for it
-through a temporary file the script reads first), never in the command text,
-and bash expands a variable once without evaluating the result. Where bash
+The values travel in an unlinked in-memory file that a short prologue reads
+into ``PLAIT_V0``... before the command starts, never in the command text (nor
+in the environment or argv: any size works, and nothing leaks to other users or
+to child processes), and bash expands a variable once without evaluating the
+result. Where bash
 *does* evaluate a variable's contents (arithmetic, subscripts, variable names)
 the value must be an integer or a name, checked per item; where a value would
 be code (``eval``, ``bash -c``, the command name...) the workflow is refused.
@@ -26,6 +28,7 @@ be code (``eval``, ``bash -c``, the command name...) the workflow is refused.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import selectors
@@ -43,10 +46,9 @@ from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode, T
 
 _SHELL = shutil.which("bash") or "/bin/sh"
 DEFAULT_MAX_OUTPUT = 64 * 1024 * 1024
-# Values longer than this go through a file: one environment string may hold
-# at most 128 KiB, and all of them together about 2 MiB.
-_ENV_VALUE_MAX = 16 * 1024
-_ENV_TOTAL_MAX = 256 * 1024
+# One argv string may hold at most 128 KiB: a plain-words command with a bigger
+# value goes through bash, which gets its values from a file.
+_ARG_MAX = 64 * 1024
 
 # Like GNU make, a command made only of plain words is run directly, without a
 # shell in between: it behaves the same and saves a bash start-up per item
@@ -357,7 +359,7 @@ class ShellNode(PlaitNode):
         argv: list[str] | None = None
         if analysis is None:
             argv = direct_argv(script, env)
-        elif analysis.words is not None and all(len(v) <= _ENV_VALUE_MAX for v in values):
+        elif analysis.words is not None and all(len(v) <= _ARG_MAX for v in values):
             program = _program(analysis.words[0][0], env)  # type: ignore[arg-type]
             if program is not None:
                 argv = [program] + [
@@ -368,33 +370,24 @@ class ShellNode(PlaitNode):
             pwd = _bash_pwd(p["cwd"], env)
             if pwd is not None:
                 env = {**(env or os.environ), "PWD": pwd}
-        spill: list[str] = []
+        values_fd = None
         if argv is None and values:
-            env = dict(os.environ) if env is None else env
-            prologue = []
-            total = 0
-            for i, text in enumerate(values):
-                total += len(text)
-                if len(text) > _ENV_VALUE_MAX or total > _ENV_TOTAL_MAX:
-                    spill.append(_spill(text))
-                    env[f"PLAIT_F{i}"] = spill[-1]
-                    prologue.append(f"IFS= read -r -d '' {syntax.VAR}{i} <\"$PLAIT_F{i}\";unset PLAIT_F{i};")
-                    total -= len(text)
-                else:
-                    env[f"{syntax.VAR}{i}"] = text
-            if prologue:
-                script = "".join(prologue) + script
+            values_fd = _values_file(values)
+            argv = [_SHELL, "-c", _prologue(len(values)) + script, _SHELL, str(values_fd)]
         try:
-            return self._run(p, cancelled, argv, script, env)
+            return self._run(p, cancelled, argv, script, env, values_fd)
         finally:
-            for path in spill:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            if values_fd is not None:
+                os.close(values_fd)
 
     def _run(
-        self, p: dict[str, Any], cancelled: Any, argv: list[str] | None, script: str, env: dict[str, str] | None
+        self,
+        p: dict[str, Any],
+        cancelled: Any,
+        argv: list[str] | None,
+        script: str,
+        env: dict[str, str] | None,
+        values_fd: int | None,
     ) -> dict[str, Any]:
         stdin = p["stdin"]
         data = None if stdin is None else _render(stdin).encode()
@@ -409,6 +402,7 @@ class ShellNode(PlaitNode):
                 stderr=subprocess.PIPE,
                 cwd=p["cwd"] or None,
                 env=env,
+                pass_fds=() if values_fd is None else (values_fd,),
                 # its own process group (so a timeout can kill the whole pipeline);
                 # unlike start_new_session this keeps the fast vfork path
                 process_group=0,
@@ -418,7 +412,7 @@ class ShellNode(PlaitNode):
             try:
                 proc = start(argv or [_SHELL, "-c", script])
             except OSError as e:
-                if argv is None or e.errno == 7:
+                if argv is None or e.errno == 7 or values_fd is not None:
                     raise
                 # What exec refuses, bash may still run (a script without #!) or
                 # report the way a user expects (exit 127 for a file gone since).
@@ -478,20 +472,31 @@ def _size(n: int | None) -> str:
     return f"{n} bytes"
 
 
-_spill_dir: str | None = None
-_spill_lock = threading.Lock()
+@functools.cache
+def _prologue(n: int) -> str:
+    """Script text that reads n NUL-ended values from the file descriptor given as $1."""
+    reads = "".join(f"IFS= read -r -d '' {syntax.VAR}{i};" for i in range(n))
+    return f'{{ {reads} }} <&"$1";PLAIT_FD=$1;exec {{PLAIT_FD}}<&-;unset PLAIT_FD;set --;'
 
 
-def _spill(text: str) -> str:
-    """Write a value too big for the environment to a private file; the script reads it first."""
-    global _spill_dir
-    with _spill_lock:
-        if _spill_dir is None or not os.path.isdir(_spill_dir):
-            _spill_dir = tempfile.mkdtemp(prefix="plait-shell-")
-    fd, path = tempfile.mkstemp(dir=_spill_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(text.encode())
-    return path
+def _values_file(values: list[str]) -> int:
+    """An unlinked in-memory file holding the values, for the script to read first.
+
+    Not the environment: it costs a full copy and encoding per command, holds at
+    most 128 KiB a value and 2 MiB in all, and every child of the script would
+    inherit it. Not argv either: anyone on the machine can read a command line.
+    """
+    data = b"".join(v.encode("utf-8", "surrogateescape") + b"\0" for v in values)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("plait-values", os.MFD_CLOEXEC)
+    else:
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _communicate(
