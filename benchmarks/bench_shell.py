@@ -124,7 +124,7 @@ def main() -> None:
         "Starting a command (`true`), per command",
         ["how", "time"],
         [
-            ["Popen, vfork path (what plait does; a reaper process covers kill -9)", f"{plain:.3f} ms"],
+            ["Popen, vfork path (what plait does; a helper process covers kill -9)", f"{plain:.3f} ms"],
             ["Popen with a preexec_fn (for PR_SET_PDEATHSIG): fork path", f"{hooked:.3f} ms ({hooked / plain:.2f}x)"],
         ],
     )
