@@ -218,7 +218,7 @@ def test_results_are_in_input_order_when_items_finish_in_random_order(plait, wor
     r = plait("run", wf, "-o", "json", "-q")
     assert r.code == 0, r
     results = r.json["outputs"]["results"]
-    assert [x["stdout"] for x in results] == [f"done-{i}\n" for i in range(len(delays))]
+    assert [x["stdout"] for x in results] == [f"done-{i}" for i in range(len(delays))]
     assert [x["item"] for x in results] == delays
 
 
@@ -487,7 +487,7 @@ def test_a_failed_batch_can_hand_over_to_an_error_edge(plait, workflow):
     )
     r = plait("run", wf, "-o", "json", "-q")
     assert r.code == 0, r
-    assert r.json["outputs"]["stdout"] == "handled: item 1 failed: command exited with code 3\n"
+    assert r.json["outputs"]["stdout"] == "handled: item 1 failed: command exited with code 3"
     assert r.json["nodes"]["next"]["status"] == "not_run"
     assert r.json["nodes"]["b"]["status"] == "failed"
 

@@ -74,7 +74,7 @@ def test_json_and_yaml_hold_the_same_object(plait: Run, workflow: Write) -> None
     data = yaml.safe_load(YAML_WORKFLOW)
     from_json = plait(workflow(data, name="same.json"), "-o", "json")
     from_yaml = plait(workflow(YAML_WORKFLOW, name="same.yaml"), "-o", "json")
-    assert from_json.json["outputs"] == from_yaml.json["outputs"] == {"text": "hello world\n"}
+    assert from_json.json["outputs"] == from_yaml.json["outputs"] == {"text": "hello world"}
 
 
 def test_a_workflow_in_another_folder(plait: Run, workflow: Write) -> None:
@@ -113,7 +113,9 @@ def test_nodes_as_json_is_the_declaration(plait: Run) -> None:
     decls = {d["type"]: d for d in r.json}
     assert set(BUILTINS) <= set(decls)
     shell = decls["shell"]
-    assert [p["name"] for p in shell["params"]] == ["command", "stdin", "cwd", "env", "timeout", "ignore_errors"]
+    assert [p["name"] for p in shell["params"]] == [
+        "command", "stdin", "cwd", "env", "timeout", "ignore_errors", "strip_newline", "max_output_bytes", "not_options"
+    ]
     assert {"name": "command", "type": "string", "required": True} .items() <= shell["params"][0].items()
     assert [o["name"] for o in decls["read-file"]["outputs"]] == ["content", "size"]
     assert decls["echo"]["open_params"] is True
@@ -424,7 +426,7 @@ def test_without_declared_outputs_an_echo_prints_its_params(plait: Run, workflow
 
 def test_without_declared_outputs_json_shows_all_outputs_of_the_last_node(plait: Run, workflow: Write) -> None:
     r = plait("run", "-o", "json", workflow({"nodes": [sh("a", "echo out; echo err >&2")]}))
-    assert r.json["outputs"] == {"stdout": "out\n", "stderr": "err\n", "exit_code": 0}
+    assert r.json["outputs"] == {"stdout": "out", "stderr": "err\n", "exit_code": 0}
 
 
 def test_the_last_node_that_ran_is_the_one_shown(plait: Run, workflow: Write) -> None:

@@ -91,7 +91,7 @@ def test_a_later_node_reads_an_earlier_one(plait: Run, workflow: Write) -> None:
     }
     r = plait("run", workflow(wf))
     assert r.code == 0, r
-    assert r.stdout == "got made\n\n"
+    assert r.stdout == "got made\n"
 
 
 def test_start_node_picks_where_edges_begin(plait: Run, workflow: Write, tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_error_edge_hands_over_to_the_handler(plait: Run, workflow: Write, tmp_p
     assert r.code == 0, r
     out = r.json
     assert out["status"] == "success"
-    assert out["outputs"]["stdout"] == "handled code=3 err=boom\n\n"
+    assert out["outputs"]["stdout"] == "handled code=3 err=boom"
     assert out["nodes"]["risky"]["status"] == "failed"
     assert out["nodes"]["handle"]["status"] == "success"
     assert out["nodes"]["after"]["status"] == "not_run"  # the default edge is not taken

@@ -380,7 +380,7 @@ def test_list_files_feeds_a_batch(plait: Run, workflow: Write, tree: Path) -> No
     assert r.code == 0, r
     results = r.json["nodes"]
     assert results["read"]["status"] == "success"
-    assert r.json["outputs"]["stdout"] == "4 SUB/DEEPER/E.TXT\n"
+    assert r.json["outputs"]["stdout"] == "4 SUB/DEEPER/E.TXT"
 
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import plait_env, run_cli
 
 Run = Callable[..., Any]
 Write = Callable[..., str]
@@ -58,7 +63,7 @@ def test_value_from_an_input_is_printed_in_every_context(
     }
     r = plait("run", "-o", "json", workflow(wf), f"v={NASTY}")
     assert r.code == 0, r
-    assert r.json["outputs"] == {name: text + "\n" for name, text in EXPECTED.items()}
+    assert r.json["outputs"] == EXPECTED  # strip_newline (default) took echo's newline
     no_pwned(tmp_path)
 
 
@@ -76,8 +81,8 @@ def test_value_from_a_batch_item_is_printed_in_every_context(
     assert r.code == 0, r
     for name, text in EXPECTED.items():
         results = r.json["outputs"][name]
-        assert results[0]["stdout"] == text + "\n", name
-        assert results[1]["stdout"] == text.replace(NASTY, "plain") + "\n", name
+        assert results[0]["stdout"] == text, name
+        assert results[1]["stdout"] == text.replace(NASTY, "plain"), name
     no_pwned(tmp_path)
 
 
@@ -182,7 +187,8 @@ def test_heredoc_body_gets_the_value_as_is(plait: Run, workflow: Write, tmp_path
 def test_template_in_a_quoted_heredoc_is_refused(plait: Run, workflow: Write) -> None:
     wf = {"inputs": {"v": {}}, "nodes": [sh("p", "cat <<'EOF'\n${v}\nEOF")]}
     r = plait("run", workflow(wf), "v=x")
-    assert r.code == 1
+    assert r.code == 2  # refused when the workflow is checked, before anything runs
+    assert "command line 2, column 1 (${v})" in r.stderr
     assert "quoted heredoc" in r.stderr
 
 
@@ -262,8 +268,8 @@ def test_a_value_given_to_eval_or_trap_is_refused(
 ) -> None:
     wf = {"inputs": {"v": {"type": "string"}}, "nodes": [sh("p", command)]}
     r = plait("run", workflow(wf), "v=touch pwned")
-    assert r.code == 1, r
-    assert "would run as shell code" in r.stderr
+    assert r.code == 2, r  # refused when the workflow is checked, before anything runs
+    assert "so a value there would run as shell code" in r.stderr
     no_pwned(tmp_path)
 
 
@@ -394,14 +400,15 @@ def test_ignore_errors(plait: Run, workflow: Write) -> None:
     }
     r = plait("run", workflow(wf))
     assert r.code == 0, r
-    assert r.stdout == "code=5 err=warn\n\n"
+    assert r.stdout == "code=5 err=warn\n"  # `next` printed stderr's newline, then strip_newline took it
 
 
 def test_command_not_found(plait: Run, workflow: Write) -> None:
-    r = plait("run", workflow({"nodes": [sh("p", "no-such-command-plait --flag")]}))
-    assert r.code == 1
-    assert "127" in r.stderr
-    assert "not found" in r.stderr
+    for command in ("no-such-command-plait --flag", "echo x | no-such-command-plait"):
+        r = plait("run", workflow({"nodes": [sh("p", command)]}))
+        assert r.code == 1
+        assert "command not found: no-such-command-plait (command not found; exit code 127)" in r.stderr
+        assert "installed and on PATH" in r.stderr
 
 
 def test_plain_commands_and_pipelines(plait: Run, workflow: Write, tmp_path: Path) -> None:
@@ -410,7 +417,7 @@ def test_plain_commands_and_pipelines(plait: Run, workflow: Write, tmp_path: Pat
     wf = {"nodes": [sh("ls", "ls"), sh("pipe", "ls *.txt | sort -r | head -n 1")]}
     r = plait("run", "-o", "json", workflow(wf))
     assert r.code == 0, r
-    assert r.json["outputs"]["stdout"] == "b.txt\n"
+    assert r.json["outputs"]["stdout"] == "b.txt"
 
 
 def test_exit_code_output_on_success(plait: Run, workflow: Write) -> None:
@@ -459,10 +466,7 @@ def test_plain_command_sees_its_directory_in_pwd(plait: Run, workflow: Write, tm
     # the CLI starts in tmp_path while PWD still names the test runner's folder
     r = plait("run", "-o", "json", workflow(wf), env={"PWD": str(Path.cwd())})
     assert r.code == 0, r
-    assert r.json["outputs"] == {
-        "here": f"{tmp_path.resolve()}\n",
-        "sub": f"{(tmp_path / 'sub').resolve()}\n",
-    }
+    assert r.json["outputs"] == {"here": str(tmp_path.resolve()), "sub": str((tmp_path / "sub").resolve())}
 
 
 def test_plain_command_removed_during_the_run_is_not_found(
@@ -483,3 +487,205 @@ def test_plain_command_calls_an_exported_bash_function(plait: Run, workflow: Wri
     r = plait("run", workflow({"nodes": [sh("p", "ls -l")]}), env={"BASH_FUNC_ls%%": "() {  echo function $1\n}"})
     assert r.code == 0, r
     assert r.stdout == "function -l\n"
+
+
+# -- output: newlines, and a cap on how much is kept ---------------------------------------
+
+
+def test_strip_newline(plait: Run, workflow: Write) -> None:
+    wf = {
+        "nodes": [
+            sh("strip", "printf 'a b \\n\\n'; printf 'warn\\n' >&2"),
+            sh("keep", "printf 'a\\n\\n'", strip_newline=False),
+            sh("name", "touch ${strip.stdout}.txt && ls *.txt"),
+        ],
+        "outputs": {
+            "strip": {"source": "${strip.stdout}"},
+            "err": {"source": "${strip.stderr}"},
+            "keep": {"source": "${keep.stdout}"},
+            "name": {"source": "${name.stdout}"},
+        },
+    }
+    r = plait("run", "-o", "json", workflow(wf))
+    assert r.code == 0, r
+    assert r.json["outputs"] == {"strip": "a b ", "err": "warn\n", "keep": "a\n\n", "name": "a b .txt"}
+
+
+def test_output_past_max_output_bytes_stops_the_command(plait: Run, workflow: Write) -> None:
+    wf = {
+        "nodes": [
+            sh("fits", "head -c 1000 /dev/zero | tr '\\0' x", max_output_bytes=1000),
+            sh("endless", "yes", max_output_bytes=100_000),
+            sh("err", "yes >&2", max_output_bytes=2048),
+        ],
+        "outputs": {"n": {"source": "${fits.stdout}"}},
+    }
+    for node in wf["nodes"][1:]:
+        node["batch"] = {"items": [1], "error_handling": "continue"}
+    wf["outputs"] = {
+        "n": {"source": "${fits.stdout}"},
+        "endless": {"source": "${endless.errors}"},
+        "err": {"source": "${err.errors}"},
+    }
+    r = plait("run", "-o", "json", workflow(wf), timeout=30)
+    assert r.code == 0, r
+    out = r.json["outputs"]
+    assert out["n"] == "x" * 1000
+    assert "stdout passed max_output_bytes (100000 bytes)" in out["endless"][0]["error"]
+    assert "raise max_output_bytes" in out["endless"][0]["error"]
+    assert "stderr passed max_output_bytes (2 KiB)" in out["err"][0]["error"]
+
+
+def test_max_output_bytes_must_be_positive(plait: Run, workflow: Write) -> None:
+    r = plait("validate", workflow({"nodes": [sh("p", "true", max_output_bytes=0)]}))
+    assert r.code == 2
+    assert "max_output_bytes must be a positive number" in r.stderr
+
+
+# -- values of any size ---------------------------------------------------------------------
+
+
+def test_values_of_any_size(plait: Run, workflow: Write, tmp_path: Path) -> None:
+    big = "$(touch pwned) " + "é" * 300_000  # 600 KB: far past what the environment holds
+    (tmp_path / "big.json").write_text(__import__("json").dumps({"a": big, "b": big[:70_000], "c": "small"}))
+    wf = {
+        "inputs": {"d": {"type": "object"}},
+        "nodes": [
+            sh("r", "cat big.json"),
+            sh(
+                "use",
+                "printf '%s' ${r.stdout.a} | wc -c; printf '%s' \"${r.stdout.b}\" | wc -c; "
+                "cat <<EOF | wc -c\n${r.stdout.a}${r.stdout.c}\nEOF\n[[ ${r.stdout.a} == ${r.stdout.a} ]] && echo same",
+            ),
+        ],
+    }
+    r = plait("run", workflow(wf), 'd={}')
+    assert r.code == 0, r
+    assert r.stdout.split() == [str(len(big.encode())), str(len(big[:70_000].encode())), str(len(big.encode()) + 6), "same"]
+    no_pwned(tmp_path)
+
+
+def test_a_nul_in_a_value_is_a_clear_failure(plait: Run, workflow: Write) -> None:
+    wf = {"nodes": [{**sh("p", "printf '%s' ${item}"), "batch": {"items": ["a\u0000b"]}}]}
+    r = plait("run", workflow(wf))
+    assert r.code == 1
+    assert "NUL character" in r.stderr
+
+
+# -- what validation says -------------------------------------------------------------------
+
+
+def test_refusals_name_the_line_and_column(plait: Run, workflow: Write) -> None:
+    wf = {
+        "inputs": {"v": {}},
+        "nodes": [
+            sh("a", "echo ok\nif true; then\n  bash -c \"ls ${v}\"\nfi"),
+            sh("b", "echo $${x} ${v}\necho 'unclosed ${v}"),
+            sh("c", "echo $${HOME} ${v}; ${v} --version"),
+        ],
+    }
+    r = plait("validate", workflow(wf))
+    assert r.code == 2, r
+    assert "nodes[0].params.command: command line 3, column 15 (${v}): the `bash -c` string is shell code" in r.stderr
+    assert "nodes[1].params.command: command line 2, column 6: bash syntax plait cannot read at `'unclosed ${v}`" in r.stderr
+    assert "nodes[2].params.command: command line 1, column 21 (${v}): a template as (part of) the command name" in r.stderr
+
+
+def test_not_options_refuses_a_value_that_looks_like_an_option(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "file").write_text("")
+    node = sh("f", "find ${item} -name file", not_options=["${item}"])
+    node["batch"] = {"items": ["keep", "-delete"], "error_handling": "continue"}
+    wf = {"nodes": [node], "outputs": {"r": {"source": "${f.results}"}}}
+    r = plait("run", "-o", "json", workflow(wf))
+    assert r.code == 0, r
+    first, second = r.json["outputs"]["r"]
+    assert first["stdout"] == "keep/file"
+    assert "starts with '-' and would be read as an option" in second["error"]
+    assert (tmp_path / "keep" / "file").exists()
+    bad = plait("validate", workflow({"nodes": [sh("f", "ls ${x}", not_options=["x", "${y}"])], "inputs": {"x": {}}}))
+    assert bad.code == 2
+    assert "not_options takes templates such as \"${dir}\", not 'x'" in bad.stderr
+    assert "not_options names ${y}, which the command does not use" in bad.stderr
+
+
+def test_tree_sitter_is_imported_only_for_commands_with_templates(workflow: Write, tmp_path: Path) -> None:
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    plain = run_cli("run", workflow({"nodes": [sh("p", "echo hi; ls > /dev/null")]}), cwd=tmp_path, env=env)
+    assert plain.code == 0, plain
+    assert "tree_sitter" not in plain.stderr
+    templated = run_cli("run", workflow({"inputs": {"v": {}}, "nodes": [sh("p", "echo ${v}")]}), "v=1", cwd=tmp_path, env=env)
+    assert templated.code == 0, templated
+    assert "tree_sitter_bash" in templated.stderr
+
+
+# -- commands die with plait -----------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_for(check: Callable[[], Any], seconds: float = 10) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.02)
+    return check()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize(
+    "command",
+    ["sleep 30", "echo $$ > pids; sleep 31 & echo $! >> pids; sleep 32"],
+    ids=["run-without-bash", "bash-with-a-background-child"],
+)
+def test_commands_die_with_plait_even_on_kill_9(workflow: Write, tmp_path: Path, command: str) -> None:
+    path = workflow({"nodes": [sh("slow", command)]})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plait", "run", path],
+        cwd=tmp_path,
+        env=plait_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if command == "sleep 30":
+            pids = _wait_for(lambda: [c for c in _children(proc.pid) if _comm(c) == "sleep"])
+        else:
+            pids = _wait_for(lambda: _pids(tmp_path / "pids"))
+        assert pids, "the command did not start"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert _wait_for(lambda: not any(_alive(p) for p in pids)), "left running after plait was killed"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pids(path: Path) -> list[int]:
+    try:
+        found = [int(x) for x in path.read_text().split()]
+    except (OSError, ValueError):
+        return []
+    return found if len(found) == 2 else []

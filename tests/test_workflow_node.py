@@ -649,4 +649,4 @@ def test_child_inputs_are_converted_to_their_declared_types_or_refused(workflow,
 
     r = plait("run", parent("abc"), "-q")
     assert r.code == 1, r
-    assert "input 'n' is declared as integer, but got 'abc\\n'" in r.stderr
+    assert "input 'n' is declared as integer, but got 'abc'" in r.stderr
