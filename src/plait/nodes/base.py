@@ -23,7 +23,7 @@ node reads them where PocketFlow users expect them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -69,7 +69,10 @@ class NodeError(Exception):
     ``outputs`` are still stored, so an ``error`` handler can read them (a shell
     node's ``exit_code`` and ``stderr``). ``retryable=False`` stops retries early
     for failures that cannot get better; ``retry_after`` (seconds) is honoured by
-    node and batch retries.
+    node and batch retries. ``throttled`` marks a rate-limit answer (HTTP 429, or
+    a 503 with Retry-After): the run's limiter for this call pauses, and the retry
+    does not count against ``max_retries``. ``headers`` are the response's
+    headers, when the limiter can learn from them (``x-ratelimit-*``).
     """
 
     def __init__(
@@ -79,12 +82,34 @@ class NodeError(Exception):
         outputs: dict[str, Any] | None = None,
         retryable: bool = True,
         retry_after: float | None = None,
+        throttled: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.outputs = outputs
         self.retryable = retryable
         self.retry_after = retry_after
+        self.throttled = throttled
+        self.headers = headers
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one call asks of a rate-limited, paid service (``PlaitNode.demand``).
+
+    Before ``exec`` the runtime waits for room on the limiter named ``key`` (the
+    node's ``rate`` field, when it has one, names the limiter instead) and, when
+    a budget applies, reserves the call's worst-case cost, priced from ``model``,
+    ``input_tokens`` and ``max_output_tokens``; after ``exec`` it settles both
+    with what the call really used (``record_usage``).
+    """
+
+    key: str  # the default limiter: "llm:openai/gpt-4o-mini", "http:api.example.com"
+    tokens: int = 0  # the tokens the call may use (prompt estimate + output cap), for tpm limits
+    model: str | None = None
+    input_tokens: int = 0  # the prompt's estimated tokens
+    max_output_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,9 +175,15 @@ class Services:
         ``NodeError("interrupted")`` is raised."""
         raise NotImplementedError
 
-    def record_usage(self, ctx: ItemContext, usage: Usage) -> None:
-        """Record one call's usage (tokens, cost) against this item."""
+    def record_usage(self, ctx: ItemContext, usage: Usage) -> Usage:
+        """Record one call's usage against this item; returns it with ``cost_usd``
+        filled in from the run's price table when the node did not set it (None
+        when the model's price is unknown)."""
         raise NotImplementedError
+
+    def observe_rate(self, ctx: ItemContext, headers: Mapping[str, str]) -> None:
+        """Let the limiter of this item's call learn from a successful response's
+        ``x-ratelimit-*`` headers (a throttled one carries them in NodeError)."""
 
     def run_workflow(
         self, ctx: ItemContext, *, path: str | None, ir: dict[str, Any] | None, inputs: dict[str, Any]
@@ -219,6 +250,11 @@ class PlaitNode(_PocketFlowNode):
         block the loop; ``prep`` and ``post`` stay synchronous and cheap.
         """
         raise NotImplementedError
+
+    def demand(self, prep_res: Any) -> Demand | None:
+        """Optional: what this item's call asks of a rate-limited or paid service
+        (None: nothing). Called after ``prep``, before every attempt's ``exec``."""
+        return None
 
     @classmethod
     def has_async_exec(cls) -> bool:

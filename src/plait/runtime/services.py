@@ -208,7 +208,7 @@ class RunServices(Services):
 
     # -- usage
 
-    def record_usage(self, ctx: ItemContext, usage: Usage) -> None:
+    def record_usage(self, ctx: ItemContext, usage: Usage) -> Usage:
         # One event, where the call happened; the usage is added at every level,
         # so the enclosing workflow node and the run count it too.
         self.bus.emit(
@@ -229,6 +229,10 @@ class RunServices(Services):
             if services.parent is None:
                 break
             services, ctx = services.parent
+        return usage
+
+    def observe_rate(self, ctx: ItemContext, headers: Any) -> None:
+        return None
 
     # -- sub-workflows
 
