@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Result, popen_cli
+from conftest import Result, plait_env, popen_cli
 from plait.runtime.records import MIGRATIONS, SCHEMA_VERSION
 
 Plait = Callable[..., Result]
@@ -403,3 +405,66 @@ def test_the_records_folder_ignores_itself_in_git(plait: Plait, workflow: Workfl
     plait("run", path)
     assert (tmp_path / ".plait" / ".gitignore").read_text().splitlines()[-1] == "*"
     assert os.path.getsize(tmp_path / ".plait" / "runs.db") > 0
+
+
+def test_a_records_database_locked_for_a_while_does_not_stop_recording(
+    workflow: Workflow, plait: Plait, tmp_path: Path
+) -> None:
+    home = tmp_path / ".plait"
+    assert plait("run", workflow({"nodes": [{"id": "a", "type": "echo", "params": {"v": 1}}]}), "-q").code == 0
+    # another program takes the database and keeps it past the busy timeout
+    holder = sqlite3.connect(home / "runs.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    wf = batch_workflow(list(range(12)), "sleep 0.1; echo ${item}", parallel=False)
+    proc = popen_cli("run", workflow(wf), "-o", "json", cwd=tmp_path, env={"PLAIT_RECORDS_BUSY_TIMEOUT": "0.2"})
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        while line and "cannot be written now" not in line:
+            line = proc.stderr.readline()
+        assert "the records database is locked by another program" in line, line
+        holder.execute("ROLLBACK")  # let go while the run goes on
+        holder.close()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "the run record caught up" in err
+    assert "incomplete" not in err
+    run_id = json.loads(out)["run_id"]
+    rows = db_rows(tmp_path, "SELECT count(*) FROM items i JOIN runs r ON i.run = r.id WHERE r.run_id = ?", run_id)
+    assert rows[0][0] == 13  # every attempt (12 items and the node after), none lost
+    status, note = db_rows(tmp_path, "SELECT status, record_note FROM runs WHERE run_id = ?", run_id)[0]
+    assert status == "success" and note is None
+
+
+def test_a_full_disk_under_the_records_is_said_clearly_and_the_run_goes_on(
+    workflow: Workflow, tmp_path: Path
+) -> None:
+    disk = tmp_path / "records-disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount here")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        wf = batch_workflow(list(range(3000)), "echo ${item}", parallel=True)
+        wf["nodes"][0]["type"] = "echo"
+        wf["nodes"][0]["params"] = {"value": "${item}", "padding": "x" * 200}
+        result = subprocess.run(
+            [sys.executable, "-m", "plait", "run", workflow(wf), "-o", "json"],
+            capture_output=True,
+            text=True,
+            env=plait_env({"PLAIT_HOME": str(disk), "PLAIT_RECORDS_BUSY_TIMEOUT": "0.2"}),
+            cwd=tmp_path,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["nodes"]["work"]["items"]["succeeded"] == 3000  # the run is untouched
+    assert "the run record cannot be written now: the disk under" in result.stderr, result.stderr
+    assert "is full or failing" in result.stderr
+    assert "warning: the run record is incomplete" in result.stderr
+    assert "cannot rollback" not in result.stderr and "Traceback" not in result.stderr

@@ -80,7 +80,10 @@ def run_command(
         if recorder is not None:
             recorder.close(status=stopped)
             if recorder.error:
-                sys.stderr.write(f"warning: the run record is incomplete: {recorder.error}\n")
+                text = recorder.error
+                if not text.startswith("the run record is incomplete"):
+                    text = f"the run record is incomplete: {text}"
+                sys.stderr.write(f"warning: {text}\n")
     run_id = recorder.run_id if recorder is not None else None
     recorded = run_id is not None and recorder is not None and not recorder.error
     details = f"  details: plait show {run_id}\n" if recorded else ""
@@ -150,8 +153,14 @@ def _start_recorder(redactor: Any) -> Any:
     """The run record; a run goes on without one when it cannot be written."""
     from plait.runtime.records.writer import RunRecorder
 
+    def trouble(message: str) -> None:
+        sys.stderr.write(f"warning: the run record cannot be written now: {message}\n")
+
+    def recovered(message: str) -> None:
+        sys.stderr.write(f"note: {message}\n")
+
     try:
-        return RunRecorder(redactor=redactor)
+        return RunRecorder(redactor=redactor, on_trouble=trouble, on_recovered=recovered)
     except PlaitError as exc:
         sys.stderr.write(f"warning: this run is not recorded: {exc.message}\n")
     except Exception as exc:  # an unwritable folder, a locked or damaged database

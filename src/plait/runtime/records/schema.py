@@ -6,6 +6,7 @@ The schema changes only through ``MIGRATIONS``: step *n* takes a database from
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,9 +93,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE items ADD COLUMN preview TEXT;
     ALTER TABLE runs ADD COLUMN updated REAL;
+    ALTER TABLE runs ADD COLUMN record_note TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def busy_timeout() -> float:
+    """Seconds a write waits for another program's lock: $PLAIT_RECORDS_BUSY_TIMEOUT, else 10."""
+    try:
+        value = float(os.environ.get("PLAIT_RECORDS_BUSY_TIMEOUT") or 10.0)
+    except ValueError:
+        return 10.0
+    return value if 0 <= value <= 3600 else 10.0
 
 
 def records_dir() -> Path:
@@ -121,9 +132,10 @@ def connect(path: Path | None = None, *, create: bool = True) -> sqlite3.Connect
         ignore = path.parent / ".gitignore"
         if path.parent.name == ".plait" and not ignore.exists():
             ignore.write_text("# run records of plait, local to this machine\n*\n")
-    conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+    timeout = busy_timeout()
+    conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
     conn.execute("PRAGMA foreign_keys = ON")
     migrate(conn)
     return conn

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,9 @@ FLUSH_S = 0.5
 # million trivial items) then writes a flush itself instead of growing memory
 # without bound: the record costs that run time, never memory.
 MAX_BACKLOG = 50_000
+# Rows (or events) kept in memory at most while the database cannot be written.
+MAX_PENDING = 500_000
+FINAL_TRIES = 3
 PREVIEW_CHARS = 160
 _RECORDED = (
     RunStarted,
@@ -63,9 +67,24 @@ _RECORDED = (
 
 
 class RunRecorder:
-    """Records one run as it goes: ``attach(bus)``, run, then ``close()``."""
+    """Records one run as it goes: ``attach(bus)``, run, then ``close()``.
 
-    def __init__(self, *, path: Path | None = None, redactor: Redactor | None = None) -> None:
+    A bad moment does not end recording: when the database is locked by
+    another program (longer than its busy timeout) or the disk is full, the
+    rows wait in memory and the writer tries again with backoff; it says so
+    through ``on_trouble`` and ``on_recovered``. Rows beyond ``MAX_PENDING``
+    are dropped (failures are kept first) and the run's record then says how
+    many attempts it lacks.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path | None = None,
+        redactor: Redactor | None = None,
+        on_trouble: Callable[[str], None] | None = None,
+        on_recovered: Callable[[str], None] | None = None,
+    ) -> None:
         self.redactor = redactor or Redactor()
         conn = connect(path)
         assert conn is not None
@@ -74,11 +93,21 @@ class RunRecorder:
         self._run: int | None = None
         self.started = time.time()
         self.error: str | None = None  # why recording stopped, if it did
+        self.trouble: str | None = None  # why the last commit failed, while it is retried
+        self.lost = 0  # attempts not recorded (dropped while the database could not be written)
+        self.on_trouble = on_trouble
+        self.on_recovered = on_recovered
+        self._trouble_since = 0.0
+        self._backoff = FLUSH_S
         self._events: deque[Event] = deque()
         self._nodes: dict[str, _NodeState] = {}
         self._tokens: dict[tuple[str, int | None], list[int]] = {}
         self._items_ok = 0
         self._items_failed = 0
+        # prepared, not yet committed (rows without their run column)
+        self._begun: RunStarted | None = None
+        self._ok_rows: list[tuple[Any, ...]] = []
+        self._rows: list[tuple[Any, ...]] = []
         self._finished: RunFinished | None = None
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -94,8 +123,12 @@ class RunRecorder:
         events = self._events
         events.append(event)
         if len(events) > MAX_BACKLOG:
-            self._flush()
-        elif type(event) is RunStarted and not event.path and self._run is None:
+            if self.trouble is None:
+                self._flush()
+            elif len(events) > MAX_PENDING:  # the database cannot keep up at all: memory can
+                events.popleft()
+                self.lost += 1
+        elif type(event) is RunStarted and not event.path and self._begun is None and self._run is None:
             # The run's row is written at once, so the run is listed from its first moment.
             self._flush()
             self._thread.start()
@@ -103,65 +136,136 @@ class RunRecorder:
     # -- the writer thread
 
     def _loop(self) -> None:
-        while not self._stop.wait(FLUSH_S):
+        while not self._stop.wait(self._backoff if self.trouble else FLUSH_S):
             self._flush()
 
     def _flush(self) -> None:
+        import sqlite3
+
         with self._flush_lock:
             if self.error is not None:
                 self._events.clear()
                 return
             events = self._events
             n = len(events)
-            if not n:
-                return
             pop = events.popleft
             try:
-                self._write([pop() for _ in range(n)])
-            except Exception as exc:  # a full disk must not take the run down with it
+                if n:
+                    self._prepare([pop() for _ in range(n)])
+                if not (self._begun or self._ok_rows or self._rows or self._finished or self._dirty()):
+                    return
+                self._commit()
+            except sqlite3.Error as exc:  # locked for long, a full disk: keep the rows, try again
+                self._troubled(exc)
+                return
+            except Exception as exc:  # anything else is a bug: stop recording, keep the run going
                 self.error = f"{type(exc).__name__}: {exc}"
+                return
+            if self.trouble is not None:
+                self._recovered()
 
-    def _write(self, batch: list[Event]) -> None:
+    def _dirty(self) -> bool:
+        return any(node.dirty for node in self._nodes.values())
+
+    def _troubled(self, exc: BaseException) -> None:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            why = "the records database is locked by another program"
+        elif "full" in text or "disk I/O" in text:
+            why = f"the disk under {self._conn_path()} is full or failing ({text})"
+        else:
+            why = f"the records database cannot be written ({type(exc).__name__}: {text})"
+        first = self.trouble is None
+        self.trouble = why
+        if first:
+            self._trouble_since = time.monotonic()
+            self._backoff = FLUSH_S
+            if self.on_trouble is not None:
+                self.on_trouble(f"{why}; plait keeps what happens and tries again")
+        else:
+            self._backoff = min(self._backoff * 2, 15.0)
+        pending = len(self._ok_rows) + len(self._rows)
+        if pending > MAX_PENDING:
+            # Memory stays bounded: successes go first, failures are what a user looks for.
+            drop = min(pending - MAX_PENDING, len(self._ok_rows))
+            del self._ok_rows[:drop]
+            self.lost += drop
+
+    def _recovered(self) -> None:
+        took = time.monotonic() - self._trouble_since
+        message = f"the run record caught up after {took:.0f} s ({self.trouble})"
+        self.trouble = None
+        self._backoff = FLUSH_S
+        if self.on_recovered is not None:
+            self.on_recovered(message)
+
+    def _conn_path(self) -> str:
+        try:
+            row = self._conn.execute("PRAGMA database_list").fetchone()
+            return str(Path(row[2]).parent)
+        except Exception:
+            return "the records folder"
+
+    def _prepare(self, batch: list[Event]) -> None:
+        """Events to rows and node state, in memory: nothing here touches the database."""
+        rows, ok_rows = self._rows, self._ok_rows
+        for ev in batch:
+            kind = type(ev)
+            if kind is ItemFinished and not self._tokens and ev.index is not None:  # type: ignore[attr-defined]
+                self._ok_row(ev, ok_rows)  # type: ignore[arg-type]  # most events: the short way
+            elif kind is RunStarted:
+                if not ev.path and self._begun is None and self._run is None:  # type: ignore[attr-defined]
+                    self._begun = ev  # type: ignore[assignment]
+                    self.run_id = ev.run_id  # type: ignore[attr-defined]
+                    self.started = ev.at
+            else:
+                self._apply(ev, rows)
+
+    def _commit(self) -> None:
         conn = self._conn
-        rows: list[tuple[Any, ...]] = []
-        ok_rows: list[tuple[Any, ...]] = []
         conn.execute("BEGIN")
         try:
-            for ev in batch:
-                kind = type(ev)
-                if kind is ItemFinished and self._run is not None and not self._tokens and ev.index is not None:  # type: ignore[attr-defined]
-                    self._ok_row(ev, ok_rows)  # type: ignore[arg-type]  # most events: the short way
-                elif kind is RunStarted:
-                    if not ev.path and self._run is None:  # type: ignore[attr-defined]
-                        self._begin(ev)  # type: ignore[arg-type]
-                elif self._run is not None:
-                    self._apply(ev, rows)
-            if self._run is not None:
-                if ok_rows:
-                    conn.executemany(_INSERT_OK_ITEM, ok_rows)
-                if rows:
-                    conn.executemany(_INSERT_ITEM, rows)
-                for node in self._nodes.values():
-                    if node.dirty:
-                        node.dirty = False
-                        conn.execute(_UPSERT_NODE, node.row(self._run))
+            if self._begun is not None:
+                self._begin(self._begun)
+            run = self._run
+            if run is not None:
+                if self._ok_rows:
+                    conn.executemany(_INSERT_OK_ITEM, [(run, *r) for r in self._ok_rows])
+                if self._rows:
+                    conn.executemany(_INSERT_ITEM, [(run, *r) for r in self._rows])
+                written = [node for node in self._nodes.values() if node.dirty]
+                for node in written:
+                    conn.execute(_UPSERT_NODE, node.row(run))
                 conn.execute(
-                    "UPDATE runs SET items_ok = ?, items_failed = ?, updated = ? WHERE id = ?",
-                    (self._items_ok, self._items_failed, time.time(), self._run),
+                    "UPDATE runs SET items_ok = ?, items_failed = ?, updated = ?, record_note = ? WHERE id = ?",
+                    (self._items_ok, self._items_failed, time.time(), self._note(), run),
                 )
                 if self._finished is not None:
                     self._end(self._finished)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if self._begun is not None:
+                self._run = None  # its row was not kept
             raise
+        self._begun = None
+        self._ok_rows = []
+        self._rows = []
+        self._finished = None
+        if run is not None:
+            for node in written:
+                node.dirty = False
+
+    def _note(self) -> str | None:
+        if not self.lost:
+            return None
+        return f"{self.lost} attempts were not recorded: {self.trouble or 'the database could not be written'}"
 
     def _begin(self, ev: RunStarted) -> None:
         from plait import __version__
 
         wf = ev.workflow
-        self.run_id = ev.run_id
-        self.started = ev.at
         cur = self._conn.execute(
             "INSERT INTO runs (run_id, workflow, workflow_path, inputs, status, started, updated, pid,"
             " cwd, plait_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
@@ -232,7 +336,7 @@ class RunRecorder:
             self._items_ok += 1
             item = ev.item
             shown = str(item) if type(item) is int else self._preview(item)
-        rows.append((self._run, key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown))
+        rows.append((key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown))
 
     def _final(
         self,
@@ -263,7 +367,6 @@ class RunRecorder:
             node.retries += 1
         rows.append(
             (
-                self._run,
                 node_id,
                 idx,
                 ev.attempt,
@@ -323,7 +426,6 @@ class RunRecorder:
 
     def _end(self, ev: RunFinished) -> None:
         """The run's outcome; attempts and nodes still open were cut short."""
-        self._finished = None
         ended = ev.at
         for node in self._nodes.values():
             if node.status == "running":
@@ -370,20 +472,36 @@ class RunRecorder:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        self._flush()
         try:
-            if self.error is None and self._run is not None and not self._ended():
+            self._flush()
+            if self.error is None and self._run is None and self._begun is None:
+                return  # the run never started
+            if self.error is None and self._finished is None and not self._ended():
                 ended = time.time()
                 error = "interrupted" if status == "interrupted" else "the run stopped on an internal error"
                 self._events.append(
                     RunFinished(self.run_id or "", status, (ended - self.started) * 1000.0, [{"message": error}], at=ended)
                 )
                 self._flush()
+            for _ in range(FINAL_TRIES):  # the database was locked or full: a last few tries
+                if self.trouble is None or self.error is not None:
+                    break
+                time.sleep(min(self._backoff, 2.0))
+                self._flush()
+            if self.trouble is not None and self.error is None:
+                self.error = f"the run record is incomplete: {self.trouble}"
+            elif self.lost and self.error is None:
+                self.error = f"the run record is incomplete: {self._note()}"
         finally:
             self._conn.close()
 
     def _ended(self) -> bool:
-        row = self._conn.execute("SELECT status FROM runs WHERE id = ?", (self._run,)).fetchone()
+        if self._run is None:
+            return False
+        try:
+            row = self._conn.execute("SELECT status FROM runs WHERE id = ?", (self._run,)).fetchone()
+        except Exception:
+            return False
         return row is not None and row[0] != "running"
 
 
