@@ -1,5 +1,6 @@
 """Where node types come from: built-ins (imported only when used), the
-``plait.nodes`` entry-point group, and ``--nodes PATH`` files or folders."""
+``plait.nodes`` entry-point group, ``--nodes PATH`` files or folders, and the
+``mcp-<server>-<tool>`` types of the MCP tool cache (docs/mcp.md)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._loaded: dict[str, type[PlaitNode]] = {}
         self._sources: dict[str, str] = dict.fromkeys(BUILTINS, "built-in")
         self._entry_points_read = False
+        self._mcp_read = False
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -59,12 +61,39 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 self._targets[ep.name] = ep.value
                 self._sources[ep.name] = f"entry point ({ep.dist.name if ep.dist else ep.value})"
 
+    def _read_mcp(self) -> None:
+        """The ``mcp-<server>-<tool>`` types that ``plait mcp sync`` cached; read only when
+        a workflow names one or every type is listed (no MCP SDK import)."""
+        if self._mcp_read:
+            return
+        self._mcp_read = True
+        from plait.nodes.mcp.catalog import node_types
+
+        for name, cls, source in node_types():
+            if name not in self._targets:
+                self._targets[name] = f"{cls.__module__}:{cls.__name__}"
+                self._loaded[name] = cls
+                self._sources[name] = source
+
+    def _find(self, name: str) -> None:
+        if name not in self._targets:
+            self._read_entry_points()
+        if name not in self._targets and name.startswith("mcp-"):
+            self._read_mcp()
+
+    def unknown_hint(self, name: str) -> str:
+        """A hint for a type name that is not registered, beyond "did you mean"."""
+        if name.startswith("mcp-"):
+            from plait.nodes.mcp.catalog import unknown_hint
+
+            return unknown_hint(name)
+        return ""
+
     def __getitem__(self, name: str) -> type[PlaitNode]:
         cls = self._loaded.get(name)
         if cls is not None:
             return cls
-        if name not in self._targets:
-            self._read_entry_points()
+        self._find(name)
         target = self._targets[name]  # KeyError for unknown types, as a Mapping should
         try:
             cls = _import_target(target)
@@ -79,16 +108,17 @@ class Registry(Mapping[str, type[PlaitNode]]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        if name not in self._targets:
-            self._read_entry_points()
+        self._find(name)
         return name in self._targets
 
     def __iter__(self) -> Iterator[str]:
         self._read_entry_points()
+        self._read_mcp()
         return iter(sorted(self._targets))
 
     def __len__(self) -> int:
         self._read_entry_points()
+        self._read_mcp()
         return len(self._targets)
 
     def source(self, name: str) -> str:
