@@ -56,6 +56,13 @@ def echo(text: str, times: int = 1, style: Literal["plain", "upper"] = "plain") 
 
 
 @server.tool()
+def add(a: int, b: int) -> int:
+    """A + B; a plain return value, which the SDK wraps as {"result": ...}."""
+    _note_call()
+    return a + b
+
+
+@server.tool()
 def fail(message: str) -> str:
     """Always fails, as a tool error (isError) carrying MESSAGE."""
     _note_call()
@@ -145,3 +152,7 @@ if __name__ == "__main__":
         _serve_http(sys.argv[2])
     else:
         server.run()
+        # The interpreter's own teardown would take a second or two more; the
+        # client's shutdown waits for the process, so end it now.
+        sys.stdout.flush()
+        os._exit(0)
