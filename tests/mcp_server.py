@@ -22,6 +22,7 @@ from typing import Literal, TypedDict
 import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ImageContent, TextContent
 
 server = MCPServer("plait-test")
 
@@ -74,6 +75,16 @@ def as_text(value: str) -> str:
     """Answers with text content only: a JSON object holding VALUE."""
     _note_call()
     return '{"value": "' + value + '", "kind": "text"}'
+
+
+@server.tool(structured_output=False)
+def mixed(caption: str) -> list[TextContent | ImageContent]:
+    """Answers with two content blocks: plain text, then a tiny image."""
+    _note_call()
+    return [
+        TextContent(type="text", text=caption),
+        ImageContent(type="image", data="aGk=", mime_type="image/png"),
+    ]
 
 
 class Rendezvous(TypedDict):

@@ -22,7 +22,7 @@ from conftest import plait_env, run_inprocess
 pytest.importorskip("mcp", reason="the mcp extra is not installed (pip install -e '.[dev,mcp]')")
 
 SERVER = Path(__file__).resolve().parent / "mcp_server.py"
-DEMO_TOOLS = ["echo", "add", "fail", "as_text", "rendezvous", "slow", "crash"]
+DEMO_TOOLS = ["echo", "add", "fail", "as_text", "mixed", "rendezvous", "slow", "crash"]
 
 
 def _stdio(pids: Path | None = None, **extra: Any) -> dict[str, Any]:
@@ -194,6 +194,7 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
                 {"id": "one", "type": "mcp-demo-echo", "params": {"text": "hi", "times": 2, "style": "upper"}},
                 {"id": "sum", "type": "mcp-demo-add", "params": {"a": 40, "b": "${one.times}"}},
                 {"id": "txt", "type": "mcp-demo-as_text", "params": {"value": "${one.text}"}},
+                {"id": "pic", "type": "mcp-demo-mixed", "params": {"caption": "a [b] c"}},
                 {
                     "id": "many",
                     "type": "mcp-demo-echo",
@@ -226,6 +227,7 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
                 "sum": {"source": "${sum.result}"},
                 "value": {"source": "${txt.result.value}"},
                 "kind": {"source": "${txt.kind}"},
+                "pic": {"source": "${pic.result}"},
                 "many": {"source": "${many.results}"},
                 "meet": {"source": "${meet.success_count}"},
                 "bad": {"source": "${bad.errors}"},
@@ -240,6 +242,7 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
     assert out["whole"] == {"text": "hi", "times": 2, "shout": "HIHI"}  # structured content, not its text
     assert out["sum"] == 42  # a wrapped plain value reads as pflow reads it
     assert out["value"] == "hi" and out["kind"] == "text"  # JSON text content, parsed
+    assert out["pic"] == ["a [b] c", {"type": "image", "data": "aGk=", "mime_type": "image/png"}]
     assert [x["item"] for x in out["many"]] == list(range(200))
     assert [x["shout"] for x in out["many"]] == [f"n{i}" for i in range(200)]
     assert out["meet"] == 8  # so calls really were multiplexed on the one session
@@ -249,7 +252,7 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
     ]
     assert out["late"][0]["error"] == "MCP tool 'slow' of server 'demo' did not answer within 0.3 s"
     calls = _pids(pids)
-    assert len(calls) == 1 + 1 + 1 + 200 + 8 + 2 + 1
+    assert len(calls) == 1 + 1 + 1 + 1 + 200 + 8 + 2 + 1
     assert len(set(calls)) == 1, "every call of the run went to one server process"
 
 
@@ -335,7 +338,7 @@ def test_a_streamable_http_server_from_a_pflow_markdown_workflow(
     mcp_env(web={"type": "http", "url": "${env.PLAIT_TEST_MCP_URL}", "headers": {"X-Test": "${PLAIT_TEST_NONE:-x}"}})
     r = plait("mcp", "sync", "web")
     assert r.code == 0, r
-    assert "✓ web (http): 7 tools" in r.stdout and "mcp-web-rendezvous" in r.stdout
+    assert "✓ web (http): 8 tools" in r.stdout and "mcp-web-rendezvous" in r.stdout
     path = workflow(
         """# Shout over HTTP
 
