@@ -21,6 +21,7 @@ from typing import Literal, TypedDict
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ImageContent, TextContent
 
@@ -85,6 +86,26 @@ def mixed(caption: str) -> list[TextContent | ImageContent]:
         TextContent(type="text", text=caption),
         ImageContent(type="image", data="aGk=", mime_type="image/png"),
     ]
+
+
+class Seen(TypedDict):
+    sent: list[str]
+    nulls: list[str]
+    header: str
+
+
+@server.tool()
+def seen(ctx: Context, maybe: str | None = None, count: int = 0, note: str = "") -> Seen:
+    """Which arguments the call carried, which of them were null, and its X-Test header."""
+    _note_call()
+    params = ctx.request_context.params or {}
+    args = params.get("arguments") or {}
+    headers = ctx.headers or {}
+    return {
+        "sent": sorted(args),
+        "nulls": sorted(k for k, v in args.items() if v is None),
+        "header": headers.get("x-test", ""),
+    }
 
 
 class Rendezvous(TypedDict):

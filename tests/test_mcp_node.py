@@ -22,7 +22,7 @@ from conftest import plait_env, run_inprocess
 pytest.importorskip("mcp", reason="the mcp extra is not installed (pip install -e '.[dev,mcp]')")
 
 SERVER = Path(__file__).resolve().parent / "mcp_server.py"
-DEMO_TOOLS = ["echo", "add", "fail", "as_text", "mixed", "rendezvous", "slow", "crash"]
+DEMO_TOOLS = ["echo", "add", "fail", "as_text", "mixed", "seen", "rendezvous", "slow", "crash"]
 
 
 def _stdio(pids: Path | None = None, **extra: Any) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def test_nodes_and_mcp_list_document_the_synced_tools(plait: Any, mcp_env: Any) 
     assert "mcp-demo-echo  — Repeat a text; structured output." in r.stdout
     assert "from MCP server 'demo'" in r.stdout
     assert "text: string (required)" in r.stdout
-    assert 'style: string (default "plain") — Style one of: "plain", "upper"' in r.stdout
+    assert 'style: string (default "plain") — Style (one of "plain", "upper")' in r.stdout
     assert "timeout: number (optional)" in r.stdout
     assert "shout: string" in r.stdout
 
@@ -181,6 +181,11 @@ def test_an_mcp_type_without_a_cache_says_to_sync(plait: Any, workflow: Any) -> 
     r = plait("validate", path)
     assert r.code == 2
     assert "mcp-tools.json cannot be read" in r.stderr and "plait mcp sync" in r.stderr
+    # A typo in another node type is about that type, not about the MCP cache.
+    r = plait("validate", workflow({"nodes": [{"id": "a", "type": "shel", "params": {"command": "ls"}}]}), "-o", "json")
+    assert r.code == 2
+    assert r.json["errors"][0]["message"] == "unknown node type 'shel'"
+    assert r.json["errors"][0]["hint"] == "did you mean 'shell'?"
 
 
 # -- runs
@@ -195,6 +200,8 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
                 {"id": "sum", "type": "mcp-demo-add", "params": {"a": 40, "b": "${one.times}"}},
                 {"id": "txt", "type": "mcp-demo-as_text", "params": {"value": "${one.text}"}},
                 {"id": "pic", "type": "mcp-demo-mixed", "params": {"caption": "a [b] c"}},
+                {"id": "quiet", "type": "mcp-demo-seen", "params": {}},
+                {"id": "some", "type": "mcp-demo-seen", "params": {"maybe": None, "count": "${one.times}"}},
                 {
                     "id": "many",
                     "type": "mcp-demo-echo",
@@ -228,6 +235,8 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
                 "value": {"source": "${txt.result.value}"},
                 "kind": {"source": "${txt.kind}"},
                 "pic": {"source": "${pic.result}"},
+                "quiet": {"source": "${quiet.result}"},
+                "some": {"source": "${some.result}"},
                 "many": {"source": "${many.results}"},
                 "meet": {"source": "${meet.success_count}"},
                 "bad": {"source": "${bad.errors}"},
@@ -243,6 +252,9 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
     assert out["sum"] == 42  # a wrapped plain value reads as pflow reads it
     assert out["value"] == "hi" and out["kind"] == "text"  # JSON text content, parsed
     assert out["pic"] == ["a [b] c", {"type": "image", "data": "aGk=", "mime_type": "image/png"}]
+    # Arguments left out are not sent (the server applies its defaults); an explicit null is.
+    assert out["quiet"] == {"sent": [], "nulls": [], "header": ""}
+    assert out["some"] == {"sent": ["count", "maybe"], "nulls": ["maybe"], "header": ""}
     assert [x["item"] for x in out["many"]] == list(range(200))
     assert [x["shout"] for x in out["many"]] == [f"n{i}" for i in range(200)]
     assert out["meet"] == 8  # so calls really were multiplexed on the one session
@@ -252,7 +264,7 @@ def test_a_200_item_batch_runs_on_one_server_process(plait: Any, workflow: Any, 
     ]
     assert out["late"][0]["error"] == "MCP tool 'slow' of server 'demo' did not answer within 0.3 s"
     calls = _pids(pids)
-    assert len(calls) == 1 + 1 + 1 + 1 + 200 + 8 + 2 + 1
+    assert len(calls) == 1 + 1 + 1 + 1 + 2 + 200 + 8 + 2 + 1
     assert len(set(calls)) == 1, "every call of the run went to one server process"
 
 
@@ -335,10 +347,13 @@ def test_a_streamable_http_server_from_a_pflow_markdown_workflow(
 ) -> None:
     url, pids = http_server
     monkeypatch.setenv("PLAIT_TEST_MCP_URL", url)
-    mcp_env(web={"type": "http", "url": "${env.PLAIT_TEST_MCP_URL}", "headers": {"X-Test": "${PLAIT_TEST_NONE:-x}"}})
+    monkeypatch.setenv("PLAIT_TEST_MCP_TOKEN", "tok")
+    # The three spellings of a variable in the config: pflow's two and plait's.
+    headers = {"X-Test": "${env.PLAIT_TEST_MCP_TOKEN}-${PLAIT_TEST_MCP_UNSET:-dflt}"}
+    mcp_env(web={"type": "http", "url": "${PLAIT_TEST_MCP_URL}", "headers": headers})
     r = plait("mcp", "sync", "web")
     assert r.code == 0, r
-    assert "✓ web (http): 8 tools" in r.stdout and "mcp-web-rendezvous" in r.stdout
+    assert "✓ web (http): 9 tools" in r.stdout and "mcp-web-rendezvous" in r.stdout
     path = workflow(
         """# Shout over HTTP
 
@@ -375,7 +390,19 @@ parallel: true
 max_concurrent: 3
 ```
 
+### who
+
+What the server saw of the request.
+
+- type: mcp-web-seen
+
 ## Outputs
+
+### header
+
+The X-Test header the server got.
+
+- source: ${who.header}
 
 ### shouts
 
@@ -395,7 +422,8 @@ How many calls met.
     assert r.code == 0, r
     assert [x["shout"] for x in r.json["outputs"]["shouts"]] == ["A", "B", "C", "D", "E", "F"]
     assert r.json["outputs"]["met"] == 3
-    assert len(_pids(pids)) == 9 and len(set(_pids(pids))) == 1
+    assert r.json["outputs"]["header"] == "tok-dflt"
+    assert len(_pids(pids)) == 10 and len(set(_pids(pids))) == 1
 
 
 def test_workflows_without_mcp_nodes_read_no_mcp_file_and_import_no_sdk(tmp_path: Path) -> None:
@@ -425,3 +453,57 @@ def test_mcp_is_in_the_help_and_list_works_with_nothing_configured(plait: Any, m
     assert r.code == 0 and "no MCP servers configured" in r.stdout
     r = plait("mcp", "sync")
     assert r.code == 2 and "no MCP servers are configured" in r.stderr
+
+
+def test_json_schema_shapes_become_declared_params(plait: Any, workflow: Any) -> None:
+    # The cache is a documented file: write what a server with unusual schemas would list.
+    tools = [
+        {
+            "name": "shapes",
+            "description": "First line.\nMore prose that plait nodes does not show.",
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "maybe": {"type": ["string", "null"]},
+                    "either": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+                    "loose": {},
+                    "opt": {"anyOf": [{"type": "number"}, {"type": "null"}], "default": None},
+                    "timeout": {"type": "integer", "description": "the tool's own"},
+                },
+                "required": ["either"],
+                "additionalProperties": False,
+            },
+            "output_schema": None,
+        },
+        {"name": "open", "input_schema": {"type": "object", "additionalProperties": True}},
+    ]
+    home = Path(os.environ["PLAIT_HOME"])
+    _write_json(home / "mcp-tools.json", {"format": 1, "servers": {"x-y": {"synced": "now", "tools": tools}}})
+    decl = {d["type"]: d for d in plait("nodes", "--json").json}
+    shapes = decl["mcp-x-y-shapes"]
+    assert shapes["description"] == "First line."
+    assert [(p["name"], p["type"], p["required"]) for p in shapes["params"]] == [
+        ("maybe", "string|null", False),
+        ("either", "string|integer", True),
+        ("loose", "any", False),
+        ("opt", "number|null", False),
+        ("timeout", "integer", False),  # the tool's: plait adds no timeout of its own
+    ]
+    assert decl["mcp-x-y-open"]["open_params"] is True
+    path = workflow(
+        {
+            "nodes": [
+                {"id": "s", "type": "mcp-x-y-shapes", "params": {"either": "${o.anything}", "maybe": None}},
+                {"id": "o", "type": "mcp-x-y-open", "params": {"whatever": 1}},
+                {"id": "t", "type": "mcp-x-y-shapes", "params": {"either": [1], "extra": 2}},
+            ]
+        }
+    )
+    r = plait("validate", path, "-o", "json")
+    assert r.code == 2
+    messages = sorted(e["message"] for e in r.json["errors"])
+    assert messages == [
+        "${o.anything}: node 'o' cannot have run before 's'",
+        "param 'either' of node 't' must be string or integer, not array ([1])",
+        "unknown param 'extra' for node type 'mcp-x-y-shapes'",
+    ]  # no output of 'o' is unknown (no output schema), and 'maybe' may be null

@@ -49,6 +49,7 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._sources: dict[str, str] = dict.fromkeys(BUILTINS, "built-in")
         self._entry_points_read = False
         self._mcp_read = False
+        self._mcp_error: UsageError | None = None
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -61,25 +62,33 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 self._targets[ep.name] = ep.value
                 self._sources[ep.name] = f"entry point ({ep.dist.name if ep.dist else ep.value})"
 
-    def _read_mcp(self) -> None:
+    def _read_mcp(self, strict: bool) -> None:
         """The ``mcp-<server>-<tool>`` types that ``plait mcp sync`` cached; read only when
-        a workflow names one or every type is listed (no MCP SDK import)."""
-        if self._mcp_read:
-            return
-        self._mcp_read = True
-        from plait.nodes.mcp.catalog import node_types
+        a workflow names one or every type is listed (no MCP SDK import). An unreadable
+        cache is an error for a workflow that names an MCP type, and is skipped when
+        types are only listed (a typo in a shell node's type must not be about MCP)."""
+        if not self._mcp_read:
+            self._mcp_read = True
+            from plait.nodes.mcp.catalog import node_types
 
-        for name, cls, source in node_types():
-            if name not in self._targets:
-                self._targets[name] = f"{cls.__module__}:{cls.__name__}"
-                self._loaded[name] = cls
-                self._sources[name] = source
+            try:
+                found = node_types()
+            except UsageError as exc:
+                self._mcp_error = exc
+                found = []
+            for name, cls, source in found:
+                if name not in self._targets:
+                    self._targets[name] = f"{cls.__module__}:{cls.__name__}"
+                    self._loaded[name] = cls
+                    self._sources[name] = source
+        if strict and self._mcp_error is not None:
+            raise self._mcp_error
 
     def _find(self, name: str) -> None:
         if name not in self._targets:
             self._read_entry_points()
         if name not in self._targets and name.startswith("mcp-"):
-            self._read_mcp()
+            self._read_mcp(strict=True)
 
     def unknown_hint(self, name: str) -> str:
         """A hint for a type name that is not registered, beyond "did you mean"."""
@@ -113,12 +122,12 @@ class Registry(Mapping[str, type[PlaitNode]]):
 
     def __iter__(self) -> Iterator[str]:
         self._read_entry_points()
-        self._read_mcp()
+        self._read_mcp(strict=False)
         return iter(sorted(self._targets))
 
     def __len__(self) -> int:
         self._read_entry_points()
-        self._read_mcp()
+        self._read_mcp(strict=False)
         return len(self._targets)
 
     def source(self, name: str) -> str:

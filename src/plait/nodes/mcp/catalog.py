@@ -27,7 +27,7 @@ from typing import Any
 from plait.errors import UsageError, did_you_mean
 from plait.nodes.base import Output, Param
 from plait.nodes.mcp.config import plait_home
-from plait.nodes.mcp.node import McpToolNode
+from plait.nodes.mcp.node import UNSET, McpToolNode
 
 CACHE_NAME = "mcp-tools.json"
 CACHE_FORMAT = 1
@@ -123,22 +123,24 @@ def _enum_types(values: list[Any]) -> tuple[set[str], bool]:
     return types, any(v is None for v in values)
 
 
-def _plait_type(types: set[str]) -> str:
+def _plait_type(types: set[str], nullable: bool = False) -> str:
     if not types or len(types) == len(_JSON_TYPES):
         return "any"
     if "number" in types:
         types.discard("integer")  # a number param already takes integers
-    return "|".join(t for t in _JSON_TYPES if t in types)
+    # "null" is a type name the static check understands (value_type(None) == "null").
+    return "|".join([t for t in _JSON_TYPES if t in types] + (["null"] if nullable else []))
 
 
 def _describe(schema: dict[str, Any]) -> str:
     text = schema.get("description") or schema.get("title") or ""
     if isinstance(schema.get("enum"), list):
-        text = (text + " " if text else "") + "one of: " + ", ".join(json.dumps(v) for v in schema["enum"])
+        choices = "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+        text = f"{text} ({choices})" if text else choices
     return " ".join(str(text).split())
 
 
-def _params(input_schema: Any) -> tuple[list[Param], frozenset[str], dict[str, list[Any]]]:
+def _params(input_schema: Any) -> tuple[list[Param], frozenset[str], dict[str, list[Any]], dict[str, Any]]:
     schema = input_schema if isinstance(input_schema, dict) else {}
     props = schema.get("properties")
     props = props if isinstance(props, dict) else {}
@@ -147,6 +149,7 @@ def _params(input_schema: Any) -> tuple[list[Param], frozenset[str], dict[str, l
     params: list[Param] = []
     nullable: set[str] = set()
     enums: dict[str, list[Any]] = {}
+    defaults: dict[str, Any] = {}
     for name, prop in props.items():
         prop = prop if isinstance(prop, dict) else {}
         types, allows_null = _schema_types(prop)
@@ -154,16 +157,20 @@ def _params(input_schema: Any) -> tuple[list[Param], frozenset[str], dict[str, l
             nullable.add(name)
         if isinstance(prop.get("enum"), list):
             enums[name] = prop["enum"]
+        if "default" in prop:
+            defaults[name] = prop["default"]
         params.append(
             Param(
                 name,
-                _plait_type(types),
+                _plait_type(types, allows_null),
                 required=name in required,
-                default=prop.get("default"),
+                # Not the schema's default: an argument the workflow leaves out is not
+                # sent (as pflow), and the server applies its own default.
+                default=UNSET,
                 description=_describe(prop),
             )
         )
-    return params, frozenset(nullable), enums
+    return params, frozenset(nullable), enums, defaults
 
 
 def _outputs(output_schema: Any) -> list[Output]:
@@ -190,7 +197,7 @@ def _summary(tool: dict[str, Any], server: str) -> str:
 def tool_class(server: str, tool: dict[str, Any]) -> type[McpToolNode]:
     """A node type for one cached tool."""
     name = type_name(server, tool["name"])
-    params, nullable, enums = _params(tool.get("input_schema"))
+    params, nullable, enums, defaults = _params(tool.get("input_schema"))
     tool_params = frozenset(p.name for p in params)
     if "timeout" not in tool_params:
         params.append(
@@ -214,6 +221,7 @@ def tool_class(server: str, tool: dict[str, Any]) -> type[McpToolNode]:
         "mcp_tool_params": tool_params,
         "mcp_nullable": nullable,
         "mcp_enums": enums,
+        "mcp_defaults": defaults,
         "mcp_schema": {"input": input_schema, "output": output_schema, "description": tool.get("description") or ""},
     }
     cls = type(f"Mcp_{server}_{tool['name']}".replace("-", "_"), (McpToolNode,), attrs)

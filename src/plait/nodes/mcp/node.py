@@ -24,6 +24,17 @@ from plait.nodes.base import ItemContext, NodeError, PlaitNode, Services
 _imported = False
 
 
+class _Unset:
+    """The runtime default of every tool argument: left out of the workflow, it is not
+    sent (a null is sent only when the workflow says null and the schema allows it)."""
+
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET: Any = _Unset()
+
+
 class McpToolNode(PlaitNode):
     """Base of the generated ``mcp-<server>-<tool>`` node types."""
 
@@ -34,6 +45,8 @@ class McpToolNode(PlaitNode):
     #: params whose schema allows null: a null is sent, not dropped
     mcp_nullable: ClassVar[frozenset[str]] = frozenset()
     mcp_enums: ClassVar[dict[str, list[Any]]] = {}
+    #: the schema's defaults, shown by `plait nodes`; the server applies them
+    mcp_defaults: ClassVar[dict[str, Any]] = {}
     mcp_schema: ClassVar[dict[str, Any]] = {}
 
     @classmethod
@@ -63,6 +76,9 @@ class McpToolNode(PlaitNode):
     @classmethod
     def interface(cls) -> dict[str, Any]:
         decl = super().interface()
+        for p in decl["params"]:
+            if p["default"] is UNSET:
+                p["default"] = cls.mcp_defaults.get(p["name"])
         decl["mcp"] = {"server": cls.mcp_server, "tool": cls.mcp_tool, **cls.mcp_schema}
         return decl
 
@@ -71,7 +87,7 @@ class McpToolNode(PlaitNode):
         arguments = {
             k: v
             for k, v in params.items()
-            if k in self.mcp_tool_params and (v is not None or k in self.mcp_nullable)
+            if k in self.mcp_tool_params and v is not UNSET and (v is not None or k in self.mcp_nullable)
         }
         timeout = None if "timeout" in self.mcp_tool_params else params.get("timeout")
         return shared.services, arguments, timeout
@@ -81,7 +97,13 @@ class McpToolNode(PlaitNode):
 
     async def exec_async(self, prep_res: tuple[Services, dict[str, Any], float | None]) -> dict[str, Any]:
         services, arguments, timeout = prep_res
-        from plait.nodes.mcp.session import server_handle
+        try:
+            from plait.nodes.mcp.session import server_handle
+        except ImportError as exc:
+            raise NodeError(
+                f"MCP nodes need the MCP SDK, which cannot be imported ({exc}): pip install 'plait[mcp]'",
+                retryable=False,
+            ) from None
 
         handle = await server_handle(services, self.mcp_server)
         result = await handle.call(self.mcp_tool, arguments, timeout)

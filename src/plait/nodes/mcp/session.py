@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -36,12 +37,18 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, Implementation
+from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, REQUEST_TIMEOUT, Implementation
 
 from plait import __version__
 from plait.errors import PlaitError
 from plait.nodes.base import NodeError, Services
 from plait.nodes.mcp.config import ServerConfig, find_server
+
+# The SDK logs a server's garbled output or a broken pipe itself; with no handler
+# configured, Python would print those on the progress display. Errors reach the
+# user as item failures instead; an application that configures logging still
+# gets the records through propagation.
+logging.getLogger("mcp").addHandler(logging.NullHandler())
 
 _CLOSE_TIMEOUT_S = 4.0
 _STDERR_TAIL_BYTES = 1500
@@ -198,7 +205,9 @@ class Session:
         try:
             return await client.call_tool(tool, arguments, read_timeout_seconds=timeout)
         except MCPError as exc:
-            if exc.code == CONNECTION_CLOSED:
+            # An HTTP server that restarted answers 404 for the old session id,
+            # which the SDK spells as "Session terminated": a new session will do.
+            if exc.code == CONNECTION_CLOSED or (exc.code == INVALID_REQUEST and exc.message == "Session terminated"):
                 self.alive = False
                 raise TransportFailed(exc.message) from None
             if exc.code == REQUEST_TIMEOUT:
