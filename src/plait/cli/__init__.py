@@ -65,6 +65,7 @@ def cli() -> None:
     plait runs                            recent runs (records in $PLAIT_HOME)
     plait show RUN                        one run: nodes, failed items and errors
     plait timeline RUN -o FILE.html       a picture of the run over time
+    plait mcp sync | list                 MCP servers' tools as mcp-SERVER-TOOL nodes
     """
 
 
@@ -371,6 +372,11 @@ def timeline(run_ref: str, output: str | None) -> None:
         from plait.cli.records_cmd import timeline_command
 
         sys.exit(timeline_command(run_ref, output))
+
+
+from plait.cli.mcp import mcp as _mcp  # noqa: E402  (click only; the SDK loads in `sync`)
+
+cli.add_command(_mcp)
 
 
 def main() -> None:

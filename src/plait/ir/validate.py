@@ -330,10 +330,13 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
             c.add("node has no 'type'", path, f"types: {', '.join(sorted(node_types))}", node_id=node_id)
             type_ = ""
         elif type_ not in node_types:
+            # A registry may know more about names it cannot resolve (the MCP tool cache).
+            more = getattr(node_types, "unknown_hint", None)
             c.add(
                 f"unknown node type '{type_}'",
                 f"{path}.type",
-                did_you_mean(type_, node_types)
+                (more(type_) if more is not None else "")
+                or did_you_mean(type_, node_types)
                 or f"available types: {', '.join(sorted(node_types))}; a custom type comes from "
                 "--nodes FILE.py or an installed plugin (the plait.nodes entry points)",
                 node_id=node_id,

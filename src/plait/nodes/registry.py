@@ -1,5 +1,6 @@
 """Where node types come from: built-ins (imported only when used), the
-``plait.nodes`` entry-point group, and ``--nodes PATH`` files or folders."""
+``plait.nodes`` entry-point group, ``--nodes PATH`` files or folders, and the
+``mcp-<server>-<tool>`` types of the MCP tool cache (docs/mcp.md)."""
 
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._loaded: dict[str, type[PlaitNode]] = {}
         self._sources: dict[str, str] = dict.fromkeys(BUILTINS, "built-in")
         self._entry_points_read = False
+        self._mcp_read = False
+        self._mcp_error: UsageError | None = None
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -111,12 +114,47 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 self._targets[ep.name] = ep.value
                 self._sources[ep.name] = f"entry point ({ep.dist.name if ep.dist else ep.value})"
 
+    def _read_mcp(self, strict: bool) -> None:
+        """The ``mcp-<server>-<tool>`` types that ``plait mcp sync`` cached; read only when
+        a workflow names one or every type is listed (no MCP SDK import). An unreadable
+        cache is an error for a workflow that names an MCP type, and is skipped when
+        types are only listed (a typo in a shell node's type must not be about MCP)."""
+        if not self._mcp_read:
+            self._mcp_read = True
+            from plait.nodes.mcp.catalog import node_types
+
+            try:
+                found = node_types()
+            except UsageError as exc:
+                self._mcp_error = exc
+                found = []
+            for name, cls, source in found:
+                if name not in self._targets:
+                    self._targets[name] = f"{cls.__module__}:{cls.__name__}"
+                    self._loaded[name] = cls
+                    self._sources[name] = source
+        if strict and self._mcp_error is not None:
+            raise self._mcp_error
+
+    def _find(self, name: str) -> None:
+        if name not in self._targets:
+            self._read_entry_points()
+        if name not in self._targets and name.startswith("mcp-"):
+            self._read_mcp(strict=True)
+
+    def unknown_hint(self, name: str) -> str:
+        """A hint for a type name that is not registered, beyond "did you mean"."""
+        if name.startswith("mcp-"):
+            from plait.nodes.mcp.catalog import unknown_hint
+
+            return unknown_hint(name)
+        return ""
+
     def __getitem__(self, name: str) -> type[PlaitNode]:
         cls = self._loaded.get(name)
         if cls is not None:
             return cls
-        if name not in self._targets:
-            self._read_entry_points()
+        self._find(name)
         target = self._targets[name]  # KeyError for unknown types, as a Mapping should
         try:
             cls = _import_target(target)
@@ -133,16 +171,17 @@ class Registry(Mapping[str, type[PlaitNode]]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        if name not in self._targets:
-            self._read_entry_points()
+        self._find(name)
         return name in self._targets
 
     def __iter__(self) -> Iterator[str]:
         self._read_entry_points()
+        self._read_mcp(strict=False)
         return iter(sorted(self._targets))
 
     def __len__(self) -> int:
         self._read_entry_points()
+        self._read_mcp(strict=False)
         return len(self._targets)
 
     def source(self, name: str) -> str:

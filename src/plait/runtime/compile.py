@@ -145,6 +145,10 @@ class _TypeView(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._registry)
 
+    def unknown_hint(self, name: str) -> str:
+        more = getattr(self._registry, "unknown_hint", None)
+        return more(name) if more is not None else ""
+
 
 def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
     declared = {p.name: p for p in cls.param_specs}
