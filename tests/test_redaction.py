@@ -126,3 +126,49 @@ def test_a_value_hidden_once_is_hidden_everywhere() -> None:
     redactor = Redactor({"GITHUB_TOKEN": "ghp_0123456789"})
     redactor.value({"password": "opensesame99"})
     assert redactor.text("tried opensesame99 and ghp_0123456789") == "tried *** and ***"
+
+
+def test_the_working_directory_is_not_a_secret(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:
+    wf = {"nodes": [{"id": "r", "type": "read-file", "params": {"file_path": str(tmp_path / "missing.txt")}}]}
+    r = plait("run", workflow(wf), env={"PWD": str(tmp_path), "OLDPWD": str(tmp_path.parent)})
+    assert r.code == 1
+    assert str(tmp_path / "missing.txt") in r.stderr
+    shown = plait("show", "last", env={"PWD": str(tmp_path)}).stdout
+    assert str(tmp_path / "missing.txt") in shown and "***" not in shown
+
+
+TOKEN = "tok-live-9d8c7b6a5f4e"
+
+
+def test_a_secret_obtained_during_the_run_is_masked_in_errors_json_and_records(
+    plait: Plait, workflow: Workflow, tmp_path: Path
+) -> None:
+    wf = {
+        "nodes": [
+            # an auth step hands out a token (as an HTTP login would)
+            {"id": "login", "type": "shell", "params": {"command": f"""echo '{{"access_token": "{TOKEN}", "user": "ada"}}'"""}},
+            {"id": "auth", "type": "echo", "params": {"access_token": "${login.stdout.access_token}", "who": "ada"}},
+            # a later step leaks it into its error text, without its name
+            {"id": "use", "type": "shell", "params": {"command": "echo \"refused ${auth.access_token} for ada\" >&2; exit 3"}},
+        ]
+    }
+    r = plait("run", workflow(wf), "-o", "json")
+    assert r.code == 1
+    assert TOKEN not in r.stdout and TOKEN not in r.stderr, (r.stdout, r.stderr)
+    assert "refused *** for ada" in r.stderr
+    assert r.json["errors"][0]["message"].startswith("command exited with code 3: refused *** for ada")
+    assert TOKEN.encode() not in written_by_plait(tmp_path)
+    shown = plait("show", "last")
+    assert TOKEN not in shown.stdout and "refused *** for ada" in shown.stdout
+
+
+def test_a_secret_cut_by_a_preview_leaks_no_prefix() -> None:
+    cut = 'HTTP 401 from https://api.test/login: {"error": "expired", "refresh_token": "rt-0123456789abcdef'
+    masked = Redactor({}).text(cut + "...")
+    assert "rt-0123" not in masked and masked.endswith('"refresh_token": "***"')
+    assert '"error": "expired"' in masked
+
+
+@pytest.mark.parametrize("name", ["X-Session-Token", "X-Custom-Auth", "sessionid", "set-cookie", "x-api-key"])
+def test_headers_named_like_secrets_are_masked(name: str) -> None:
+    assert Redactor({}).value({name: "s3cr3t-value-123", "count": 3}) == {name: "***", "count": 3}

@@ -92,6 +92,7 @@ def run_command(
         error_block(Interrupted("interrupted: stopped at once by a second Ctrl-C"))
         sys.stderr.write(details)
         return 130
+    _learn_secrets(redactor, compiled, result)
     strict = strict or bool(compiled.workflow.fail_on_item_errors)
     if output_format == "json":
         payload = {"run_id": run_id, **result.to_json()}
@@ -112,11 +113,34 @@ def run_command(
         node_id = first.get("node_id")
         message = f"node '{node_id}' failed: {first['message']}" if node_id else first["message"]
         error_block(
-            RunFailed(message, node_id=node_id, index=first.get("index"), hint=first.get("hint", "")),
+            RunFailed(
+                redactor.text(message),
+                node_id=node_id,
+                index=first.get("index"),
+                hint=redactor.text(first.get("hint", "")),
+            ),
         )
         sys.stderr.write(details)
         return 1
     return 0
+
+
+#: a batch's results looked at for secrets a node obtained (its first ones; the
+#: rest are masked by name wherever they are written)
+_RESULTS_SCANNED = 100
+
+
+def _learn_secrets(redactor: Any, compiled: Any, result: RunResult) -> None:
+    """Secrets nodes obtained during the run (an access_token from a login step)
+    are masked wherever they show up afterwards, in free text too."""
+    for node_id, value in result.values.items():
+        cn = compiled.nodes.get(node_id)
+        if cn is None:
+            continue
+        if cn.batch is not None and isinstance(value, dict):
+            redactor.learn_from((value.get("results") or [])[:_RESULTS_SCANNED])
+        else:
+            redactor.learn_from(value)
 
 
 def partial_line(result: RunResult, run_id: str | None, strict: bool) -> None:
