@@ -50,7 +50,7 @@ BATCH_FIELDS = BATCH.names
 RETRY_FIELDS = RETRY.names
 # plait 0.1's names inside a node's retry, before it took pflow's {max, wait, backoff}
 _OLD_RETRY_FIELDS = {"max_retries": "max", "retry_wait": "wait"}
-RESERVED_ROOTS = ("env", "__index__")
+RESERVED_ROOTS = ("env", "__index__", "__item_key__", "__attempt__")
 
 
 class ParamInfo(Protocol):

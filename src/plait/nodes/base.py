@@ -229,6 +229,13 @@ class PlaitNode(_PocketFlowNode):
     open_params: ClassVar[bool] = False
     #: outputs are not known before the run (a sub-workflow's), so templates are not checked
     dynamic_outputs: ClassVar[bool] = False
+    #: the version of what the type does with its params: part of every item's key,
+    #: so bump it when the same params would now give other results (resume re-runs them)
+    version: ClassVar[str] = "1"
+    #: cache this type's successful results across runs unless a node or the run says not to
+    cacheable: ClassVar[bool] = False
+    #: the version of cached results: bump it to make every cached entry of the type a miss
+    cache_version: ClassVar[str] = "1"
 
     def __init__(self, node_id: str = "", max_retries: int = 1, wait: float = 0.0) -> None:
         # Total attempts, as PocketFlow (and pflow's max_retries) count them.

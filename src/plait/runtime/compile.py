@@ -21,6 +21,7 @@ from plait.ir.model import BatchSpec
 from plait.ir.validate import document_order
 from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
+from plait.runtime.keys import node_fingerprint
 from plait.templates import Base, Compiled, Local, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
@@ -42,6 +43,10 @@ class CompiledNode:
     executor: str = "auto"
     #: static params holding lists or dicts: each item gets its own copy
     static_containers: tuple[str, ...] = ()
+    #: what decides the node's work besides its params' values (runtime/keys.py)
+    fingerprint: str = ""
+    #: a param uses ${__item_key__}: the key is taken before it is resolved
+    uses_item_key: bool = False
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
         # A fresh dict (and fresh lists and dicts inside it) for every item: no
@@ -184,6 +189,12 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         position=spec.position,
         executor=spec.batch.executor if spec.batch is not None else "auto",
         static_containers=tuple(k for k, v in static.items() if isinstance(v, dict | list)),
+        fingerprint=node_fingerprint(
+            spec.type, cls.version, spec.params, {"as": spec.batch.alias} if spec.batch is not None else None
+        ),
+        uses_item_key=any(
+            r.root == "__item_key__" for v in spec.params.values() for r in compile_value(v).refs
+        ),
     )
 
 

@@ -278,7 +278,8 @@ class BatchDriver:
                 bus.emit(
                     ItemFinished(
                         self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0,
-                        item=out.item, outputs=out.outputs, at=out.started + out.duration,
+                        item=out.item, outputs=out.outputs, key=out.key, action=out.action,
+                        reused=out.reused, cached=out.cached, at=out.started + out.duration,
                     )
                 )
             self.on_final(out)
@@ -306,7 +307,8 @@ class BatchDriver:
             bus.emit(
                 ItemFailed(
                     self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
-                    item=out.item, outputs=out.outputs, at=out.started + out.duration,
+                    item=out.item, outputs=out.outputs, key=out.key, reused=out.reused,
+                    at=out.started + out.duration,
                 )
             )
         self.failed += 1

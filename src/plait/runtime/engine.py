@@ -135,7 +135,16 @@ class Runner:
         if cw.file and not services.stack:  # the top level: a child calling it back is a cycle
             services.stack = (str(Path(cw.file).resolve()),)
         if bus.active:
-            bus.emit(RunStarted(services.run_id, cw.workflow, inputs, path=services.path))
+            bus.emit(
+                RunStarted(
+                    services.run_id,
+                    cw.workflow,
+                    inputs,
+                    path=services.path,
+                    fingerprints={nid: cn.fingerprint for nid, cn in cw.nodes.items()},
+                    resumed_from=services.resumed_from,
+                )
+            )
         if services.parent is None:
             services.warm_up({cn.cls for cn in cw.nodes.values()})
         status = "success"

@@ -99,7 +99,8 @@ class RunStarted(Event):
     workflow: Workflow | None = None
     inputs: dict[str, Any] = field(default_factory=dict)
     path: tuple[Step, ...] = ()
-
+    fingerprints: dict[str, str] = field(default_factory=dict)  # node id -> fingerprint
+    resumed_from: str | None = None  # the run this one resumes
 
 @dataclass(slots=True)
 class RunFinished(Event):
@@ -146,7 +147,8 @@ class ItemStarted(Event):
 
 @dataclass(slots=True)
 class ItemFinished(Event):
-    """The item succeeded (its final outcome)."""
+    """The item succeeded (its final outcome). ``reused`` names the run whose
+    recorded result it is (resume), ``cached`` says it came from the item cache."""
 
     loc: Location
     index: int | None
@@ -155,6 +157,10 @@ class ItemFinished(Event):
     duration_ms: float
     item: Any = None
     outputs: dict[str, Any] | None = None
+    key: str | None = None
+    action: str = "default"
+    reused: str | None = None
+    cached: bool = False
 
 
 @dataclass(slots=True)
@@ -182,6 +188,8 @@ class ItemFailed(Event):
     error: str
     item: Any = None
     outputs: dict[str, Any] | None = None
+    key: str | None = None
+    reused: str | None = None
 
 
 @dataclass(slots=True)

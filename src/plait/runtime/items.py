@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from plait.nodes.base import ItemContext, NodeError
 from plait.runtime.events import ItemStarted
+from plait.runtime.keys import item_key
 from plait.templates import TemplateError
 
 if TYPE_CHECKING:
@@ -44,14 +45,24 @@ def main_thread_in_exec() -> bool:
 
 
 class Attempt:
-    """What an executor is asked to run."""
+    """What an executor is asked to run. ``params`` and ``key`` are set when the
+    driver resolved them already (to look for a reusable result first)."""
 
-    __slots__ = ("index", "item", "number")
+    __slots__ = ("index", "item", "key", "number", "params")
 
-    def __init__(self, index: int | None, item: Any, number: int = 1) -> None:
+    def __init__(
+        self,
+        index: int | None,
+        item: Any,
+        number: int = 1,
+        params: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> None:
         self.index = index
         self.item = item
         self.number = number
+        self.params = params
+        self.key = key
 
     def __repr__(self) -> str:
         return f"Attempt(index={self.index}, number={self.number})"
@@ -63,17 +74,21 @@ class Outcome:
     __slots__ = (
         "action",
         "attempt",
+        "cached",
         "cancelled",
         "duration",
         "error",
         "index",
         "item",
+        "key",
         "ok",
         "outputs",
         "retry_after",
         "retryable",
+        "reused",
         "slot",
         "started",
+        "throttled",
     )
 
     def __init__(self, index: int | None, item: Any, attempt: int, slot: int, started: float) -> None:
@@ -90,12 +105,17 @@ class Outcome:
         self.retry_after: float | None = None
         self.duration = 0.0
         self.action = "default"
+        self.key: str | None = None  # the item's key (runtime/keys.py), None when it has none
+        self.reused: str | None = None  # the run whose recorded result this is
+        self.cached = False  # the result came from the item cache
+        self.throttled = False  # a rate-limit answer (HTTP 429)
 
     @classmethod
     def dropped(cls, attempt: Attempt, slot: int = 0) -> Outcome:
         out = cls(attempt.index, attempt.item, attempt.number, slot, time.time())
         out.cancelled = True
         out.retryable = False
+        out.key = attempt.key
         return out
 
     def __getstate__(self) -> tuple[Any, ...]:
@@ -117,14 +137,30 @@ def _begin(cn: CompiledNode, services: RunServices, attempt: Attempt, slot: int)
     return out
 
 
-def _context(cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt) -> ItemContext:
+def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, Any], str | None]:
+    """An attempt's params and its item key (``${__item_key__}`` is the key of
+    the params resolved without it)."""
     index = attempt.index
     if index is None:
-        local = _EMPTY
+        local: dict[str, Any] = {"__attempt__": attempt.number}
     else:
         assert cn.batch is not None
-        local = {cn.batch.alias: attempt.item, "__index__": index}
-    return ItemContext(cn.id, index, cn.resolve_params(base, local), services, attempt.number)
+        local = {cn.batch.alias: attempt.item, "__index__": index, "__attempt__": attempt.number}
+    if cn.uses_item_key:
+        local["__item_key__"] = None
+        key = item_key(cn.fingerprint, cn.resolve_params(base, local))
+        local["__item_key__"] = key
+        return cn.resolve_params(base, local), key
+    params = cn.resolve_params(base, local)
+    return params, item_key(cn.fingerprint, params)
+
+
+def _context(cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, out: Outcome) -> ItemContext:
+    if attempt.params is not None:
+        params, out.key = attempt.params, attempt.key
+    else:
+        params, out.key = resolve(cn, base, attempt)
+    return ItemContext(cn.id, attempt.index, params, services, attempt.number)
 
 
 def _post(out: Outcome, cn: CompiledNode, ctx: ItemContext, prep_res: Any, exec_res: Any) -> None:
@@ -143,6 +179,7 @@ def _failed(out: Outcome, exc: BaseException) -> None:
         out.outputs = exc.outputs
         out.retryable = exc.retryable
         out.retry_after = exc.retry_after
+        out.throttled = exc.throttled
     elif isinstance(exc, TemplateError):
         out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
         out.retryable = False
@@ -160,7 +197,7 @@ def run_attempt(
     t0 = time.perf_counter()
     in_main = threading.get_ident() == _MAIN
     try:
-        ctx = _context(cn, base, services, attempt)
+        ctx = _context(cn, base, services, attempt, out)
         prep_res = cn.node.prep(ctx)
         if in_main:
             _MainExec.depth += 1
@@ -198,7 +235,7 @@ async def run_attempt_async(
         return out
     t0 = time.perf_counter()
     try:
-        ctx = _context(cn, base, services, attempt)
+        ctx = _context(cn, base, services, attempt, out)
         node = cn.node
         prep_res = node.prep(ctx)
         if run_sync is None:

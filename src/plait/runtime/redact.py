@@ -15,6 +15,7 @@ Two rules, applied together:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -53,6 +54,7 @@ _JSON_PAIR_CUT = re.compile(r'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)(?:\.\.
 _MIN_SECRET_LEN = 6
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
@@ -107,6 +109,35 @@ class Redactor:
         if isinstance(value, str):
             return self.text(value)
         return value
+
+    def masked(self, value: Any, name: str | None = None) -> tuple[Any, bool]:
+        """Like :meth:`value`, and whether anything was masked; the parts that
+        hold nothing to mask are the very same objects (no copy)."""
+        if name is not None and is_secret_name(name) and _maskable(value):
+            self._learn_all(value)
+            return MASK, True
+        if isinstance(value, dict):
+            out: dict[Any, Any] | None = None
+            for k, v in value.items():
+                new, changed = self.masked(v, str(k))
+                if changed:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+            return (value, False) if out is None else (out, True)
+        if isinstance(value, list | tuple):
+            lst: list[Any] | None = None
+            for i, v in enumerate(value):
+                new, changed = self.masked(v)
+                if changed:
+                    if lst is None:
+                        lst = list(value)
+                    lst[i] = new
+            return (value, False) if lst is None else (lst, True)
+        if isinstance(value, str):
+            shown = self.text(value)
+            return shown, shown != value
+        return value, False
 
     def text(self, text: str) -> str:
         """Free text with anything that looks like a credential masked."""

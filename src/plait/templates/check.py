@@ -65,7 +65,7 @@ def check_workflow(
             )
             return
         if root not in by_id:
-            visible = [*allowed_local, *inputs]
+            visible = [*(n for n in allowed_local if n not in ("__item_key__", "__attempt__")), *inputs]
             before = order.before(node_id) if node_id is not None and check_order else None
             visible += [n for n in node_ids if before is None or n in before]
             visible = list(dict.fromkeys(visible))
@@ -123,9 +123,10 @@ def check_workflow(
 
     for n in wf.nodes:
         npath = f"nodes[{n.position}]"
-        local: tuple[str, ...] = ()
+        # every node's attempt has these; a batch item also its alias and index
+        local: tuple[str, ...] = ("__item_key__", "__attempt__")
         if n.batch is not None:
-            local = (n.batch.alias, "__index__")
+            local = (n.batch.alias, "__index__", *local)
             items_c = compile_value(n.batch.items)
             for ref in items_c.refs:
                 check_ref(ref, f"{npath}.batch.items", n.id, ())

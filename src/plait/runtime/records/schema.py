@@ -95,6 +95,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN updated REAL;
     ALTER TABLE runs ADD COLUMN record_note TEXT;
     """,
+    # 4: durable outcomes for resume: each final row keeps the item's key, its
+    # outputs (large ones as content-addressed files in blobs/), the action it
+    # took, and the run it was reused from; a run names the one it resumed and
+    # the inputs it held secret; nodes keep their fingerprint
+    """
+    ALTER TABLE items ADD COLUMN key TEXT;
+    ALTER TABLE items ADD COLUMN outputs TEXT;
+    ALTER TABLE items ADD COLUMN outputs_ref TEXT;
+    ALTER TABLE items ADD COLUMN outputs_masked INTEGER;
+    ALTER TABLE items ADD COLUMN action TEXT;
+    ALTER TABLE items ADD COLUMN reused_from TEXT;
+    ALTER TABLE items ADD COLUMN cached INTEGER;
+    ALTER TABLE items ADD COLUMN cost_usd REAL;
+    ALTER TABLE nodes ADD COLUMN fingerprint TEXT;
+    ALTER TABLE runs ADD COLUMN resumed_from TEXT;
+    ALTER TABLE runs ADD COLUMN secret_inputs TEXT;
+    DROP INDEX items_run;
+    CREATE INDEX items_node ON items(run, node_id, idx);
+    CREATE INDEX items_key ON items(run, node_id, key, idx) WHERE key IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

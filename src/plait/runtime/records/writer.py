@@ -13,6 +13,7 @@ Everything it writes comes from the events: the run and its nodes from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -35,7 +36,7 @@ from plait.runtime.events import (
     RunStarted,
     UsageRecorded,
 )
-from plait.runtime.records.schema import connect
+from plait.runtime.records.schema import connect, records_dir
 from plait.runtime.redact import Redactor
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ MAX_BACKLOG = 50_000
 MAX_PENDING = 500_000
 FINAL_TRIES = 3
 PREVIEW_CHARS = 160
+# outputs longer than this (as JSON text) are kept as a file in blobs/, named by their hash
+BLOB_CHARS = 64 * 1024
 _RECORDED = (
     RunStarted,
     RunFinished,
@@ -109,6 +112,7 @@ class RunRecorder:
         self._ok_rows: list[tuple[Any, ...]] = []
         self._rows: list[tuple[Any, ...]] = []
         self._finished: RunFinished | None = None
+        self._blobs = (path.parent if path is not None else records_dir()) / "blobs"
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="plait-records", daemon=True)
@@ -266,19 +270,23 @@ class RunRecorder:
         from plait import __version__
 
         wf = ev.workflow
+        shown_inputs = self.redactor.value(ev.inputs)
+        secret = sorted(k for k, v in shown_inputs.items() if v == "***" and ev.inputs.get(k) != "***")
         cur = self._conn.execute(
             "INSERT INTO runs (run_id, workflow, workflow_path, inputs, status, started, updated, pid,"
-            " cwd, plait_version) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            " cwd, plait_version, resumed_from, secret_inputs) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.run_id,
                 wf.file if wf is not None else None,
                 str(Path(wf.file).resolve()) if wf is not None and wf.file else None,
-                _dumps(self.redactor.value(ev.inputs)),
+                _dumps(shown_inputs),
                 ev.at,
                 ev.at,
                 os.getpid(),
                 os.getcwd(),
                 __version__,
+                ev.resumed_from,
+                _dumps(secret) if secret else None,
             ),
         )
         assert cur.lastrowid is not None
@@ -286,8 +294,8 @@ class RunRecorder:
         if wf is not None:
             for spec in wf.nodes:
                 self._conn.execute(
-                    "INSERT INTO nodes (run, node_id, position, type, params, batch, status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'not_run')",
+                    "INSERT INTO nodes (run, node_id, position, type, params, batch, status, fingerprint)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'not_run', ?)",
                     (
                         self._run,
                         spec.id,
@@ -295,6 +303,7 @@ class RunRecorder:
                         spec.type,
                         _dumps(self.redactor.value(spec.params)),
                         _dumps(_batch_summary(spec)) if spec.batch is not None else None,
+                        ev.fingerprints.get(spec.id),
                     ),
                 )
 
@@ -332,11 +341,46 @@ class RunRecorder:
         node.dirty = True
         idx = ev.index
         shown = None
-        if idx is not None and not ev.loc.path:
+        top = not ev.loc.path
+        if idx is not None and top:
             self._items_ok += 1
             item = ev.item
             shown = str(item) if type(item) is int else self._preview(item)
-        rows.append((key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown))
+        text, ref, masked = self._outputs(ev.outputs) if top else (None, None, None)
+        rows.append(
+            (
+                key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown,
+                ev.key, text, ref, masked, ev.action if ev.action != "default" else None, ev.reused,
+                1 if ev.cached else None,
+            )
+        )
+
+    def _outputs(self, outputs: Any) -> tuple[str | None, str | None, int | None]:
+        """An item's outputs as stored: (JSON text, or the content address of a large
+        one, and whether secret-named values were masked: such an item re-runs on resume)."""
+        if outputs is None:
+            return None, None, None
+        shown, masked = self.redactor.masked(outputs)
+        try:
+            text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"), default=str)
+            masked = True  # not its own JSON: not restorable as it was
+        if len(text) > BLOB_CHARS:
+            return None, self._blob(text), 1 if masked else None
+        return text, None, 1 if masked else None
+
+    def _blob(self, text: str) -> str:
+        data = text.encode("utf-8", "surrogatepass")
+        name = hashlib.sha256(data).hexdigest()
+        folder = self._blobs / name[:2]
+        path = folder / name
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            part = folder / f".{name}.{os.getpid()}.part"
+            part.write_bytes(data)
+            os.replace(part, path)
+        return name
 
     def _final(
         self,
@@ -352,6 +396,8 @@ class RunRecorder:
         used = self._tokens.pop((node_id, idx), None) if self._tokens else None
         node = self._node(node_id)
         top_item = idx is not None and ev.loc.top_level
+        final = status in ("success", "failed") and ev.loc.top_level
+        text, ref, masked = self._outputs(getattr(ev, "outputs", None)) if final else (None, None, None)
         preview = None
         if status == "success":
             node.ok += 1
@@ -378,6 +424,13 @@ class RunRecorder:
                 used[1] if used else None,
                 used[2] if used else None,
                 preview,
+                getattr(ev, "key", None),
+                text,
+                ref,
+                masked,
+                (getattr(ev, "action", None) if getattr(ev, "action", "default") != "default" else None),
+                getattr(ev, "reused", None),
+                1 if getattr(ev, "cached", False) else None,
             )
         )
 
@@ -575,12 +628,14 @@ class _NodeState:
 
 
 _INSERT_OK_ITEM = (
-    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview)"
-    " VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?)"
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview, key, outputs,"
+    " outputs_ref, outputs_masked, action, reused_from, cached)"
+    " VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_ITEM = (
     "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, error,"
-    " input_tokens, output_tokens, preview) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " input_tokens, output_tokens, preview, key, outputs, outputs_ref, outputs_masked, action,"
+    " reused_from, cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _NODE_COLUMNS = (
     "status, visits, started, ended, duration_ms, error, error_index, items_total, items_ok,"

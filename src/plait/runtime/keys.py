@@ -1,0 +1,114 @@
+"""Keys by content: what makes an item the same item in another run.
+
+A node's *fingerprint* covers what decides its work apart from its params'
+values: its type and the type's version, its params as written (templates as
+their sources), and the batch fields that change results (not the
+concurrency knobs: ``parallel``, ``max_concurrent``, ``executor``). An item's
+*key* is the fingerprint with the item's resolved params, in canonical JSON,
+hashed: two runs give an item the same key exactly when it would do the same
+work. Duplicates (two items with one key) are told apart by their occurrence
+number, counted in input order.
+
+A *cache key* leaves the workflow out: the node type, the type's cache
+version and the resolved params, so the same call in another workflow hits
+too. Values under secret-looking names enter every key only as their hash,
+and keys are hashes themselves: no secret is ever stored in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from plait.runtime.redact import is_secret_name
+
+# batch fields that change where or how fast items run, not what they give
+_NOT_IN_FINGERPRINT = frozenset(("parallel", "max_concurrent", "executor"))
+
+
+class NotCanonical(ValueError):
+    """A value with no canonical JSON form (a float NaN, an object of a class): never keyed."""
+
+
+def canonical(value: Any) -> str:
+    """One text per value: sorted keys, no spaces, secrets as their hashes."""
+    try:
+        return json.dumps(_hide(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NotCanonical(str(exc)) from None
+
+
+def _hide(value: Any, name: str | None = None) -> Any:
+    if name is not None and isinstance(value, str) and value and is_secret_name(name):
+        return {"sha256": hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"key {k!r} is not text")
+            out[k] = _hide(v, k)
+        return out
+    if isinstance(value, list | tuple):
+        return [_hide(v) for v in value]
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)  # a TemplatedText: its text
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def node_fingerprint(node_type: str, type_version: str, params: Any, batch: dict[str, Any] | None) -> str:
+    """The hash of what decides a node's work besides its params' values."""
+    shown_batch = None
+    if batch is not None:
+        shown_batch = {k: v for k, v in batch.items() if k not in _NOT_IN_FINGERPRINT}
+    text = json.dumps(
+        {"type": node_type, "version": type_version, "params": params, "batch": shown_batch},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return digest(text)
+
+
+def item_key(fingerprint: str, params: dict[str, Any]) -> str | None:
+    """The item's key, or None when its params have no canonical form (it is then never reused)."""
+    try:
+        return digest(fingerprint + "\0" + canonical(params))
+    except NotCanonical:
+        return None
+
+
+def cache_key(node_type: str, cache_version: str, params: dict[str, Any]) -> str | None:
+    try:
+        return digest(f"{node_type}\0{cache_version}\0" + canonical(params))
+    except NotCanonical:
+        return None
+
+
+class Occurrences:
+    """Occurrence numbers of keys in input order: 0 for a key's first item, 1 for its next...
+
+    Keys are kept as 64-bit integers (a set for the ones seen once, a dict for
+    the few seen more often), about 60 bytes a key, so a million items stay
+    well under the memory a batch of them takes anyway.
+    """
+
+    def __init__(self) -> None:
+        self._once: set[int] = set()
+        self._more: dict[int, int] = {}
+
+    def next(self, key: str) -> int:
+        k = int(key[:16], 16)
+        if k not in self._once:
+            self._once.add(k)
+            return 0
+        n = self._more.get(k, 1)
+        self._more[k] = n + 1
+        return n
