@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,23 @@ from plait.runtime.services import RunServices
 
 
 @pytest.fixture
-def services() -> DirectServices:
-    return DirectServices()
+def services() -> Iterator[DirectServices]:
+    services = DirectServices()
+    yield services
+    services.close()  # ends the run's idle code workers, as a run's end does
 
 
+def code_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("plait-code-")]
 
 
-
-def wait_for_code_threads_to_end(timeout: float = 5.0) -> list[str]:
+def wait_for_code_threads_to_end(services: RunServices, timeout: float = 5.0) -> list[str]:
+    """End the run (its idle workers end) and wait for every code worker to be gone,
+    retired ones included."""
+    services.close()
     deadline = time.monotonic() + timeout
     while True:
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("plait-code-")]
+        alive = code_threads()
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
@@ -321,7 +327,7 @@ def test_a_runaway_loop_times_out_and_is_stopped(services):
     assert time.monotonic() - started < 2
     assert err.message == "timed out after 0.2s (the 'timeout' param)"
     assert err.retryable
-    assert wait_for_code_threads_to_end() == []  # the loop was really stopped
+    assert wait_for_code_threads_to_end(services) == []  # the loop was really stopped
 
 
 def test_a_timed_out_item_fails_at_the_deadline_and_runs_no_further_line(services, tmp_path):
@@ -336,7 +342,7 @@ def test_a_timed_out_item_fails_at_the_deadline_and_runs_no_further_line(service
     assert err.outputs is not None
     assert err.outputs["stdout"] == "before\n"
     # ... and the code is stopped as soon as the call returns.
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
     assert not marker.exists()
 
 
@@ -346,7 +352,7 @@ def test_code_that_catches_exception_is_still_stopped_by_the_timeout(services):
     err = failure(services, {"code": code, "timeout": 0.1})
 
     assert "timed out" in err.message
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
 
 
 def test_timeout_null_means_no_limit(services):
@@ -361,7 +367,7 @@ def test_a_cancelled_run_stops_waiting_for_the_code(services):
 
     assert time.monotonic() - started < 2
     assert err.message.startswith("cancelled")
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
 
 
 # ---------------------------------------------------------------------------
