@@ -4,7 +4,7 @@ Why threads that outlive an item. The timeout needs the code off the item's
 own thread (so the item can fail at the deadline even while the code is
 blocked in C), but starting a thread per item cost ~0.3 ms, most of the node's
 price. A worker is started once and then fed item after item; handing an item
-over and getting it back is two lock releases. A worker is interrupted
+over is a byte down a pipe and getting it back a lock release. A worker is interrupted
 (``PyThreadState_SetAsyncExc``) only when an item's time is up or the run is
 cancelled, and is then retired: it leaves the pool and ends once the
 exception lands, and the next item gets a fresh worker. The pool is a per-run
@@ -16,11 +16,13 @@ settings and other context variables start from their defaults, as in a new
 thread); its own namespace and copies of its inputs come from the node.
 ``threading.local`` values that a library keeps are per worker, not per item.
 
-Capturing output. While any code runs, ``sys.stdout`` and ``sys.stderr`` are
-a router that looks up the calling thread: a worker that runs an item writes
-into that item's buffers (made on its first write, so silent code pays
+Capturing output. From a run's first code item to the run's end (and while a
+retired worker may still be running code), ``sys.stdout`` and ``sys.stderr``
+are a router that looks up the calling thread: a worker that runs an item
+writes into that item's buffers (made on its first write, so silent code pays
 nothing for them); every other thread writes straight through to the stream
-that was there before. The router is removed again as soon as no code runs.
+that was there before, so the process's own output is never redirected. When
+the run ends the router is removed and ``sys.stdout`` is exactly what it was.
 
 Working directory. On Linux each worker unshares its filesystem attributes
 from the process (``unshare(CLONE_FS)``, no privilege needed): an
@@ -89,6 +91,10 @@ class Task:
         if self._err is None:
             self._err = _new_stream()
         return self._err
+
+    @property
+    def wrote(self) -> bool:
+        return self._out is not None or self._err is not None
 
     def text(self) -> tuple[str, str]:
         """What the code wrote to stdout and stderr."""
@@ -172,13 +178,23 @@ class _Router:
     def enter(self) -> None:
         with self._lock:
             self._active += 1
-            # Checked every time, not only on the first entry: something else
-            # (a test harness, a progress display) may have replaced the stream
-            # since; then the router goes on top of that.
-            if type(sys.stdout) is not _StreamRouter:
-                sys.stdout = self._wrap("stdout", sys.stdout)
-            if type(sys.stderr) is not _StreamRouter:
-                sys.stderr = self._wrap("stderr", sys.stderr)
+            self._install()
+
+    def _install(self) -> None:
+        # Checked every time, not only on the first entry: something else
+        # (a test harness, a progress display) may have replaced the stream
+        # since; then the router goes on top of that.
+        if type(sys.stdout) is not _StreamRouter:
+            sys.stdout = self._wrap("stdout", sys.stdout)
+        if type(sys.stderr) is not _StreamRouter:
+            sys.stderr = self._wrap("stderr", sys.stderr)
+
+    def check(self) -> None:
+        """Put the routers back on top if something replaced them since ``enter``."""
+        if type(sys.stdout) is not _StreamRouter or type(sys.stderr) is not _StreamRouter:
+            with self._lock:
+                if self._active:
+                    self._install()
 
     def leave(self) -> None:
         with self._lock:
@@ -202,7 +218,8 @@ router = _Router()
 
 
 class _Worker:
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, own_cwd: bool) -> None:
+        self._own_cwd = own_cwd
         # Handing a task over: one byte down a pipe. os.write lets go of the
         # GIL before it wakes the worker, which can then take the GIL at once;
         # a lock released under the GIL wakes a thread that must go back to
@@ -229,7 +246,7 @@ class _Worker:
             self._go.release()
 
     def _main(self) -> None:
-        home = _Home()
+        home = _Home(self._own_cwd)
         local = router.local
         go, wake_r, done = self._go, self._wake_r, self.done
         try:
@@ -242,22 +259,18 @@ class _Worker:
                 if task is None:  # the pool is closing
                     return
                 self.task = None
-                home.note()
+                if home.fd is None:
+                    home.note()
                 local.task = task
                 try:
                     self._run(task)
                 finally:
                     local.task = None
                     home.restore()
-                    router.leave()
                     done.release()
                 if task.abandoned:
+                    router.leave()  # held for this retired worker by the item that gave up on it
                     return
-        except CodeTimeout:
-            # An interrupt that landed just after the user's code ended (between
-            # its last line and the phase change): the item has been reported
-            # already, and this worker was retired.
-            return
         finally:
             home.close()
             if go is None:
@@ -292,11 +305,19 @@ class _Worker:
 class WorkerPool:
     """The idle code workers of one run; ``run`` hands an item to one and waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, own_cwd: bool = True) -> None:
+        """``own_cwd=False``: workers share the process's directory even where they
+        could have their own (the way it is on other systems)."""
+        self._own_cwd = own_cwd
         self._idle: list[_Worker] = []
         self._count = 0
         self._closed = False
         self._lock = threading.Lock()
+        # The router stays for the whole run rather than going in and out with
+        # every item: installing and removing it cost ~3 us an item, and while
+        # it is in place every thread but a busy worker writes straight
+        # through to the stream it replaced.
+        router.enter()
 
     def _take(self) -> _Worker:
         try:
@@ -305,7 +326,7 @@ class WorkerPool:
             with self._lock:
                 self._count += 1
                 number = self._count
-            return _Worker(number)
+            return _Worker(number, self._own_cwd)
 
     def _give(self, worker: _Worker) -> None:
         if self._closed:
@@ -317,13 +338,8 @@ class WorkerPool:
         """Run the task's code; return why it was stopped, or None when it finished."""
         worker = self._take()
         worker.task = task
-        router.enter()  # the worker leaves, once the code is over
-        try:
-            worker.wake()
-        except BaseException:
-            worker.task = None
-            router.leave()
-            raise
+        router.check()
+        worker.wake()
         done = worker.done
         if timeout is None and cancelled is None:
             done.acquire()
@@ -347,6 +363,7 @@ class WorkerPool:
         with worker.lock:
             if task.phase != _FINISHED:
                 task.abandoned = True  # the worker retires; the next item gets a new one
+                router.enter()  # its code may still print until it stops; it leaves then
                 if task.phase == _RUNNING:
                     task.interrupted = raise_in_thread(worker.thread.ident, CodeTimeout)
                 return reason
@@ -356,7 +373,10 @@ class WorkerPool:
 
     def close(self) -> None:
         """End the idle workers (at the end of the run). Retired ones end on their own."""
+        if self._closed:
+            return
         self._closed = True
+        router.leave()
         while True:
             try:
                 worker = self._idle.pop()
@@ -410,26 +430,26 @@ def _unshare_cwd() -> bool:
 class _Home:
     """Where a worker goes back to after each item."""
 
-    __slots__ = ("_fd", "_path")
+    __slots__ = ("_path", "fd")
 
-    def __init__(self) -> None:
+    def __init__(self, own_cwd: bool) -> None:
         """Made in the worker's own thread, when it starts."""
-        self._fd: int | None = None
+        self.fd: int | None = None
         self._path: str | None = None
-        if _unshare_cwd():
+        if own_cwd and _unshare_cwd():
             # The worker's own directory, a copy of the process's: one fchdir
             # after each item puts it back, with no comparison needed.
             flags = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0)
             try:
-                self._fd = os.open(".", flags)
+                self.fd = os.open(".", flags)
             except OSError:  # the directory is gone or unreadable: compare by path below
                 pass
 
     def restore(self) -> None:
         # Never raises: the item's waiter is released right after this.
         try:
-            if self._fd is not None:
-                os.fchdir(self._fd)
+            if self.fd is not None:
+                os.fchdir(self.fd)
             elif self._path is not None and os.getcwd() != self._path:
                 # Shared with the process: put back only a directory the code moved.
                 os.chdir(self._path)
@@ -438,13 +458,12 @@ class _Home:
 
     def note(self) -> None:
         """Before an item, in the fallback: remember the process's directory."""
-        if self._fd is None:
-            try:
-                self._path = os.getcwd()
-            except OSError:
-                self._path = None
+        try:
+            self._path = os.getcwd()
+        except OSError:
+            self._path = None
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

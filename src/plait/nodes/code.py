@@ -58,9 +58,8 @@ import re
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
 from types import CodeType, TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from plait.nodes import _code_worker as worker
 from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode
@@ -70,15 +69,20 @@ DEFAULT_TIMEOUT = 30.0
 # Distinct sources kept compiled per node instance.
 _COMPILE_CACHE_SIZE = 32
 
+# Results that are JSON data as they are.
+_PLAIN = (type(None), str, int, float, bool)
+
 # The per-run resource key of the worker pool.
 _POOL_KEY = "code.workers"
 
 CodeTimeout = worker.CodeTimeout
 
 
-@dataclass(frozen=True, slots=True)
-class CodeRun:
-    """Everything ``exec`` needs, taken from the item's params in ``prep``."""
+class CodeRun(NamedTuple):
+    """Everything ``exec`` needs, taken from the item's params in ``prep``.
+
+    A named tuple: made for every item, and a frozen dataclass costs twice as much.
+    """
 
     source: str
     inputs: dict[str, Any]
@@ -186,20 +190,20 @@ class CodeNode(PlaitNode):
             source=source,
             inputs=inputs,
             timeout=timeout,
-            cancelled=getattr(services, "cancelled", None),
+            cancelled=services.cancelled,
             pool=services.resource(_POOL_KEY, worker.WorkerPool, worker.WorkerPool.close),
         )
 
     def exec(self, prep_res: CodeRun) -> dict[str, Any]:
         run = prep_res
-        code = self._compile(run.source)
+        code = self._compiled.get(run.source) or self._compile(run.source)
         namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__main__"}
         for name, value in run.inputs.items():
-            namespace[name] = _copy_data(value)
+            namespace[name] = _copy_data(value) if isinstance(value, dict | list) else value
 
         task = worker.Task(code, namespace)
         stopped_because = run.pool.run(task, run.timeout, run.cancelled)
-        stdout, stderr = task.text()
+        stdout, stderr = task.text() if task.wrote else ("", "")
 
         if stopped_because is not None:
             raise NodeError(
@@ -218,8 +222,10 @@ class CodeNode(PlaitNode):
                 outputs={"result": None, "stdout": stdout, "stderr": stderr},
                 retryable=False,
             )
+        result = namespace.get("result")
         try:
-            result = _json_data(namespace.get("result"), "result")
+            if type(result) not in _PLAIN:
+                result = _json_data(result, "result")
         except TypeError as exc:
             raise NodeError(
                 str(exc),
