@@ -340,36 +340,31 @@ class WorkerPool:
         worker.task = task
         router.check()
         worker.wake()
-        done = worker.done
-        if timeout is None and cancelled is None:
-            done.acquire()
+        try:
+            reason = _wait(worker.done, timeout, cancelled)
+        except BaseException:  # a second Ctrl-C in the waiting thread
+            self._stop(worker, task)
+            raise
+        if reason is None:
             self._give(worker)
             return None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = CANCEL_POLL_SECONDS if cancelled is not None else -1.0
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    reason = f"timed out after {timeout:g}s (the 'timeout' param)"
-                    break
-                wait = remaining if wait < 0 else min(wait, remaining)
-            if done.acquire(True, wait):
-                self._give(worker)
-                return None
-            if cancelled is not None and cancelled.is_set():
-                reason = "cancelled: the run is stopping"
-                break
+        if self._stop(worker, task):
+            return reason
+        return None  # it finished as time ran out
+
+    def _stop(self, worker: _Worker, task: Task) -> bool:
+        """Give up on the task: interrupt its code and retire the worker. False when
+        the code had finished after all (the worker is then back in the pool)."""
         with worker.lock:
             if task.phase != _FINISHED:
                 task.abandoned = True  # the worker retires; the next item gets a new one
                 router.enter()  # its code may still print until it stops; it leaves then
                 if task.phase == _RUNNING:
                     task.interrupted = raise_in_thread(worker.thread.ident, CodeTimeout)
-                return reason
-        done.acquire()  # it finished just now; only its cleanup is left
+                return True
+        worker.done.acquire()  # only its cleanup was left
         self._give(worker)
-        return None
+        return False
 
     def close(self) -> None:
         """End the idle workers (at the end of the run). Retired ones end on their own."""
@@ -383,6 +378,25 @@ class WorkerPool:
             except IndexError:
                 return
             worker.wake()
+
+
+def _wait(done: threading.Lock, timeout: float | None, cancelled: threading.Event | None) -> str | None:
+    """Wait for a worker's ``done``: None when it came, else why the wait ended."""
+    if timeout is None and cancelled is None:
+        done.acquire()
+        return None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = CANCEL_POLL_SECONDS if cancelled is not None else -1.0
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"timed out after {timeout:g}s (the 'timeout' param)"
+            wait = remaining if wait < 0 else min(wait, remaining)
+        if done.acquire(True, wait):
+            return None
+        if cancelled is not None and cancelled.is_set():
+            return "cancelled: the run is stopping"
 
 
 def raise_in_thread(thread_id: int | None, exc_type: type[BaseException] | None) -> bool:
