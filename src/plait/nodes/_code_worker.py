@@ -259,15 +259,22 @@ class _Worker:
                 if task is None:  # the pool is closing
                     return
                 self.task = None
-                if home.fd is None:
+                own = home.fd is not None
+                if not own:
                     home.note()
                 local.task = task
                 try:
                     self._run(task)
                 finally:
                     local.task = None
-                    home.restore()
+                    if not own:  # the process's directory: back before the item returns
+                        home.restore()
                     done.release()
+                if own:
+                    # The worker's own directory, seen by no one else: put back
+                    # while the item's thread already goes on (an fchdir lets
+                    # go of the GIL), before the next task.
+                    home.restore()
                 if task.abandoned:
                     router.leave()  # held for this retired worker by the item that gave up on it
                     return
