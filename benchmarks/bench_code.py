@@ -22,6 +22,7 @@ import builtins
 import contextvars
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -36,10 +37,30 @@ from plait.nodes import _code_worker as worker
 
 SOURCE = "result = x * 2"
 GOAL_US = 30.0
+# The code node before issue 12.7 (a thread per item), run as a custom node type
+# beside today's, when the git history is at hand.
+BEFORE_COMMIT = "c7db088"
+
+
+def before_node_file(tmp: str) -> str | None:
+    """The code node as it was, renamed `code_before`, written to a file; None without git."""
+    import subprocess
+
+    try:
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{BEFORE_COMMIT}:src/plait/nodes/code.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = os.path.join(tmp, "code_before.py")
+    with open(path, "w") as f:
+        f.write(source.replace('type_name = "code"', 'type_name = "code_before"'))
+    return path
 
 
 def batch(node_type: str, n: int, parallel: int = 0) -> dict[str, Any]:
-    if node_type == "code":
+    if node_type.startswith("code"):
         params: dict[str, Any] = {"code": SOURCE, "inputs": {"x": "${item}"}}
     else:
         params = {"value": "${item}"}
@@ -49,9 +70,12 @@ def batch(node_type: str, n: int, parallel: int = 0) -> dict[str, Any]:
     return {"nodes": [node], "outputs": {"count": {"source": "${n.count}"}}}
 
 
+NODES: list[str] = []  # custom node files for plait.run
+
+
 def wall(raw: dict[str, Any]) -> float:
     t0 = time.perf_counter()
-    result = plait.run(raw)
+    result = plait.run(raw, nodes=NODES)
     elapsed = time.perf_counter() - t0
     if not result.ok:
         raise SystemExit(f"benchmark workflow failed: {result}")
@@ -158,10 +182,15 @@ def main() -> None:
     repeat = 3 if args.quick else 7
 
     floor = exec_floor_us(n)
-    us = per_item_us(
-        {"echo": ("echo", 0), "code": ("code", 0), "echo_par": ("echo", 8), "code_par": ("code", 8)}, n, repeat
-    )
+    cases = {"echo": ("echo", 0), "code": ("code", 0), "echo_par": ("echo", 8), "code_par": ("code", 8)}
+    with tempfile.TemporaryDirectory() as tmp:
+        before_file = before_node_file(tmp)
+        if before_file is not None:
+            NODES.append(before_file)
+            cases["before"] = ("code_before", 0)
+        us = per_item_us(cases, n, repeat)
     echo, code, echo_par, code_par = us["echo"], us["code"], us["echo_par"], us["code_par"]
+    before = us.get("before")
 
     def row(what: str, us: float, goal: str = "", met: str = "") -> list[str]:
         return [what, f"{us:.1f} µs", f"{us / floor:.0f}x", f"{us / echo:.2f}x", goal, met]
@@ -174,12 +203,17 @@ def main() -> None:
             row("engine: echo node, sequential", echo),
             row("code node, sequential", code, f"≤ {GOAL_US:.0f} µs", "yes" if code <= GOAL_US else "NO"),
             row("  of which the code node's own (code - echo)", code - echo),
+            *(
+                [row(f"code node before ({BEFORE_COMMIT}: a thread per item), sequential", before)]
+                if before is not None
+                else []
+            ),
             row("engine: echo node, parallel (8 threads)", echo_par),
             row("code node, parallel (8 threads)", code_par),
             row("  of which the code node's own (code - echo)", code_par - echo_par),
         ],
     )
-    print("before this change: ~209 µs sequential on the lead's machine (a thread per item); pflow: ~1,190 µs")
+    print("issue 12.7: ~209 µs sequential before, on the machine it was measured on; pflow: ~1,190 µs")
 
     table(
         "The pieces of one item, each timed alone",

@@ -249,10 +249,18 @@ class _Worker:
         home = _Home(self._own_cwd)
         local = router.local
         go, wake_r, done = self._go, self._wake_r, self.done
+        owns_pipe = go is None
         try:
             while True:
                 if go is None:
-                    os.read(wake_r, 1)
+                    try:
+                        os.read(wake_r, 1)
+                    except OSError:
+                        # An item's code closed the pipe (os.closerange?): the
+                        # numbers may name someone else's files by now, so they
+                        # are left alone, and this worker ends.
+                        owns_pipe = False
+                        return
                 else:
                     go.acquire()
                 task = self.task
@@ -280,7 +288,7 @@ class _Worker:
                     return
         finally:
             home.close()
-            if go is None:
+            if owns_pipe:
                 os.close(wake_r)
                 os.close(self._wake_w)
 
@@ -439,13 +447,18 @@ def _unshare_cwd() -> bool:
             return True
         except OSError:
             return False
+    global _libc
     try:
-        import ctypes
+        if _libc is None:
+            import ctypes  # only once a code node runs
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.unshare(_CLONE_FS) == 0)
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return bool(_libc.unshare(_CLONE_FS) == 0)
     except (OSError, AttributeError):
         return False
+
+
+_libc: Any = None
 
 
 class _Home:
