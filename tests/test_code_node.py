@@ -21,7 +21,7 @@ import pytest
 import direct
 import plait
 from direct import DirectServices
-from plait.nodes._code_worker import Task, WorkerPool
+from plait.nodes._code_worker import Task, WorkerPool, raise_in_thread
 from plait.nodes.base import NodeError
 from plait.nodes.code import CodeNode
 from plait.runtime.services import RunServices
@@ -547,6 +547,28 @@ def test_the_process_keeps_its_output_streams_between_runs(services):
     assert out["stdout"] == "again\n"
     assert sys.stdout is stdout_before
 
+
+
+def test_an_interrupt_of_the_waiting_thread_stops_the_code_too(services):
+    """A second Ctrl-C lands in the thread that waits for the item: the code must
+    not go on spinning in its worker."""
+    started, raised = threading.Event(), []
+    node = CodeNode("calc")
+
+    def item() -> None:
+        try:
+            run_item(services, {"code": "started.set()\nwhile True:\n    pass", "inputs": {"started": started}}, node)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    waiter = threading.Thread(target=item)
+    waiter.start()
+    assert started.wait(5)
+    assert raise_in_thread(waiter.ident, KeyboardInterrupt)
+    waiter.join(5)
+
+    assert raised == [True]
+    assert wait_for_code_threads_to_end(services) == []
 
 # ---------------------------------------------------------------------------
 # the working directory
