@@ -1,10 +1,11 @@
 """The ``code`` node's own per-item cost (issue 12.7).
 
-Run: python benchmarks/bench_code.py [--quick] [--n N]
+Run: python benchmarks/bench_code.py [--quick] [--n N] [--repeat R]
 
 End to end through ``plait.run`` (in this process, so interpreter start-up is
 not in it): per item = (wall of a batch of N items - wall of the same
-workflow with 0 items) / N, best of 5. Beside it, measured in the same run:
+workflow with 0 items) / N, the best of R rounds in which the cases take
+turns. Beside it, measured in the same run:
 
 - the floor: a bare loop of ``exec(compiled, namespace)`` over the same items;
 - the engine's own cost: the same batch with the ``echo`` node, which does
@@ -176,10 +177,14 @@ def pieces(n: int) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--n", type=int)
+    parser.add_argument("--n", type=int, help="items per batch")
+    parser.add_argument("--repeat", type=int, help="rounds; the best one counts")
     args = parser.parse_args()
-    n = args.n or (3_000 if args.quick else 20_000)
-    repeat = 3 if args.quick else 7
+    # Many short rounds rather than a few long ones: a two-thread hand-off is at
+    # the mercy of the scheduler, and on a busy machine only short rounds
+    # find its quiet moments.
+    n = args.n or (1_000 if args.quick else 3_000)
+    repeat = args.repeat or (5 if args.quick else 15)
 
     floor = exec_floor_us(n)
     cases = {"echo": ("echo", 0), "code": ("code", 0), "echo_par": ("echo", 8), "code_par": ("code", 8)}
