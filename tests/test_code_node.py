@@ -7,10 +7,11 @@ a thread pool); the second half runs real workflows through ``python -m plait ru
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,32 @@ from typing import Any
 import pytest
 
 import direct
+import plait
 from direct import DirectServices
+from plait.nodes._code_worker import Task, WorkerPool, raise_in_thread
 from plait.nodes.base import NodeError
 from plait.nodes.code import CodeNode
 from plait.runtime.services import RunServices
 
 
 @pytest.fixture
-def services() -> DirectServices:
-    return DirectServices()
+def services() -> Iterator[DirectServices]:
+    services = DirectServices()
+    yield services
+    services.close()  # ends the run's idle code workers, as a run's end does
 
 
+def code_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("plait-code-")]
 
 
-
-def wait_for_code_threads_to_end(timeout: float = 5.0) -> list[str]:
+def wait_for_code_threads_to_end(services: RunServices, timeout: float = 5.0) -> list[str]:
+    """End the run (its idle workers end) and wait for every code worker to be gone,
+    retired ones included."""
+    services.close()
     deadline = time.monotonic() + timeout
     while True:
-        alive = [t.name for t in threading.enumerate() if t.name.startswith("plait-code-")]
+        alive = code_threads()
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.01)
@@ -214,7 +223,8 @@ def test_each_item_of_a_parallel_batch_gets_exactly_its_own_output(services):
 
 
 def test_the_process_output_is_never_redirected(services, capsys):
-    """While items run and print, other threads' prints still reach the real stdout."""
+    """While items run and print, other threads' prints still reach the real stdout;
+    when the run ends, sys.stdout and sys.stderr are the very objects they were."""
     stdout_before, stderr_before = sys.stdout, sys.stderr
     node = CodeNode("calc")
     code = "import time\nprint('item', i)\ntime.sleep(0.05)\nprint('item', i, 'done')"
@@ -236,6 +246,7 @@ def test_the_process_output_is_never_redirected(services, capsys):
     assert captured.out == "from the main thread\n"
     assert captured.err == "main thread error\n"
     assert [o["stdout"] for o in outs] == [f"item {i}\nitem {i} done\n" for i in range(10)]
+    services.close()
     assert (sys.stdout, sys.stderr) == (stdout_before, stderr_before)
 
 
@@ -321,7 +332,7 @@ def test_a_runaway_loop_times_out_and_is_stopped(services):
     assert time.monotonic() - started < 2
     assert err.message == "timed out after 0.2s (the 'timeout' param)"
     assert err.retryable
-    assert wait_for_code_threads_to_end() == []  # the loop was really stopped
+    assert wait_for_code_threads_to_end(services) == []  # the loop was really stopped
 
 
 def test_a_timed_out_item_fails_at_the_deadline_and_runs_no_further_line(services, tmp_path):
@@ -336,7 +347,7 @@ def test_a_timed_out_item_fails_at_the_deadline_and_runs_no_further_line(service
     assert err.outputs is not None
     assert err.outputs["stdout"] == "before\n"
     # ... and the code is stopped as soon as the call returns.
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
     assert not marker.exists()
 
 
@@ -346,7 +357,7 @@ def test_code_that_catches_exception_is_still_stopped_by_the_timeout(services):
     err = failure(services, {"code": code, "timeout": 0.1})
 
     assert "timed out" in err.message
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
 
 
 def test_timeout_null_means_no_limit(services):
@@ -361,7 +372,7 @@ def test_a_cancelled_run_stops_waiting_for_the_code(services):
 
     assert time.monotonic() - started < 2
     assert err.message.startswith("cancelled")
-    assert wait_for_code_threads_to_end() == []
+    assert wait_for_code_threads_to_end(services) == []
 
 
 # ---------------------------------------------------------------------------
@@ -480,3 +491,265 @@ def test_cli_code_result_feeds_a_batch(run_workflow, tmp_path: Path):
 
     assert result.code == 0, result
     assert [r["result"] for r in result.json["outputs"]["labels"]] == ["a:1", "bbb:3"]
+
+
+# ---------------------------------------------------------------------------
+# the workers items run on
+
+
+THREAD_NAME = "import threading\nresult = threading.current_thread().name"
+
+
+def test_items_reuse_a_worker_and_a_timed_out_worker_is_replaced(services):
+    node = CodeNode("calc")
+
+    names = {run_item(services, {"code": THREAD_NAME}, node, i)["result"] for i in range(20)}
+    failed = failure(services, {"code": "import sys\nsys.exit(3)"}, node)
+    after_exit = run_item(services, {"code": THREAD_NAME}, node)["result"]
+    timed_out = failure(services, {"code": "while True:\n    pass", "timeout": 0.1}, node)
+    after_timeout = run_item(services, {"code": THREAD_NAME}, node)["result"]
+
+    assert len(names) == 1  # one worker served every item, one after another
+    assert "sys.exit(3)" in failed.message
+    assert {after_exit} == names  # a failing item does not cost its worker
+    assert "timed out" in timed_out.message
+    assert after_timeout not in names  # the interrupted worker left the pool
+    assert wait_for_code_threads_to_end(services) == []
+
+
+def test_each_item_starts_with_fresh_context_variables(services):
+    node = CodeNode("calc")
+    code = (
+        "import decimal\n"
+        "before = decimal.getcontext().prec\n"
+        "decimal.getcontext().prec = 5\n"
+        "result = [before, str(decimal.Decimal(1) / decimal.Decimal(3))]"
+    )
+
+    first = run_item(services, {"code": code}, node, 0)["result"]
+    second = run_item(services, {"code": code}, node, 1)["result"]
+
+    assert first == second == [28, "0.33333"]
+
+
+def test_the_process_keeps_its_output_streams_between_runs(services):
+    stdout_before = sys.stdout
+    run_item(services, {"code": "print('captured')"})
+    services.close()
+    assert sys.stdout is stdout_before
+
+    other = DirectServices()  # a second run on the same streams
+    try:
+        out = run_item(other, {"code": "print('again')"})
+    finally:
+        other.close()
+
+    assert out["stdout"] == "again\n"
+    assert sys.stdout is stdout_before
+
+
+
+def test_an_interrupt_of_the_waiting_thread_stops_the_code_too(services):
+    """A second Ctrl-C lands in the thread that waits for the item: the code must
+    not go on spinning in its worker."""
+    started, raised = threading.Event(), []
+    node = CodeNode("calc")
+
+    def item() -> None:
+        try:
+            run_item(services, {"code": "started.set()\nwhile True:\n    pass", "inputs": {"started": started}}, node)
+        except KeyboardInterrupt:
+            raised.append(True)
+
+    waiter = threading.Thread(target=item)
+    waiter.start()
+    assert started.wait(5)
+    assert raise_in_thread(waiter.ident, KeyboardInterrupt)
+    waiter.join(5)
+
+    assert raised == [True]
+    assert wait_for_code_threads_to_end(services) == []
+
+# ---------------------------------------------------------------------------
+# the working directory
+
+CHDIR = "import os\nos.chdir(where)\nresult = os.getcwd()"
+OWN_CWD = sys.platform.startswith("linux")
+
+
+def test_a_chdir_in_the_code_is_undone_when_the_item_returns(services, tmp_path):
+    before = os.getcwd()
+
+    out = run_item(services, {"code": CHDIR, "inputs": {"where": str(tmp_path)}})
+    err = failure(services, {"code": "import os\nos.chdir(where)\nraise ValueError('after chdir')", "inputs": {"where": str(tmp_path)}})
+
+    assert out["result"] == os.path.realpath(tmp_path)
+    assert "after chdir" in err.message
+    assert os.getcwd() == before
+
+
+@pytest.mark.parametrize("own_cwd", [True, False], ids=["own-directory", "shared-directory"])
+def test_every_item_starts_in_the_process_directory(tmp_path, own_cwd):
+    """Both ways a worker can keep its directory: its own (Linux) or the process's, put back."""
+    if own_cwd and not OWN_CWD:
+        pytest.skip("a worker has its own working directory on Linux only")
+    compiled = compile(
+        "import os\nstart = os.getcwd()\nos.chdir(where)\nmoved = os.getcwd()", "<test>", "exec"
+    )
+    pool = WorkerPool(own_cwd=own_cwd)
+    try:
+        seen = []
+        for i in range(3):
+            target = tmp_path / f"d{i}"
+            target.mkdir()
+            task = Task(compiled, {"where": str(target)})
+            assert pool.run(task, 5.0, None) is None
+            assert task.error is None
+            seen.append((task.namespace["start"], task.namespace["moved"]))
+    finally:
+        pool.close()
+
+    assert [s for s, _ in seen] == [os.getcwd()] * 3
+    assert [m for _, m in seen] == [os.path.realpath(tmp_path / f"d{i}") for i in range(3)]
+
+
+@pytest.mark.skipif(not OWN_CWD, reason="a worker has its own working directory on Linux only")
+def test_while_code_runs_its_chdir_moves_neither_the_process_nor_other_items(services, tmp_path):
+    node = CodeNode("calc")
+    moved, checked = threading.Event(), threading.Event()
+    mover = (
+        "import os\n"
+        "os.chdir(where)\n"
+        "moved.set()\n"
+        "checked.wait(5)\n"
+        "result = os.getcwd()"
+    )
+    watcher = "import os\nmoved.wait(5)\nresult = os.getcwd()\nchecked.set()"
+    before = os.getcwd()
+    events = {"moved": moved, "checked": checked}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a = pool.submit(run_item, services, {"code": mover, "inputs": {"where": str(tmp_path), **events}}, node, 0)
+        b = pool.submit(run_item, services, {"code": watcher, "inputs": events}, node, 1)
+        assert moved.wait(5)
+        process_cwd_meanwhile = os.getcwd()
+        outs = [a.result(timeout=10), b.result(timeout=10)]
+
+    assert process_cwd_meanwhile == before
+    assert outs[0]["result"] == os.path.realpath(tmp_path)
+    assert outs[1]["result"] == before
+
+
+def test_cli_a_code_nodes_chdir_does_not_move_later_nodes_paths(run_workflow, tmp_path: Path):
+    (tmp_path / "elsewhere").mkdir()
+    ir = {
+        "nodes": [
+            {"id": "move", "type": "code", "params": {"code": CHDIR, "inputs": {"where": "elsewhere"}}},
+            {
+                "id": "moves",
+                "type": "code",
+                "params": {"code": "import os\nos.makedirs(d)\n" + CHDIR, "inputs": {"d": "${item}", "where": "${item}"}},
+                "batch": {"items": ["b0", "b1", "b2", "b3"], "parallel": True, "max_concurrent": 4},
+            },
+            {"id": "where", "type": "shell", "params": {"command": "pwd; ls"}},
+            {"id": "note", "type": "write-file", "params": {"file_path": "note.txt", "content": "${move.result}"}},
+            {"id": "last", "type": "code", "params": {"code": "import os\nresult = os.getcwd()"}},
+        ],
+        "outputs": {
+            "moved_to": {"source": "${move.result}"},
+            "batch": {"source": "${moves.results}"},
+            "pwd": {"source": "${where.stdout}"},
+            "written": {"source": "${note.path}"},
+            "last": {"source": "${last.result}"},
+        },
+    }
+
+    result = run_workflow(ir)
+
+    assert result.code == 0, result
+    out = result.json["outputs"]
+    home = os.path.realpath(tmp_path)
+    assert out["moved_to"] == os.path.join(home, "elsewhere")
+    assert [r["result"] for r in out["batch"]] == [os.path.join(home, f"b{i}") for i in range(4)]
+    assert out["pwd"].splitlines()[0] == home
+    assert out["written"] == os.path.join(home, "note.txt")
+    assert (tmp_path / "note.txt").read_text() == os.path.join(home, "elsewhere")
+    assert not (tmp_path / "elsewhere" / "note.txt").exists()
+    assert out["last"] == home
+
+
+# ---------------------------------------------------------------------------
+# requires
+
+
+def code_node(requires: Any, code: str = "result = 1") -> dict[str, Any]:
+    return {"nodes": [{"id": "calc", "type": "code", "params": {"code": code, "requires": requires}}]}
+
+
+def test_installed_requirements_pass_and_are_not_imported(tmp_path, monkeypatch):
+    package = tmp_path / "plait_probe_pkg"
+    package.mkdir()
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (package / "sub.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    check = plait.validate(
+        code_node(["json", "os.path", "xml.etree.ElementTree", "plait_probe_pkg", "plait_probe_pkg.sub", "PyYAML"])
+    )
+
+    assert check.ok, check.problems
+    assert not marker.exists()  # looked up, never imported
+    assert "plait_probe_pkg" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            "plait_no_such_module",
+            "'requires' needs 'plait_no_such_module', which is not installed for the Python that runs plait",
+        ),
+        ("sklearn", "-m pip install scikit-learn"),  # the package of a module with another name
+        ("json.no_such_part", "-m pip install json"),
+        ("pandas>=2", "'requires' entry 'pandas>=2' is not a module name; write the name only ('pandas')"),
+        (5, "'requires' lists module names as strings, not int (5)"),
+    ],
+)
+def test_a_missing_requirement_refuses_the_workflow_with_a_pip_hint(entry, message):
+    check = plait.validate(code_node(["json", entry]))
+
+    assert not check.ok
+    assert len(check.problems) == 1
+    problem = check.problems[0]
+    assert message in problem.message
+    assert problem.path == "nodes[0].params.requires"
+    if isinstance(entry, str) and entry.isidentifier():
+        assert f"{sys.executable} -m pip install" in problem.message
+
+
+def test_cli_refuses_to_run_code_that_needs_a_missing_module(run_workflow, tmp_path):
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').close()\nimport plait_no_such_module"
+
+    result = run_workflow(code_node(["plait_no_such_module"], code))
+
+    assert result.code == 2, result
+    assert "pip install plait_no_such_module" in result.stdout + result.stderr
+    assert not marker.exists()  # refused before anything ran
+
+
+def test_a_templated_requirement_is_checked_when_the_item_runs(run_workflow):
+    ir = {
+        "inputs": {"need": {"type": "string"}},
+        "nodes": [{"id": "calc", "type": "code", "params": {"code": "result = 1", "requires": ["json", "${need}"]}}],
+        "outputs": {"r": {"source": "${calc.result}"}},
+    }
+
+    good = run_workflow(ir, "need=email.mime")
+    bad = run_workflow(ir, "need=plait_no_such_module")
+
+    assert good.code == 0, good
+    assert good.json["outputs"]["r"] == 1
+    assert bad.code == 1, bad
+    assert "pip install plait_no_such_module" in bad.json["errors"][0]["message"]

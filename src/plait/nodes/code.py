@@ -12,47 +12,56 @@ Isolation. Each item gets its own namespace and its own copy of the lists and
 dicts in ``inputs``: items of a parallel batch often receive the same upstream
 list, and one item sorting it in place must not reorder it under another.
 
+Where it runs. The code runs in a worker thread of the run's pool
+(:mod:`plait.nodes._code_worker`) while the item waits for it at most
+``timeout`` seconds (or until the run is cancelled). A worker serves item
+after item, so an item costs two lock hand-offs rather than a new thread.
+
 Capturing output per item. ``contextlib.redirect_stdout`` swaps ``sys.stdout``
 for the whole process, so in a parallel batch every item's prints would land in
 whichever buffer was installed last, and the CLI's own output would vanish into
 them. Giving the code its own ``print`` would miss ``sys.stdout.write`` and
-every library that prints. So instead, while any code runs, ``sys.stdout`` and
-``sys.stderr`` are a small router that looks up the *calling thread*: a thread
-running an item's code writes into that item's buffers, every other thread
-writes straight through to the stream that was there before — the process's
-own output is never redirected. The router is removed again as soon as no code
-is running, leaving ``sys.stdout`` exactly as it was found. Limits: output the
-code sends around Python's ``sys`` (``os.write(1, ...)``, a subprocess writing
-to the inherited descriptor, C extensions) and prints from threads the code
-starts itself are not captured.
+every library that prints. So while any code runs, ``sys.stdout`` and
+``sys.stderr`` are a router that sends a worker's writes to its item's buffers
+and every other thread's straight to the stream that was there before; it is
+removed again as soon as no code runs, leaving ``sys.stdout`` exactly as it
+was found. Limits: output the code sends around Python's ``sys``
+(``os.write(1, ...)``, a subprocess writing to the inherited descriptor, C
+extensions) and prints from threads the code starts itself are not captured.
 
 Timeout. Python cannot kill a thread, and a subprocess per item costs ~6 ms
-even with ``python -I -S`` (measured; a thread costs ~0.1 ms), too slow for a
-batch of thousands. So each item's code runs in a fresh daemon thread while the
-item waits for it at most ``timeout`` seconds (or until the run is cancelled).
-When time is up the item fails at once, and ``CodeTimeout`` is raised inside
-the code's thread (``PyThreadState_SetAsyncExc``). That stops pure-Python work
-(loops, computations) at its next line, but not a call blocked in C
-(``time.sleep``, a socket read, a huge regex): such a thread lingers in the
-background until the call returns and is then stopped before it runs another
-line; a daemon thread never delays the process's exit. Code that catches
-``BaseException`` and carries on cannot be stopped at all.
+even with ``python -I -S`` (measured), too slow for a batch of thousands. When
+time is up the item fails at once, and ``CodeTimeout`` is raised inside the
+worker (``PyThreadState_SetAsyncExc``), which then leaves the pool. That stops
+pure-Python work (loops, computations) at its next line, but not a call
+blocked in C (``time.sleep``, a socket read, a huge regex): such a worker
+lingers in the background until the call returns and is then stopped before
+it runs another line; a daemon thread never delays the process's exit. Code
+that catches ``BaseException`` and carries on cannot be stopped at all.
+
+Working directory. The code may ``os.chdir``: on Linux the move is the
+worker's own and never the process's (see the worker module); elsewhere the
+process's directory is put back when the item ends.
+
+``requires``. The modules the code needs, as in pflow (where the list is
+documentation only): here each one is looked up when the workflow is
+validated, without importing it, and a missing one refuses the workflow with
+the ``pip install`` that fixes it. Nothing is ever installed.
 """
 
 from __future__ import annotations
 
 import builtins
-import io
 import json
 import keyword
+import re
 import sys
 import threading
-import time
 import traceback
-from dataclasses import dataclass, field
 from types import CodeType, TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
+from plait.nodes import _code_worker as worker
 from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode
 
 DEFAULT_TIMEOUT = 30.0
@@ -60,27 +69,26 @@ DEFAULT_TIMEOUT = 30.0
 # Distinct sources kept compiled per node instance.
 _COMPILE_CACHE_SIZE = 32
 
-# How often a waiting item looks at the run's cancel flag.
-_CANCEL_POLL_SECONDS = 0.05
+# Results that are JSON data as they are.
+_PLAIN = (type(None), str, int, float, bool)
+
+# The per-run resource key of the worker pool.
+_POOL_KEY = "code.workers"
+
+CodeTimeout = worker.CodeTimeout
 
 
-class CodeTimeout(BaseException):
-    """Raised inside a code thread whose time is up.
+class CodeRun(NamedTuple):
+    """Everything ``exec`` needs, taken from the item's params in ``prep``.
 
-    A ``BaseException``, so the usual ``except Exception`` in user code does not
-    swallow it.
+    A named tuple: made for every item, and a frozen dataclass costs twice as much.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class CodeRun:
-    """Everything ``exec`` needs, taken from the item's params in ``prep``."""
 
     source: str
     inputs: dict[str, Any]
     timeout: float | None
     cancelled: threading.Event | None
-    label: str  # node id and item index, for thread names
+    pool: worker.WorkerPool
 
 
 class CodeNode(PlaitNode):
@@ -109,6 +117,15 @@ class CodeNode(PlaitNode):
             default=DEFAULT_TIMEOUT,
             description="Seconds the code may run; null for no limit",
         ),
+        Param(
+            "requires",
+            "array",
+            default=[],
+            description=(
+                "Modules the code imports that must be installed, e.g. [\"yaml\", \"numpy\"]; "
+                "checked before the run (never installed)"
+            ),
+        ),
     )
     output_specs = (
         Output("result", "any", "The value the code assigned to `result` (null if none)"),
@@ -121,6 +138,15 @@ class CodeNode(PlaitNode):
         self._compiled: dict[str, CodeType] = {}
         self._compile_lock = threading.Lock()
         self._filename = f"<plait code: {node_id}>" if node_id else "<plait code>"
+        # Input names already checked, as a tuple of the keys in order.
+        self._good_names: tuple[str, ...] | None = None
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        requires = params.get("requires")
+        if not isinstance(requires, list):  # absent, or a template resolved at run time
+            return []
+        return [(message, "requires") for message in missing_requirements(requires, static=True)]
 
     def prep(self, shared: ItemContext) -> CodeRun:
         p = shared.params
@@ -137,8 +163,11 @@ class CodeNode(PlaitNode):
             raise _invalid(
                 f"'inputs' must be an object of name: value, got {type(inputs).__name__}"
             )
-        for name in inputs:
-            _check_variable_name(name)
+        names = tuple(inputs)
+        if names != self._good_names:  # the same keys item after item: checked once
+            for name in names:
+                _check_variable_name(name)
+            self._good_names = names
 
         timeout = p.get("timeout", DEFAULT_TIMEOUT)
         if timeout is not None:
@@ -148,26 +177,33 @@ class CodeNode(PlaitNode):
                 )
             timeout = float(timeout)
 
-        label = shared.node_id or self.node_id or "code"
-        if shared.index is not None:
-            label = f"{label}[{shared.index}]"
+        requires = p.get("requires")
+        if requires:
+            if not isinstance(requires, list):
+                raise _invalid(f"'requires' must be a list of module names, got {type(requires).__name__}")
+            missing = missing_requirements(requires)
+            if missing:
+                raise _invalid("; ".join(missing))
+
+        services = shared.services
         return CodeRun(
             source=source,
             inputs=inputs,
             timeout=timeout,
-            cancelled=getattr(shared.services, "cancelled", None),
-            label=label,
+            cancelled=services.cancelled,
+            pool=services.resource(_POOL_KEY, worker.WorkerPool, worker.WorkerPool.close),
         )
 
     def exec(self, prep_res: CodeRun) -> dict[str, Any]:
         run = prep_res
-        code = self._compile(run.source)
+        code = self._compiled.get(run.source) or self._compile(run.source)
         namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__main__"}
-        namespace.update({name: _copy_data(value) for name, value in run.inputs.items()})
+        for name, value in run.inputs.items():
+            namespace[name] = _copy_data(value) if isinstance(value, dict | list) else value
 
-        state = _CodeThread(code, namespace, name=f"plait-code-{run.label}")
-        stopped_because = state.run(run.timeout, run.cancelled)
-        stdout, stderr = state.capture.text()
+        task = worker.Task(code, namespace)
+        stopped_because = run.pool.run(task, run.timeout, run.cancelled)
+        stdout, stderr = task.text() if task.wrote else ("", "")
 
         if stopped_because is not None:
             raise NodeError(
@@ -175,7 +211,7 @@ class CodeNode(PlaitNode):
                 outputs={"result": None, "stdout": stdout, "stderr": stderr},
                 retryable=stopped_because.startswith("timed out"),
             )
-        error = state.error
+        error = task.error
         if isinstance(error, SystemExit) and error.code in (None, 0):
             error = None  # sys.exit() / sys.exit(0): the code finished early, on purpose
         if error is not None:
@@ -186,8 +222,10 @@ class CodeNode(PlaitNode):
                 outputs={"result": None, "stdout": stdout, "stderr": stderr},
                 retryable=False,
             )
+        result = namespace.get("result")
         try:
-            result = _json_data(namespace.get("result"), "result")
+            if type(result) not in _PLAIN:
+                result = _json_data(result, "result")
         except TypeError as exc:
             raise NodeError(
                 str(exc),
@@ -244,207 +282,108 @@ class CodeNode(PlaitNode):
 
 
 # ---------------------------------------------------------------------------
-# running one item's code in its own thread
+# requires
 
 
-@dataclass(eq=False)
-class _Capture:
-    """One item's stdout and stderr.
+# Modules whose package on PyPI has another name, for the install hint.
+_PACKAGE_OF = {
+    "attr": "attrs",
+    "bs4": "beautifulsoup4",
+    "cv2": "opencv-python",
+    "dateutil": "python-dateutil",
+    "docx": "python-docx",
+    "dotenv": "python-dotenv",
+    "jwt": "PyJWT",
+    "PIL": "Pillow",
+    "serial": "pyserial",
+    "sklearn": "scikit-learn",
+    "yaml": "PyYAML",
+}
 
-    Text streams over bytes, so code that writes ``sys.stdout.buffer`` works too.
+# A module path (``yaml``, ``google.protobuf``) or a distribution name (``scikit-learn``).
+_REQUIREMENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# Requirements found installed; a missing one is looked up again next time
+# (it may have been installed since).
+_found: set[str] = set()
+
+
+def missing_requirements(requires: list[Any], *, static: bool = False) -> list[str]:
+    """One message per entry of ``requires`` that is not installed (or not a name).
+
+    ``static``: the raw workflow, where an entry may still be a ``${...}`` template.
     """
-
-    stdout: io.TextIOWrapper = field(default_factory=lambda: _new_stream())
-    stderr: io.TextIOWrapper = field(default_factory=lambda: _new_stream())
-
-    def text(self) -> tuple[str, str]:
-        return _read_stream(self.stdout), _read_stream(self.stderr)
-
-
-def _new_stream() -> io.TextIOWrapper:
-    return io.TextIOWrapper(
-        io.BytesIO(), encoding="utf-8", errors="backslashreplace", newline="\n", write_through=True
-    )
-
-
-def _read_stream(stream: io.TextIOWrapper) -> str:
-    raw = stream.buffer
-    assert isinstance(raw, io.BytesIO)
-    return raw.getvalue().decode("utf-8", errors="replace")
-
-
-class _CodeThread:
-    def __init__(self, code: CodeType, namespace: dict[str, Any], *, name: str) -> None:
-        self.code = code
-        self.namespace = namespace
-        self.capture = _Capture()
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-        # `phase` goes starting -> running -> finished, under `lock`, so the
-        # waiter interrupts only a thread that is inside the user's code: not
-        # one still starting (the exception would escape the thread's own
-        # handlers), not one already past it.
-        self.lock = threading.Lock()
-        self.phase = "starting"
-        self.abandoned = False  # the waiter gave up before the code began
-        self.interrupted = False
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-
-    def run(self, timeout: float | None, cancelled: threading.Event | None) -> str | None:
-        """Run the code; return why it was stopped, or None when it finished."""
-        _router.enter()
-        try:
-            self.thread.start()
-        except BaseException:
-            _router.leave()
-            raise
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                reason = f"timed out after {timeout:g}s (the 'timeout' param)"
-                break
-            wait = remaining
-            if cancelled is not None:
-                wait = _CANCEL_POLL_SECONDS if wait is None else min(wait, _CANCEL_POLL_SECONDS)
-            if self.done.wait(wait):
-                return None
-            if cancelled is not None and cancelled.is_set():
-                reason = "cancelled: the run is stopping"
-                break
-        with self.lock:
-            if self.phase == "starting":
-                self.abandoned = True
-                return reason
-            if self.phase == "running":
-                self.interrupted = _raise_in_thread(self.thread.ident, CodeTimeout)
-                return reason
-        self.done.wait()  # it finished just now; only its cleanup is left
-        return None
-
-    def _main(self) -> None:
-        _router.local.capture = self.capture
-        try:
-            try:
-                with self.lock:
-                    if self.abandoned:
-                        return
-                    self.phase = "running"
-                exec(self.code, self.namespace)
-            finally:
-                with self.lock:
-                    self.phase = "finished"
-                    if self.interrupted:
-                        # Cancel an interrupt that was sent but not yet delivered,
-                        # so it cannot go off in the cleanup below.
-                        _raise_in_thread(threading.get_ident(), None)
-        except CodeTimeout:
-            pass  # the waiter has reported it already
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            _router.local.capture = None
-            _router.leave()
-            self.done.set()
+    problems = []
+    for entry in requires:
+        if entry in _found:
+            continue
+        if not isinstance(entry, str):
+            problems.append(
+                f"'requires' lists module names as strings, not {type(entry).__name__} ({entry!r})"
+            )
+            continue
+        name = entry.strip()
+        if static and "${" in name:
+            continue
+        if not _REQUIREMENT_RE.fullmatch(name):
+            base = re.split(r"[^A-Za-z0-9._-]", name, maxsplit=1)[0]
+            problems.append(
+                f"'requires' entry {entry!r} is not a module name; write the name only"
+                + (f" ({base!r})" if base else "")
+                + ", versions are not checked"
+            )
+            continue
+        if _installed(name):
+            _found.add(entry)
+            continue
+        top = name.split(".")[0]
+        package = _PACKAGE_OF.get(top, top)
+        problems.append(
+            f"'requires' needs '{name}', which is not installed for the Python that runs plait "
+            f"({sys.executable}); install it with: {sys.executable} -m pip install {package}"
+        )
+    return problems
 
 
-def _raise_in_thread(thread_id: int | None, exc_type: type[BaseException] | None) -> bool:
-    """Schedule ``exc_type`` in a thread (None clears it). False where unsupported."""
-    if thread_id is None:
-        return False
-    import ctypes  # only when a timeout fires
+def _installed(name: str) -> bool:
+    """Whether ``name`` can be imported (or is an installed distribution), importing nothing."""
+    if all(part.isidentifier() for part in name.split(".")) and _module_found(name):
+        return True
+    # Not a module: maybe the distribution's name ("scikit-learn", "PyYAML").
+    from importlib import metadata
 
     try:
-        set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-    except AttributeError:  # not CPython
+        metadata.distribution(name)
+    except (metadata.PackageNotFoundError, ValueError):
         return False
-    # No argtypes on purpose: None must reach C as NULL ("clear"), not as Py_None.
-    arg = None if exc_type is None else ctypes.py_object(exc_type)
-    return bool(set_async_exc(ctypes.c_ulong(thread_id), arg))
+    return True
 
 
-class _StreamRouter:
-    """Stands in for ``sys.stdout`` or ``sys.stderr`` while code runs (see the module doc)."""
+def _module_found(name: str) -> bool:
+    import importlib.machinery
+    import importlib.util
 
-    def __init__(self, name: str, real: Any, local: threading.local) -> None:
-        self._name = name
-        self._real = real
-        self._local = local
-
-    def _target(self) -> Any:
-        capture = getattr(self._local, "capture", None)
-        if capture is None:
-            return self._real
-        return capture.stdout if self._name == "stdout" else capture.stderr
-
-    def write(self, text: str) -> int:
-        target = self._target()
-        if target is None:  # no console at all (pythonw)
-            return len(text)
-        result: int = target.write(text)
-        return result
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        target = self._target()
-        if target is not None:
-            target.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target(), name)
-
-
-class _Router:
-    """Installs the stream routers while at least one code thread is alive."""
-
-    def __init__(self) -> None:
-        self.local = threading.local()
-        self._lock = threading.Lock()
-        self._active = 0
-        # Every router ever installed stays referenced here, and is reused for
-        # the same underlying stream. CPython 3.11's print() holds only a
-        # borrowed reference to sys.stdout while it writes, so a stream object
-        # freed by swapping sys.stdout under a printing thread crashes the
-        # process (seen here: a segfault). Kept alive, a swapped-out router
-        # stays valid and simply passes the rest of that print through.
-        self._routers: dict[tuple[str, int], _StreamRouter] = {}
-
-    def _wrap(self, name: str, stream: Any) -> _StreamRouter:
-        key = (name, id(stream))
-        router = self._routers.get(key)
-        if router is None:
-            router = self._routers[key] = _StreamRouter(name, stream, self.local)
-        return router
-
-    def enter(self) -> None:
-        with self._lock:
-            self._active += 1
-            # Checked every time, not only on the first entry: something else
-            # (a test harness, a progress display) may have replaced the stream
-            # since; then the router goes on top of that.
-            if not isinstance(sys.stdout, _StreamRouter):
-                sys.stdout = self._wrap("stdout", sys.stdout)
-            if not isinstance(sys.stderr, _StreamRouter):
-                sys.stderr = self._wrap("stderr", sys.stderr)
-
-    def leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active:
-                return
-            # Restore only a router that is still the one installed; if someone
-            # wrapped it meanwhile, they will restore it, and it passes through.
-            out, err = sys.stdout, sys.stderr
-            if isinstance(out, _StreamRouter):
-                sys.stdout = out._real
-            if isinstance(err, _StreamRouter):
-                sys.stderr = err._real
-
-
-_router = _Router()
+    if name in sys.modules:
+        return True
+    parts = name.split(".")
+    try:
+        # find_spec of a dotted name would import its parents; a top-level
+        # name is only looked up.
+        spec = importlib.util.find_spec(parts[0])
+        for i in range(1, len(parts)):
+            if spec is None:
+                return False
+            parent = ".".join(parts[:i])
+            if parent in sys.modules:  # imported already: its own finder knows best
+                spec = importlib.util.find_spec(".".join(parts[: i + 1]))
+                continue
+            locations = spec.submodule_search_locations
+            if locations is None:  # a module, not a package: it has no submodules on disk
+                return False
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), list(locations))
+    except (ImportError, ValueError):
+        return False
+    return spec is not None
 
 
 # ---------------------------------------------------------------------------
