@@ -1,0 +1,181 @@
+"""The http node's asynchronous path: aiohttp on the run's event loop.
+
+One ``ClientSession`` (and its connector) per run, made on the run's loop with
+``services.async_resource`` and closed there when the run ends. The session
+adds nothing of its own: no cookie jar (each request stands alone, as on the
+sync path), no redirects (followed here, by the rules in
+:func:`plait.nodes.http.next_hop`), no timeouts (the whole exchange runs under
+one ``asyncio.timeout``: a server that dribbles its headers cannot stretch it),
+no default Content-Type for a raw body (httpx sends none either).
+
+Cancellation is the task's: the async executor cancels the tasks in flight
+when the run is interrupted, and the ``CancelledError`` goes up untouched.
+
+Imported by ``HttpNode.exec_async`` only: it imports aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from plait.nodes.base import NodeError
+from plait.nodes.http import (
+    REDIRECT_STATUSES,
+    BodyCap,
+    PreparedRequest,
+    could_not_connect,
+    finish,
+    first_hop,
+    next_hop,
+    reason,
+    timed_out,
+    tls_context,
+)
+
+_SESSION_KEY = "http.aiohttp"
+# What the request in this task is waiting for, for the timeout's message; the
+# connector moves it on once it holds a connection.
+_phase: contextvars.ContextVar[list[str]] = contextvars.ContextVar("plait_http_phase")
+_CONNECTING = "while connecting"
+_WAITING = "waiting for the response"
+_READING = "while reading the response body"
+
+
+class _Connector(aiohttp.TCPConnector):
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        conn = await super().connect(*args, **kwargs)
+        phase = _phase.get(None)
+        if phase is not None:
+            phase[0] = _WAITING
+        return conn
+
+
+async def _open_session(tls: Any) -> aiohttp.ClientSession:
+    connector = _Connector(
+        # The batch's max_concurrent bounds what is in flight; a second limit
+        # here (aiohttp's default is 100) would queue requests behind it.
+        limit=0,
+        ssl=tls,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None),
+        skip_auto_headers=("Content-Type",),
+        auto_decompress=True,
+        # HTTP(S)_PROXY and NO_PROXY, as httpx honours them
+        trust_env=True,
+        # httpx reads up to 100 KiB of response headers; aiohttp's default is 8 KiB a line
+        max_line_size=64 * 1024,
+        max_field_size=64 * 1024,
+        max_headers=1024,
+    )
+
+
+async def _close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
+
+
+async def session(req: PreparedRequest) -> aiohttp.ClientSession:
+    services = req.services
+    tls = tls_context(services)
+    return await services.async_resource(_SESSION_KEY, lambda: _open_session(tls), _close_session)
+
+
+async def send(req: PreparedRequest) -> dict[str, Any]:
+    client = await session(req)
+    started = time.perf_counter()
+    phase = [_CONNECTING]
+    token = _phase.set(phase)
+    try:
+        async with asyncio.timeout(req.timeout):
+            resp = await _send_following(client, req, phase)
+            try:
+                status = resp.status
+                headers = _headers(resp)
+                phase[0] = _READING
+                data = await _read_body(resp, req, status, headers)
+            except BaseException:
+                resp.close()  # an unread or oversized body: the connection cannot be reused
+                raise
+            resp.release()
+    except TimeoutError as exc:
+        # asyncio.timeout's own (aiohttp's timeouts are off), or a
+        # ServerTimeoutError, which is also a TimeoutError
+        raise timed_out(req, phase[0]) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise could_not_connect(req, reason(exc.os_error)) from exc
+    except (aiohttp.InvalidURL, ValueError) as exc:
+        raise NodeError(f"{req.what}: invalid request: {reason(exc)}", retryable=False) from exc
+    except aiohttp.ClientPayloadError as exc:
+        text = reason(exc)
+        if "decode" in text.lower() or "encoding" in text.lower():
+            raise NodeError(
+                f"{req.what}: could not decode the response body: {text}", retryable=False
+            ) from exc
+        raise NodeError(f"{req.what} failed: {text}", retryable=True) from exc
+    except aiohttp.ClientError as exc:
+        # ServerDisconnectedError, a bad status line and friends: the server
+        # hung up or spoke something other than HTTP.
+        raise NodeError(f"{req.what} failed: {_client_error(exc)}", retryable=True) from exc
+    finally:
+        _phase.reset(token)
+    return finish(req, status, headers, data, time.perf_counter() - started)
+
+
+async def _send_following(
+    client: aiohttp.ClientSession, req: PreparedRequest, phase: list[str]
+) -> aiohttp.ClientResponse:
+    hop, hops = first_hop(req), 0
+    while True:
+        phase[0] = _CONNECTING
+        resp = await client.request(
+            hop.method,
+            URL(hop.url),
+            headers=hop.headers,
+            data=hop.content,
+            allow_redirects=False,
+        )
+        location = resp.headers.get("Location")
+        if not (req.follow_redirects and resp.status in REDIRECT_STATUSES and location):
+            return resp
+        resp.close()
+        hops += 1
+        hop = next_hop(req, hop, resp.status, location, hops)
+
+
+def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """Names in lower case, repeated headers joined with ", " (as httpx's ``dict(headers)``)."""
+    out: dict[str, str] = {}
+    for name, value in resp.headers.items():
+        low = name.lower()
+        out[low] = f"{out[low]}, {value}" if low in out else value
+    return out
+
+
+async def _read_body(
+    resp: aiohttp.ClientResponse, req: PreparedRequest, status: int, headers: dict[str, str]
+) -> bytes:
+    if req.method == "HEAD":
+        return b""
+    cap = BodyCap(req, status, headers)
+    if cap.check_declared() is not None:
+        return await resp.read()  # exactly Content-Length bytes, already checked
+    chunks: list[bytes] = []
+    async for chunk in resp.content.iter_any():
+        cap.add(len(chunk))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _client_error(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.message:
+        return str(exc.message)
+    return reason(exc)
