@@ -101,10 +101,15 @@ def _new_tls_context() -> Any:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def _user_agent() -> str:
-    from plait import __version__
+_USER_AGENT: list[str] = []
 
-    return f"plait/{__version__}"
+
+def _user_agent() -> str:
+    if not _USER_AGENT:
+        from plait import __version__
+
+        _USER_AGENT.append(f"plait/{__version__}")
+    return _USER_AGENT[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,9 +400,16 @@ def _merge_query(url: str, params: dict[str, Any]) -> str:
     return urlunsplit(parts._replace(query=urlencode(keep, quote_via=quote)))
 
 
+# host[:port] with nothing unusual in it: most URLs, checked without urlsplit
+_PLAIN_AUTHORITY = re.compile(r"^https?://[A-Za-z0-9.\-_~]+(?::(\d{1,5}))?(?:[/?#]|$)", re.IGNORECASE)
+
+
 def _check_authority(url: str, what: str) -> None:
     """A host and a numeric port, before anything is sent (either client would fail later,
     each with its own words)."""
+    m = _PLAIN_AUTHORITY.match(url)
+    if m is not None and (m.group(1) is None or int(m.group(1)) <= 65535):
+        return
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
