@@ -143,6 +143,12 @@ def test_string_body_is_sent_verbatim(server, http):
     assert out["response"]["headers"]["content-type"] == "application/x-www-form-urlencoded"
 
 
+def test_a_raw_body_without_a_type_is_sent_without_one(server, http):
+    out = http.run({"url": server.url("/echo"), "body": "plain"})
+    assert out["response"]["body"] == "plain"
+    assert "content-type" not in out["response"]["headers"]
+
+
 def test_object_body_is_sent_as_json_like_pflow(server, http):
     out = http.run({"url": server.url("/echo"), "body": {"k": [1, 2]}})
     assert out["response"]["method"] == "POST"

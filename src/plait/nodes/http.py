@@ -212,10 +212,11 @@ class HttpNode(PlaitNode):
         # bundle happen while the nodes before this one run, not inside the
         # first wave of items. Which of the two a batch uses is the executor's
         # choice, made later; a parallel batch (auto: async) needs aiohttp.
-        from plait.nodes import http_sync
+        # aiohttp first: a parallel batch's first wave waits on it, while a
+        # single request waits on httpx whichever comes first.
+        from plait.nodes import http_async, http_sync  # noqa: F401
 
         http_sync.pool(services).client()
-        import aiohttp  # noqa: F401
 
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params

@@ -6,7 +6,8 @@ adds nothing of its own: no cookie jar (each request stands alone, as on the
 sync path), no redirects (followed here, by the rules in
 :func:`plait.nodes.http.next_hop`), no timeouts (the whole exchange runs under
 one ``asyncio.timeout``: a server that dribbles its headers cannot stretch it),
-no default Content-Type for a raw body (httpx sends none either).
+no default Content-Type for a raw body (httpx sends none either), no
+per-request reading of the environment (proxies are read once).
 
 Cancellation is the task's: the async executor cancels the tasks in flight
 when the run is interrupted, and the ``CancelledError`` goes up untouched.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+import weakref
 from typing import Any
 
 import aiohttp
@@ -39,6 +41,7 @@ from plait.nodes.http import (
 )
 
 _SESSION_KEY = "http.aiohttp"
+_NO_CONTENT_TYPE = ("Content-Type",)
 # What the request in this task is waiting for, for the timeout's message; the
 # connector moves it on once it holds a connection.
 _phase: contextvars.ContextVar[list[str]] = contextvars.ContextVar("plait_http_phase")
@@ -68,7 +71,6 @@ async def _open_session(tls: Any) -> aiohttp.ClientSession:
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None),
-        skip_auto_headers=("Content-Type",),
         auto_decompress=True,
         # aiohttp's trust_env reads ~/.netrc and the environment again for
         # every request, in a thread (a sixth of the CPU of a batch); the
@@ -117,13 +119,26 @@ async def _close_session(client: _Client) -> None:
     await client.session.close()
 
 
+# The run's loop is the run's own, so the session found through it is the
+# run's: a dict look-up per request instead of a trip through async_resource.
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def session(req: PreparedRequest) -> _Client:
+    loop = asyncio.get_running_loop()
+    client = _by_loop.get(loop)
+    if client is not None and not client.session.closed:
+        return client
     services = req.services
 
     async def make() -> _Client:
         return _Client(await _open_session(tls_context(services)))
 
-    return await services.async_resource(_SESSION_KEY, make, _close_session)
+    client = await services.async_resource(_SESSION_KEY, make, _close_session)
+    _by_loop[loop] = client
+    return client
 
 
 async def send(req: PreparedRequest) -> dict[str, Any]:
@@ -180,6 +195,10 @@ async def _send_following(
             data=hop.content,
             allow_redirects=False,
             proxy=client.proxies.for_url(hop.url),
+            # a raw body without a Content-Type goes without one (aiohttp would
+            # say application/octet-stream); asked per request, because
+            # aiohttp's path for skipped headers costs every request otherwise
+            skip_auto_headers=_NO_CONTENT_TYPE if hop.content is not None else None,
         )
         location = resp.headers.get("Location")
         if not (req.follow_redirects and resp.status in REDIRECT_STATUSES and location):
