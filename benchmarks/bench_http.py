@@ -15,6 +15,10 @@ The floor is the same requests from a bare aiohttp loop in a separate process
 (one session, a semaphore of C, nothing else): what any Python client could do
 on this machine, with no engine at all.
 
+A third row drives the http node's async path alone (prep, exec_async, post
+on the run's loop, no batch driver, events or records), to show which part of
+plait's cost is the node's and which the engine's.
+
 CPU per request is the plait process's user+system time (``getrusage`` of the
 finished child), minus that of the same workflow with one item (start-up,
 imports, the session), divided by the other N-1 requests; the floor's is its
@@ -44,6 +48,7 @@ from _aioserver import AioServer  # noqa: E402
 
 DELAY = 0.1
 PATHS = ("async", "threads")
+LABELS = {"node": "node, no engine", "floor": "bare aiohttp"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,43 @@ async def main():
     print(elapsed, cpu, t_import)
 
 asyncio.run(main())
+"""
+
+
+# The http node's async path with no engine around it: prep and exec_async for
+# every request on the run's loop, as the async executor calls them, without the
+# batch driver, events, records or templates. It shows where CPU goes.
+NODE_ONLY = """
+import asyncio, sys, time
+from plait.nodes.base import ItemContext
+from plait.nodes.http import HttpNode
+from plait.nodes.registry import Registry
+from plait.runtime.services import RunServices
+base, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+services = RunServices(Registry())
+node = HttpNode("get")
+defaults = {p.name: p.default for p in HttpNode.param_specs}
+
+async def one(i, limit):
+    async with limit:
+        ctx = ItemContext("get", i, {**defaults, "url": f"{base}/item/{i}"}, services)
+        prep = node.prep(ctx)
+        out = await node.exec_async(prep)
+        node.post(ctx, prep, out)
+        return ctx.outputs["response"]["n"]
+
+async def main():
+    limit = asyncio.Semaphore(c)
+    await one(0, limit)  # imports, the session
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = await asyncio.gather(*(one(i, limit) for i in range(n)))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert out == list(range(n))
+    return elapsed, cpu
+
+elapsed, cpu = services.call_async(main())
+services.close()
+print(elapsed, cpu, 0.0)
 """
 
 
@@ -161,9 +203,9 @@ def run_plait(path: Path, server: AioServer, requests: int, executor: str) -> Ru
     return Run(duration, cpu, wall, server.connections, error)
 
 
-def run_floor(base: str, case: Case) -> Run:
+def run_floor(base: str, case: Case, script: str = FLOOR) -> Run:
     proc = subprocess.run(
-        [sys.executable, "-c", FLOOR, base, str(case.requests), str(case.concurrency)],
+        [sys.executable, "-c", script, base, str(case.requests), str(case.concurrency)],
         capture_output=True,
         text=True,
         env=child_env(),
@@ -197,7 +239,9 @@ def main() -> None:
     args = parser.parse_args()
     cases = parse_cases(args.cases)
 
-    runs: dict[tuple[Case, str], list[Run]] = {(c, p): [] for c in cases for p in (*PATHS, "floor")}
+    runs: dict[tuple[Case, str], list[Run]] = {
+        (c, p): [] for c in cases for p in (*PATHS, "node", "floor")
+    }
     base_cpu: dict[str, list[float]] = {p: [] for p in PATHS}
     failures: list[str] = []
     with AioServer(DELAY) as server, tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp:
@@ -215,10 +259,11 @@ def main() -> None:
                     runs[(case, executor)].append(run)
                     if run.error:
                         failures.append(f"{case.name} {executor}: {run.error}")
-                floor = run_floor(server.base_url, case)
-                runs[(case, "floor")].append(floor)
-                if floor.error:
-                    failures.append(f"{case.name} floor: {floor.error}")
+                for kind, script in (("node", NODE_ONLY), ("floor", FLOOR)):
+                    floor = run_floor(server.base_url, case, script)
+                    runs[(case, kind)].append(floor)
+                    if floor.error:
+                        failures.append(f"{case.name} {kind}: {floor.error}")
 
     header = (
         "measure",
@@ -239,13 +284,13 @@ def main() -> None:
     for case in cases:
         floor_runs = [r for r in runs[(case, "floor")] if not r.error]
         floor_best = min((r.duration for r in floor_runs), default=float("inf"))
-        for path in (*PATHS, "floor"):
+        for path in (*PATHS, "node", "floor"):
             good = [r for r in runs[(case, path)] if not r.error]
             if not good:
                 rows.append((case.name, path, "FAILED", *["-"] * (len(header) - 3)))
                 continue
             ratios = [r.duration / case.ideal for r in good]
-            if path == "floor":
+            if path in ("node", "floor"):
                 cpu_ms = [r.cpu / case.requests * 1000 for r in good]
             else:
                 start = min(base_cpu[path])
@@ -253,24 +298,24 @@ def main() -> None:
                     max(0.0, r.cpu - start) / max(1, case.requests - 1) * 1000 for r in good
                 ]
             best = min(ratios)
-            is_plait = path != "floor"
+            is_plait = path in PATHS
             rows.append(
                 (
                     case.name,
-                    f"plait {path}" if is_plait else "bare aiohttp",
+                    LABELS.get(path, f"plait {path}"),
                     f"{min(r.duration for r in good):.3f}",
                     f"{case.ideal:.3f}",
                     f"{best:.3f}",
                     spread(ratios),
                     f"<= {case.goal:.2f}" if is_plait and case.goal else "",
                     ("yes" if best <= case.goal else "NO") if is_plait and case.goal else "",
-                    f"{min(r.duration for r in good) / floor_best:.3f}" if is_plait else "",
+                    f"{min(r.duration for r in good) / floor_best:.3f}" if path != "floor" else "",
                     f"{min(cpu_ms):.3f}",
                     spread(cpu_ms),
                     str(max(r.connections for r in good)) if is_plait else "",
-                    ""
-                    if is_plait
-                    else f"{min((r.duration + r.import_s) / case.ideal for r in good):.3f}",
+                    f"{min((r.duration + r.import_s) / case.ideal for r in good):.3f}"
+                    if path == "floor"
+                    else "",
                 )
             )
 

@@ -296,9 +296,25 @@ class HttpNode(PlaitNode):
         return http_sync.send(prep_res)
 
     async def exec_async(self, prep_res: PreparedRequest) -> dict[str, Any]:
-        from plait.nodes import http_async
+        if not _ASYNC_PATH:
+            # Importing aiohttp takes ~0.4 s (it loads the system CA store): in
+            # a thread, so the run's loop keeps serving (a cancel, other nodes).
+            # import_module also waits for warm_up's import, if that came first.
+            import asyncio
+            import importlib
 
-        return await http_async.send(prep_res)
+            _ASYNC_PATH.append(
+                await asyncio.get_running_loop().run_in_executor(
+                    None, importlib.import_module, "plait.nodes.http_async"
+                )
+            )
+        result: dict[str, Any] = await _ASYNC_PATH[0].send(prep_res)
+        return result
+
+
+# plait.nodes.http_async once imported whole (sys.modules has it half-made while
+# another thread imports it)
+_ASYNC_PATH: list[Any] = []
 
 
 # ---------------------------------------------------------------------------

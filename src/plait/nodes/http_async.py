@@ -134,7 +134,9 @@ async def session(req: PreparedRequest) -> _Client:
     services = req.services
 
     async def make() -> _Client:
-        return _Client(await _open_session(tls_context(services)))
+        # loading the CA bundle (~50 ms) off the loop, unless warm_up did it
+        tls = await asyncio.get_running_loop().run_in_executor(None, tls_context, services)
+        return _Client(await _open_session(tls))
 
     client = await services.async_resource(_SESSION_KEY, make, _close_session)
     _by_loop[loop] = client
