@@ -101,16 +101,24 @@ class _Server(ThreadingHTTPServer):
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return  # a client that gave up (size cap, timeout) is not a server bug
+        if isinstance(exc, ConnectionError | TimeoutError | OSError):
+            return  # a client that gave up (size cap, timeout, a refused certificate)
         super().handle_error(request, client_address)
 
 
 class LocalServer:
     """A threaded HTTP/1.1 (keep-alive) server on a random port of 127.0.0.1."""
 
-    def __init__(self, *, delay: float = 0.0, request_queue_size: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        request_queue_size: int = 128,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """``tls``: (certificate file, key file) to serve https instead of http."""
         self.delay = delay
+        self.tls = tls
         self.request_queue_size = request_queue_size
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -131,6 +139,12 @@ class LocalServer:
 
         self._server = Server(("127.0.0.1", 0), _RequestHandler)
         self._server.owner = self
+        if self.tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -161,7 +175,7 @@ class LocalServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def url(self, path: str = "/") -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)

@@ -588,6 +588,44 @@ def test_a_cookie_one_response_sets_is_not_sent_with_the_next_request(server, ht
     assert "cookie" not in server.requests[-1].headers
 
 
+def self_signed_certificate(folder: Path) -> tuple[str, str]:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_https_is_verified_against_the_ca_bundle_on_both_paths(tmp_path, monkeypatch):
+    cert, key = self_signed_certificate(tmp_path)
+    with LocalServer(tls=(cert, key)) as tls_server:
+        url = tls_server.url("/json")
+        for path in PATHS:
+            untrusted = DirectServices()
+            try:
+                err = Driver(untrusted, path).failure({"url": url})
+            finally:
+                untrusted.close()
+            assert err.message.startswith(f"could not connect to {url}: "), (path, err.message)
+            assert "CERTIFICATE_VERIFY_FAILED" in err.message, err.message
+            assert err.retryable is True
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # read when a run makes its TLS context
+        for path in PATHS:
+            trusted = DirectServices()
+            try:
+                out = Driver(trusted, path).run({"url": url})
+            finally:
+                trusted.close()
+            assert out["response"]["ok"] is True, path
+
+
 # ---------------------------------------------------------------------------
 # headers across origins
 
