@@ -873,16 +873,16 @@ def test_cli_many_behaviours_in_one_batch(plait, workflow, server, executor):
         {"url": "${base}/large?bytes=100000", "max_response_bytes": 1000},
         {"url": "${base}/delay/3", "timeout": 0.3},
     ]
+    keys = sorted({k for case in cases for k in case})
+    for case in cases:  # a key an item does not set is null, which every param takes as unset
+        case.update({k: None for k in keys if k not in case})
     wf = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
             {
                 "id": "get",
                 "type": "http",
-                "params": {
-                    key: f"${{item.{key}}}"
-                    for key in {k for case in cases for k in case}
-                },
+                "params": {key: f"${{item.{key}}}" for key in keys},
                 "batch": {
                     "items": cases,
                     "parallel": True,
@@ -893,10 +893,6 @@ def test_cli_many_behaviours_in_one_batch(plait, workflow, server, executor):
         ],
         "outputs": {"results": {"source": "${get.results}"}},
     }
-    # an item without a key gets null for it, which every param treats as unset
-    for case in cases:
-        for key in {k for c in cases for k in c} - set(case):
-            case[key] = None
     code, result, text = run_plait(
         plait, workflow, wf, f"base={server.base_url}", "--executor", executor
     )
