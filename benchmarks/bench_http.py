@@ -1,19 +1,31 @@
-"""How close a parallel batch of HTTP GETs comes to the ideal, through the real CLI.
+"""How close a parallel batch of HTTP GETs comes to the ideal, through the real CLI,
+on both of the http node's paths, beside a bare aiohttp loop.
 
-    python benchmarks/bench_http.py [--repeat 3]
+    python benchmarks/bench_http.py [--repeat 3] [--cases 200x50,2000x200,10000x500]
 
-A local server answers every request after sleeping 100 ms, so N requests at
-concurrency C cannot finish faster than N / C x 0.1 s (the ideal). Each case runs
-``python -m plait run`` on a workflow with one parallel ``http`` batch; the time
-compared with the ideal is the run's own ``duration_ms`` (interpreter start-up is
-shown separately, as "process s"). The floor is the same requests made by a bare
-ThreadPoolExecutor of httpx calls in a separate process: what any Python client
-could do on this machine, with no engine at all.
+A local server (``_aioserver.py``: asyncio, keep-alive, in its own process)
+answers every request after sleeping 100 ms, so N requests at concurrency C
+cannot finish faster than N / C x 0.1 s (the ideal). Each case runs ``python -m
+plait run`` on a workflow with one parallel ``http`` batch, once with
+``--executor async`` (aiohttp on the run's event loop) and once with
+``--executor threads`` (httpx, a thread per slot). The time compared with the
+ideal is the run's own ``duration_ms`` (interpreter start-up excluded).
 
-The server (``_aioserver.py``, asyncio, keep-alive) runs in its own process, so
-it shares no GIL with the clients and takes little CPU from them; ``--server
-threads`` uses the tests' thread-per-connection server instead. Best of
-``--repeat`` runs is reported.
+The floor is the same requests from a bare aiohttp loop in a separate process
+(one session, a semaphore of C, nothing else): what any Python client could do
+on this machine, with no engine at all.
+
+A third row drives the http node's async path alone (prep, exec_async, post
+on the run's loop, no batch driver, events or records), to show which part of
+plait's cost is the node's and which the engine's.
+
+CPU per request is the plait process's user+system time (``getrusage`` of the
+finished child), minus that of the same workflow with one item (start-up,
+imports, the session), divided by the other N-1 requests; the floor's is its
+``process_time()`` around the requests. The server's CPU is not counted.
+
+The machine may be shared: ``--repeat`` interleaves rounds and reports the best
+run and the spread (best-worst) of each figure.
 """
 
 from __future__ import annotations
@@ -21,21 +33,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _aioserver import AioServer  # noqa: E402
-from servers import LocalServer  # noqa: E402
 
 DELAY = 0.1
+PATHS = ("async", "threads")
+LABELS = {"node": "node, no engine", "floor": "bare aiohttp"}
 
 
 @dataclass(frozen=True)
@@ -50,47 +63,73 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.requests} GETs @ {self.concurrency}"
+        return f"{self.requests:,} GETs @ {self.concurrency}"
 
 
-CASES = (Case(200, 50, 1.10), Case(200, 10, 1.05), Case(2000, 200, 1.20))
+GOALS = {(200, 50): 1.10, (2000, 200): 1.20, (10000, 500): 2.0}
+CPU_GOAL_MS = 0.4
 
-# The engine-free floor: a thread pool of httpx calls, nothing else. "shared" is the
-# obvious version (one Client for every thread); "per-thread" gives each worker its
-# own Client (one SSL context for all), which avoids contention on httpcore's pool
-# lock at high concurrency. The better of the two is the floor.
 FLOOR = """
-import ssl, sys, threading, time
-from concurrent.futures import ThreadPoolExecutor
-import httpx
-base, n, c, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-limits = httpx.Limits(max_connections=c, max_keepalive_connections=c)
-tls = ssl.create_default_context()
-shared = httpx.Client(limits=limits, timeout=60, verify=tls)
-local = threading.local()
-clients = [shared]
+import asyncio, sys, time
+t_import = time.perf_counter()
+import aiohttp
+t_import = time.perf_counter() - t_import
+base, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 
-def client():
-    if mode == "shared":
-        return shared
-    if not hasattr(local, "client"):
-        local.client = httpx.Client(timeout=60, verify=tls)
-        clients.append(local.client)
-    return local.client
+async def main():
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        limit = asyncio.Semaphore(c)
 
-def get(i):
-    r = client().get(f"{base}/item/{i}")
-    r.raise_for_status()
-    return r.json()["n"]
+        async def get(i):
+            async with limit:
+                async with session.get(f"{base}/item/{i}") as r:
+                    r.raise_for_status()
+                    return (await r.json())["n"]
 
-start = time.perf_counter()
-with ThreadPoolExecutor(max_workers=c) as pool:
-    out = list(pool.map(get, range(n)))
-elapsed = time.perf_counter() - start
-for each in clients:
-    each.close()
-assert out == list(range(n))
-print(elapsed)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = await asyncio.gather(*(get(i) for i in range(n)))
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert out == list(range(n))
+    print(elapsed, cpu, t_import)
+
+asyncio.run(main())
+"""
+
+
+# The http node's async path with no engine around it: prep and exec_async for
+# every request on the run's loop, as the async executor calls them, without the
+# batch driver, events, records or templates. It shows where CPU goes.
+NODE_ONLY = """
+import asyncio, sys, time
+from plait.nodes.base import ItemContext
+from plait.nodes.http import HttpNode
+from plait.nodes.registry import Registry
+from plait.runtime.services import RunServices
+base, n, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+services = RunServices(Registry())
+node = HttpNode("get")
+defaults = {p.name: p.default for p in HttpNode.param_specs}
+
+async def one(i, limit):
+    async with limit:
+        ctx = ItemContext("get", i, {**defaults, "url": f"{base}/item/{i}"}, services)
+        prep = node.prep(ctx)
+        out = await node.exec_async(prep)
+        node.post(ctx, prep, out)
+        return ctx.outputs["response"]["n"]
+
+async def main():
+    limit = asyncio.Semaphore(c)
+    await one(0, limit)  # imports, the session
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = await asyncio.gather(*(one(i, limit) for i in range(n)))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert out == list(range(n))
+    return elapsed, cpu
+
+elapsed, cpu = services.call_async(main())
+services.close()
+print(elapsed, cpu, 0.0)
 """
 
 
@@ -99,25 +138,22 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def quiet_flag() -> list[str]:
-    help_text = subprocess.run(
-        [sys.executable, "-m", "plait", "run", "--help"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-    ).stdout
-    return ["-q"] if "-q" in help_text else []
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
-class PlaitRun:
-    duration: float  # the run's own duration_ms, in seconds
-    wall: float  # the whole command, interpreter start-up included
-    connections: int  # TCP connections the server accepted
+class Run:
+    duration: float  # seconds: the run's own duration_ms, or the floor's loop
+    cpu: float  # seconds of CPU of the whole process (plait) or of the loop (floor)
+    wall: float = 0.0  # the whole command
+    connections: int = 0
     error: str = ""
+    import_s: float = 0.0  # the floor's `import aiohttp`, which its run time leaves out
 
 
-def run_plait(workdir: Path, server: Any, case: Case, quiet: list[str]) -> PlaitRun:
+def write_workflow(workdir: Path, requests: int, concurrency: int) -> Path:
     workflow = {
         "inputs": {"base": {"type": "string"}},
         "nodes": [
@@ -126,143 +162,182 @@ def run_plait(workdir: Path, server: Any, case: Case, quiet: list[str]) -> Plait
                 "type": "http",
                 "params": {"url": "${base}/item/${item}"},
                 "batch": {
-                    "items": list(range(case.requests)),
+                    "items": list(range(requests)),
                     "parallel": True,
-                    "max_concurrent": case.concurrency,
+                    "max_concurrent": concurrency,
                 },
             }
         ],
         "outputs": {"count": {"source": "${get.success_count}"}},
     }
-    path = workdir / f"bench_{case.requests}_{case.concurrency}.json"
+    path = workdir / f"bench_{requests}_{concurrency}.json"
     path.write_text(json.dumps(workflow))
+    return path
+
+
+def run_plait(path: Path, server: AioServer, requests: int, executor: str) -> Run:
     cmd = [sys.executable, "-m", "plait", "run", str(path), f"base={server.base_url}"]
     server.reset()
+    cpu0 = children_cpu()
     started = time.perf_counter()
     proc = subprocess.run(
-        [*cmd, *quiet, "--output-format", "json"],
+        [*cmd, "-q", "--executor", executor, "--output-format", "json"],
         capture_output=True,
         text=True,
         env=child_env(),
     )
     wall = time.perf_counter() - started
+    cpu = children_cpu() - cpu0
     try:
         result = json.loads(proc.stdout)
         duration = result["duration_ms"] / 1000
     except (ValueError, KeyError, TypeError):
-        return PlaitRun(wall, wall, server.connections, f"exit {proc.returncode}: no JSON result")
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return Run(wall, cpu, wall, 0, f"exit {proc.returncode}: no JSON result ({tail})")
     error = ""
     if proc.returncode != 0:
         messages = [e.get("message", "") for e in result.get("errors") or []]
         error = f"exit {proc.returncode}: {'; '.join(messages)[:200]}"
-    elif (result.get("outputs") or {}).get("count") != case.requests:
-        error = f"expected {case.requests} successes, got {result.get('outputs')}"
-    return PlaitRun(duration, wall, server.connections, error)
+    elif (result.get("outputs") or {}).get("count") != requests:
+        error = f"expected {requests} successes, got {result.get('outputs')}"
+    return Run(duration, cpu, wall, server.connections, error)
 
 
-def run_floor(base: str, case: Case, mode: str) -> float:
-    """Seconds for the engine-free version; inf when it failed (it can, when shared)."""
+def run_floor(base: str, case: Case, script: str = FLOOR) -> Run:
     proc = subprocess.run(
-        [sys.executable, "-c", FLOOR, base, str(case.requests), str(case.concurrency), mode],
+        [sys.executable, "-c", script, base, str(case.requests), str(case.concurrency)],
         capture_output=True,
         text=True,
         env=child_env(),
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"  (floor {mode} {case.name} failed: {last})", file=sys.stderr)
-        return float("inf")
-    return float(proc.stdout.strip())
+        return Run(float("inf"), float("inf"), error=f"floor failed: {last}")
+    elapsed, cpu, import_s = (float(x) for x in proc.stdout.split())
+    return Run(elapsed, cpu, import_s=import_s)
+
+
+def parse_cases(text: str) -> list[Case]:
+    cases = []
+    for part in text.split(","):
+        n, _, c = part.strip().partition("x")
+        key = (int(n), int(c))
+        cases.append(Case(key[0], key[1], GOALS.get(key, 0.0)))
+    return cases
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    if len(values) < 2:
+        return fmt.format(values[0]) if values else "-"
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; best is kept")
-    parser.add_argument("--server", choices=["asyncio", "threads"], default="asyncio")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; best and spread are shown")
+    parser.add_argument("--cases", default="200x50,2000x200,10000x500")
     args = parser.parse_args()
+    cases = parse_cases(args.cases)
 
-    quiet = quiet_flag()
-    rows = []
-    failures = []
-    with (
-        (
-            AioServer(DELAY)
-            if args.server == "asyncio"
-            else LocalServer(delay=DELAY, request_queue_size=4096)
-        ) as server,
-        tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp,
-    ):
+    runs: dict[tuple[Case, str], list[Run]] = {
+        (c, p): [] for c in cases for p in (*PATHS, "node", "floor")
+    }
+    base_cpu: dict[str, list[float]] = {p: [] for p in PATHS}
+    failures: list[str] = []
+    with AioServer(DELAY) as server, tempfile.TemporaryDirectory(prefix="plait-bench-") as tmp:
         workdir = Path(tmp)
-        run_plait(workdir, server, Case(20, 10, 0), quiet)  # warm the OS caches
-        for case in CASES:
-            runs = [run_plait(workdir, server, case, quiet) for _ in range(args.repeat)]
-            shared = min(run_floor(server.base_url, case, "shared") for _ in range(args.repeat))
-            per_thread = min(
-                run_floor(server.base_url, case, "per-thread") for _ in range(args.repeat)
-            )
-            failures += [f"{case.name}: {r.error}" for r in runs if r.error]
-            good = [r for r in runs if not r.error]
-            floor = min(shared, per_thread)
-            if good:
-                best = min(good, key=lambda r: r.duration)
-                ratio = best.duration / case.ideal
-                plait_cells = [
-                    f"{best.duration:.3f}",
-                    f"{ratio:.3f}",
-                    "yes" if ratio <= case.goal else "NO",
-                    f"{best.duration / floor:.3f}",
-                    f"{min(r.wall for r in good):.3f}",
-                    str(max(r.connections for r in good)),
-                ]
-            else:
-                plait_cells = ["FAILED", "-", "NO", "-", "-", "-"]
-            rows.append(
-                (
-                    case.name,
-                    plait_cells[0],
-                    f"{case.ideal:.3f}",
-                    plait_cells[1],
-                    f"<= {case.goal:.2f}",
-                    plait_cells[2],
-                    f"{shared:.3f}",
-                    f"{per_thread:.3f}",
-                    plait_cells[3],
-                    plait_cells[4],
-                    plait_cells[5],
-                )
-            )
+        one = write_workflow(workdir, 1, 1)
+        paths = {c: write_workflow(workdir, c.requests, c.concurrency) for c in cases}
+        for executor in PATHS:
+            run_plait(one, server, 1, executor)  # warm the OS caches and the .pyc files
+        for _ in range(args.repeat):
+            for executor in PATHS:
+                base_cpu[executor].append(run_plait(one, server, 1, executor).cpu)
+            for case in cases:
+                for executor in PATHS:
+                    run = run_plait(paths[case], server, case.requests, executor)
+                    runs[(case, executor)].append(run)
+                    if run.error:
+                        failures.append(f"{case.name} {executor}: {run.error}")
+                for kind, script in (("node", NODE_ONLY), ("floor", FLOOR)):
+                    floor = run_floor(server.base_url, case, script)
+                    runs[(case, kind)].append(floor)
+                    if floor.error:
+                        failures.append(f"{case.name} {kind}: {floor.error}")
 
     header = (
         "measure",
-        "wall s",
+        "path",
+        "run s",
         "ideal s",
-        "wall/ideal",
+        "run/ideal",
+        "spread",
         "goal",
         "met",
-        "floor shared s",
-        "floor per-thread s",
         "plait/floor",
-        "process s",
+        "CPU ms/req",
+        "spread",
         "TCP conns",
+        "floor+import/ideal",
     )
+    rows: list[tuple[str, ...]] = []
+    for case in cases:
+        floor_runs = [r for r in runs[(case, "floor")] if not r.error]
+        floor_best = min((r.duration for r in floor_runs), default=float("inf"))
+        for path in (*PATHS, "node", "floor"):
+            good = [r for r in runs[(case, path)] if not r.error]
+            if not good:
+                rows.append((case.name, path, "FAILED", *["-"] * (len(header) - 3)))
+                continue
+            ratios = [r.duration / case.ideal for r in good]
+            if path in ("node", "floor"):
+                cpu_ms = [r.cpu / case.requests * 1000 for r in good]
+            else:
+                start = min(base_cpu[path])
+                cpu_ms = [
+                    max(0.0, r.cpu - start) / max(1, case.requests - 1) * 1000 for r in good
+                ]
+            best = min(ratios)
+            is_plait = path in PATHS
+            rows.append(
+                (
+                    case.name,
+                    LABELS.get(path, f"plait {path}"),
+                    f"{min(r.duration for r in good):.3f}",
+                    f"{case.ideal:.3f}",
+                    f"{best:.3f}",
+                    spread(ratios),
+                    f"<= {case.goal:.2f}" if is_plait and case.goal else "",
+                    ("yes" if best <= case.goal else "NO") if is_plait and case.goal else "",
+                    f"{min(r.duration for r in good) / floor_best:.3f}" if path != "floor" else "",
+                    f"{min(cpu_ms):.3f}",
+                    spread(cpu_ms),
+                    str(max(r.connections for r in good)) if is_plait else "",
+                    f"{min((r.duration + r.import_s) / case.ideal for r in good):.3f}"
+                    if path == "floor"
+                    else "",
+                )
+            )
+
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(
         f"http batch benchmark: server sleeps {DELAY * 1000:.0f} ms per request; "
-        f"best of {args.repeat} runs"
+        f"best of {args.repeat} rounds, spread = best-worst; {os.cpu_count()} cores"
     )
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     print(
-        "\nwall s: the run's duration_ms (no interpreter start-up); process s: the whole "
-        "`plait run` command.\nfloor: the same requests from a bare ThreadPoolExecutor of "
-        "httpx calls, one Client shared by every thread\nor one Client per thread; "
-        "plait/floor uses the better floor. TCP conns: connections the server accepted "
-        "in one plait run."
+        "\nrun s: the run's duration_ms (no interpreter start-up) or the floor's loop. "
+        f"CPU ms/req: goal <= {CPU_GOAL_MS} for plait async;\nplait's is the process's "
+        "CPU beyond a one-item run of the same workflow, per request. plait/floor: best "
+        "against best.\nTCP conns: connections the server accepted in one plait run. "
+        "floor+import: the floor with its `import aiohttp`,\nwhich plait's run time "
+        "includes (the http node imports it while the run starts)."
     )
     if failures:
-        print(f"\n{len(failures)} plait run(s) failed:")
+        print(f"\n{len(failures)} run(s) failed:")
         for line in failures:
             print(f"  {line}")
 

@@ -31,6 +31,9 @@ Built-in routes (query parameters in brackets):
 
 ``server.route(path, handler)`` adds a route: ``handler(request) -> Reply``.
 ``LocalServer(delay=0.1)`` makes every request wait first (the benchmark's server).
+
+:class:`DribbleServer` is a hostile one: it answers every request with a valid
+response sent one byte at a time, the status line and headers included.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,16 +101,24 @@ class _Server(ThreadingHTTPServer):
         import sys
 
         exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return  # a client that gave up (size cap, timeout) is not a server bug
+        if isinstance(exc, ConnectionError | TimeoutError | OSError):
+            return  # a client that gave up (size cap, timeout, a refused certificate)
         super().handle_error(request, client_address)
 
 
 class LocalServer:
     """A threaded HTTP/1.1 (keep-alive) server on a random port of 127.0.0.1."""
 
-    def __init__(self, *, delay: float = 0.0, request_queue_size: int = 128) -> None:
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        request_queue_size: int = 128,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """``tls``: (certificate file, key file) to serve https instead of http."""
         self.delay = delay
+        self.tls = tls
         self.request_queue_size = request_queue_size
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -127,6 +139,12 @@ class LocalServer:
 
         self._server = Server(("127.0.0.1", 0), _RequestHandler)
         self._server.owner = self
+        if self.tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -157,7 +175,7 @@ class LocalServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def url(self, path: str = "/") -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
@@ -444,3 +462,97 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+# ---------------------------------------------------------------------------
+# a hostile server
+
+
+class DribbleServer:
+    """Sends each response one byte every ``interval`` seconds, status line and
+    headers first, so no single read of a client ever waits long.
+
+    Bounded: a connection is given up after ``limit`` seconds, and ``stop()``
+    (or leaving the ``with`` block) ends every connection within ``interval``.
+    ``requested`` is set when a request has arrived; ``finished`` once a
+    response was sent whole.
+    """
+
+    def __init__(self, *, interval: float = 0.05, pad: int = 200, limit: float = 30.0) -> None:
+        self.interval = interval
+        self.limit = limit
+        body = b'{"ok": true}'
+        self.response = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + b"X-Pad: " + b"p" * pad + b"\r\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.requested = threading.Event()
+        self.finished = threading.Event()
+        self._stopping = threading.Event()
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> DribbleServer:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.settimeout(0.05)
+        self._sock = sock
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+        self._threads.append(accept)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for t in list(self._threads):
+            t.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def url(self, path: str = "/") -> str:
+        assert self._sock is not None, "server not started"
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}{path}"
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _serve(self, conn: socket.socket) -> None:
+        give_up = time.monotonic() + self.limit
+        with conn:
+            conn.settimeout(1.0)
+            seen = b""
+            try:
+                while b"\r\n\r\n" not in seen and not self._stopping.is_set():
+                    try:
+                        chunk = conn.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        return
+                    seen += chunk
+                self.requested.set()
+                for i in range(len(self.response)):
+                    if self._stopping.is_set() or time.monotonic() > give_up:
+                        return
+                    conn.sendall(self.response[i : i + 1])
+                    time.sleep(self.interval)
+                self.finished.set()
+            except OSError:
+                return  # the client hung up: what a deadline is for

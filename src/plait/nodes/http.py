@@ -1,10 +1,20 @@
 """The ``http`` node: one HTTP request per run (or per batch item).
 
-Requests go through a pool of ``httpx.Client`` objects that lives as long as the
-run (a per-run resource, ``services.resource``, closed when the run ends), so a
-batch of a thousand GETs to one host reuses a handful of pooled connections
-instead of opening a thousand. ``httpx`` is imported inside ``prep``/``exec`` only:
-``plait --help`` and workflows without an ``http`` node never pay for it.
+Two ways to send, one behaviour:
+
+* ``exec`` (the ``sequential`` and ``threads`` executors) uses httpx, one
+  ``httpx.Client`` per worker thread for the whole run (:mod:`plait.nodes.http_sync`).
+* ``exec_async`` (the ``async`` executor, which ``auto`` picks for a parallel
+  batch) uses aiohttp, one ``ClientSession`` and connector per run on the run's
+  event loop (:mod:`plait.nodes.http_async`), so thousands of requests can be in
+  flight without a thread each.
+
+Everything that decides *what* is sent and *what* comes back lives here and is
+shared by both: ``prep`` (URL, query, headers, body), the redirect rules (which
+headers may follow a redirect to another origin), the body cap, decoding, the
+outputs, the error messages and their retryability, ``Retry-After``. The two
+modules only move bytes. httpx and aiohttp are imported by those modules only,
+so ``plait --help`` and workflows without an ``http`` node never pay for them.
 
 Failures are :class:`NodeError` with ``retryable`` set the way a retry policy needs:
 408, 425, 429, 5xx, refused connections and timeouts may get better on their own; other 4xx,
@@ -22,15 +32,33 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
 from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode, Services
 
 DEFAULT_TIMEOUT = 30
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+MAX_REDIRECTS = 20
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: how often a blocked request looks at the run's cancel flag (seconds)
+CANCEL_POLL_S = 0.2
 
 # How much of an error response's body goes into the failure message.
 _BODY_PREVIEW_CHARS = 200
+
+#: Request headers that may follow a redirect to another origin (scheme, host,
+#: port). They describe what the client accepts, nothing about who it is; every
+#: other header (Authorization, Cookie, the api_key header, X-Custom-Auth, ...)
+#: stays with the origin it was written for.
+SAFE_ACROSS_ORIGINS = frozenset(
+    {"accept", "accept-encoding", "accept-language", "cache-control", "pragma", "user-agent"}
+)
+#: Headers that describe the request body: they go where the body goes (a 307/308
+#: keeps it, a 303 drops it), to another origin too.
+_BODY_HEADERS = frozenset({"content-type", "content-encoding", "content-language"})
+# Framing the client works out again for each hop.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
 
 # application/* types that carry text; every other application/* type is treated as binary.
 _TEXT_APPLICATION_TYPES = frozenset(
@@ -54,23 +82,54 @@ _TEXT_APPLICATION_TYPES = frozenset(
 )
 
 
+def tls_context(services: Services) -> Any:
+    """The run's one SSL context, for both clients: the CA bundle httpx trusts
+    (``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set, else certifi's)."""
+    return services.resource("http.tls", _new_tls_context)
+
+
+def _new_tls_context() -> Any:
+    import os
+    import ssl
+
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+_USER_AGENT: list[str] = []
+
+
+def _user_agent() -> str:
+    if not _USER_AGENT:
+        from plait import __version__
+
+        _USER_AGENT.append(f"plait/{__version__}")
+    return _USER_AGENT[0]
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
-    """Everything ``exec`` needs, resolved once in ``prep``; immutable, so safe to share."""
+    """Everything either ``exec`` needs, resolved once in ``prep``; immutable, so safe to share."""
 
     method: str
-    url: str
+    url: str  # the query params already merged in
     display_url: str
     headers: dict[str, str]
-    params: dict[str, Any] | None
-    json_body: Any
     content: bytes | None
     timeout: float
     follow_redirects: bool
-    secret_header: str | None  # the api_key header: never sent to another origin
     max_response_bytes: int
-    client: Any
+    services: Services
     cancelled: threading.Event | None
+
+    @property
+    def what(self) -> str:
+        return f"{self.method} {self.display_url}"
 
 
 class HttpNode(PlaitNode):
@@ -117,7 +176,7 @@ class HttpNode(PlaitNode):
             "timeout",
             "number",
             default=DEFAULT_TIMEOUT,
-            description="Seconds allowed for the whole request, body included",
+            description="Seconds allowed for the whole request, headers and body included",
         ),
         Param(
             "follow_redirects",
@@ -149,9 +208,15 @@ class HttpNode(PlaitNode):
 
     @classmethod
     def warm_up(cls, services: Services) -> None:
-        # Importing httpx and building the SSL context take ~0.1 s; do it while
-        # the nodes before this one run, not inside the first wave of items.
-        _pool(services).client()
+        # Importing httpx (~0.25 s) and aiohttp (~0.4 s) and loading the CA
+        # bundle happen while the nodes before this one run, not inside the
+        # first wave of items. Which of the two a batch uses is the executor's
+        # choice, made later; a parallel batch (auto: async) needs aiohttp.
+        # aiohttp first: a parallel batch's first wave waits on it, while a
+        # single request waits on httpx whichever comes first.
+        from plait.nodes import http_async, http_sync  # noqa: F401
+
+        http_sync.pool(services).client()
 
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params
@@ -181,10 +246,14 @@ class HttpNode(PlaitNode):
         if auth_token:
             _set_header(headers, "Authorization", f"Bearer {auth_token}")
         api_key = p.get("api_key")
-        secret_header = None
         if api_key:
-            secret_header = str(p.get("api_key_header") or "X-API-Key")
-            _set_header(headers, secret_header, str(api_key))
+            _set_header(headers, str(p.get("api_key_header") or "X-API-Key"), str(api_key))
+        if json_body is not None:
+            content = _json_bytes(json_body)
+            if not _has_header(headers, "content-type"):
+                headers["Content-Type"] = "application/json"
+        if not _has_header(headers, "user-agent"):
+            headers["User-Agent"] = _user_agent()
 
         for name, value in headers.items():
             if not (name.isascii() and value.isascii()):
@@ -194,6 +263,10 @@ class HttpNode(PlaitNode):
                 )
 
         query = _object(p.get("params"), "params")
+        display = _display_url(url)
+        _check_authority(url, f"{method} {display}")
+        if query:
+            url = _merge_query(url, query)
 
         timeout = _positive_number(p.get("timeout"), "timeout", DEFAULT_TIMEOUT)
         max_bytes = int(
@@ -207,175 +280,41 @@ class HttpNode(PlaitNode):
         return PreparedRequest(
             method=method,
             url=url,
-            display_url=_display_url(url),
+            display_url=display,
             headers=headers,
-            params={k: _query_value(v) for k, v in query.items()} if query else None,
-            json_body=json_body,
             content=content,
             timeout=timeout,
             follow_redirects=True if follow is None else _truthy(follow),
-            secret_header=secret_header,
             max_response_bytes=max_bytes,
-            client=_pool(services).client(),
+            services=services,
             cancelled=getattr(services, "cancelled", None),
         )
 
     def exec(self, prep_res: PreparedRequest) -> dict[str, Any]:
-        import httpx
+        from plait.nodes import http_sync
 
-        req = prep_res
-        what = f"{req.method} {req.display_url}"
-        started = time.perf_counter()
-        deadline = started + req.timeout
-        try:
-            url = httpx.URL(req.url)
-            if req.params:
-                # httpx would replace the URL's own query with `params`; users expect a merge.
-                url = url.copy_merge_params(req.params)
-            request = req.client.build_request(
-                req.method,
-                url,
-                headers=req.headers,
-                json=req.json_body,
-                content=req.content,
-                timeout=httpx.Timeout(req.timeout),
+        return http_sync.send(prep_res)
+
+    async def exec_async(self, prep_res: PreparedRequest) -> dict[str, Any]:
+        if not _ASYNC_PATH:
+            # Importing aiohttp takes ~0.4 s (it loads the system CA store): in
+            # a thread, so the run's loop keeps serving (a cancel, other nodes).
+            # import_module also waits for warm_up's import, if that came first.
+            import asyncio
+            import importlib
+
+            _ASYNC_PATH.append(
+                await asyncio.get_running_loop().run_in_executor(
+                    None, importlib.import_module, "plait.nodes.http_async"
+                )
             )
-            resp = _send_following(req, request)
-            try:
-                status = resp.status_code
-                headers = dict(resp.headers)
-                data = _read_body(resp, req, deadline, what, status, headers)
-            finally:
-                resp.close()
-        except httpx.TimeoutException as exc:
-            raise NodeError(_timeout_message(exc, req, what), retryable=True) from exc
-        except httpx.ConnectError as exc:
-            raise NodeError(
-                f"could not connect to {req.display_url}: {_reason(exc)}", retryable=True
-            ) from exc
-        except httpx.TooManyRedirects as exc:
-            raise NodeError(
-                f"{what}: too many redirects ({_reason(exc)})", retryable=False
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
-            raise NodeError(f"{what}: invalid request: {_reason(exc)}", retryable=False) from exc
-        except httpx.DecodingError as exc:
-            raise NodeError(
-                f"{what}: could not decode the response body: {_reason(exc)}", retryable=False
-            ) from exc
-        except httpx.HTTPError as exc:
-            # ReadError, RemoteProtocolError and friends: the server hung up mid-exchange.
-            raise NodeError(f"{what} failed: {_reason(exc)}", retryable=True) from exc
-        elapsed = time.perf_counter() - started
-
-        response, is_base64 = _decode(data, headers.get("content-type", ""))
-        outputs: dict[str, Any] = {
-            "response": response,
-            "response_is_base64": is_base64,
-            "response_is_binary": is_base64,
-            "status_code": status,
-            "response_headers": headers,
-            "response_time": round(elapsed, 6),
-        }
-        if 200 <= status < 300 or (300 <= status < 400 and not req.follow_redirects):
-            return outputs
-        # 408 and 425 are 4xx whose definitions say "send it again"; other 4xx never improve.
-        retryable = status in (408, 425, 429) or status >= 500
-        raise NodeError(
-            f"HTTP {status}{_reason_phrase(status)} from {what}: {_body_preview(data, response, is_base64, headers)}",
-            outputs=outputs,
-            retryable=retryable,
-            retry_after=_retry_after(headers.get("retry-after")) if retryable else None,
-        )
+        result: dict[str, Any] = await _ASYNC_PATH[0].send(prep_res)
+        return result
 
 
-MAX_REDIRECTS = 20
-
-
-class _Lease:
-    """A thread's hold on a client. The thread's locals go when it ends, and
-    with them the lease, which hands the client back."""
-
-    __slots__ = ("client", "idle")
-
-    def __init__(self, client: Any, idle: list[Any]) -> None:
-        self.client = client
-        self.idle = idle
-
-    def __del__(self) -> None:
-        self.idle.append(self.client)  # atomic; a closed pool's list is never read again
-
-
-class _ClientPool:
-    """One ``httpx.Client`` per worker thread, made on first use.
-
-    Each keeps its connections alive from item to item. A single client shared
-    by many threads serialises them on httpcore's pool lock (200 threads: 14x
-    slower, and a known race). All share one SSL context. When a thread ends,
-    its client goes to ``_idle`` for the next thread, so a run that starts new
-    workers again and again (each item of a parallel batch of sub-workflows)
-    holds clients and sockets for the threads alive at once, not for every
-    thread it ever started.
-    """
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._clients: list[Any] = []
-        self._idle: list[Any] = []
-        self._ssl: Any = None
-        self._lock = threading.Lock()
-
-    def client(self) -> Any:
-        lease = getattr(self._local, "lease", None)
-        if lease is None:
-            with self._lock:
-                client = self._idle.pop() if self._idle else None
-            if client is None:
-                import httpx
-
-                with self._lock:
-                    if self._ssl is None:
-                        self._ssl = httpx.create_ssl_context()
-                client = httpx.Client(verify=self._ssl, timeout=30.0)
-                with self._lock:
-                    self._clients.append(client)
-            lease = self._local.lease = _Lease(client, self._idle)
-        return lease.client
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
-
-
-def _pool(services: Services) -> _ClientPool:
-    return services.resource("http.clients", _ClientPool, _ClientPool.close)
-
-
-def _send_following(req: PreparedRequest, request: Any) -> Any:
-    """Send, following redirects here rather than in httpx: httpx drops
-    ``Authorization`` when a redirect leaves the origin, but not a custom API-key
-    header, which would then reach another host."""
-    import httpx
-
-    resp = req.client.send(request, stream=True, follow_redirects=False)
-    hops = 0
-    while req.follow_redirects and resp.next_request is not None:
-        nxt = resp.next_request
-        hops += 1
-        if hops > MAX_REDIRECTS:
-            resp.close()
-            raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=nxt)
-        if req.secret_header and _origin(nxt.url) != _origin(resp.request.url):
-            nxt.headers.pop(req.secret_header, None)
-        resp.close()
-        resp = req.client.send(nxt, stream=True, follow_redirects=False)
-    return resp
-
-
-def _origin(url: Any) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port)
+# plait.nodes.http_async once imported whole (sys.modules has it half-made while
+# another thread imports it)
+_ASYNC_PATH: list[Any] = []
 
 
 # ---------------------------------------------------------------------------
@@ -411,6 +350,16 @@ def _maybe_json(value: Any) -> Any:
     return value
 
 
+def _json_bytes(value: Any) -> bytes:
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise _invalid("the JSON body holds NaN or Infinity, which JSON cannot carry")
+    except TypeError as exc:
+        raise _invalid(f"the JSON body cannot be sent as JSON: {exc}")
+    return text.encode("utf-8")
+
+
 def _object(value: Any, name: str) -> dict[str, Any] | None:
     value = _maybe_json(value)
     if value is None or isinstance(value, dict):
@@ -430,6 +379,10 @@ def _headers(value: Any) -> dict[str, str]:
     return out
 
 
+def _has_header(headers: dict[str, str], name: str) -> bool:
+    return any(k.lower() == name for k in headers)
+
+
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
     # Header names are case-insensitive: replace, never send two.
     for existing in [k for k in headers if k.lower() == name.lower()]:
@@ -447,12 +400,50 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _query_value(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_query_value(v) for v in value]  # a list repeats the key
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
+def _query_text(value: Any) -> str:
+    if value is None:
+        return ""
     return _text(value)
+
+
+def _merge_query(url: str, params: dict[str, Any]) -> str:
+    """``params`` merged into the URL's query: a key given in ``params`` replaces
+    the URL's own values for it, a list repeats the key."""
+    parts = urlsplit(url)
+    keep = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        keep += [(str(key), _query_text(v)) for v in values]
+    return urlunsplit(parts._replace(query=urlencode(keep, quote_via=quote)))
+
+
+# host[:port] with nothing unusual in it: most URLs, checked without urlsplit
+_PLAIN_AUTHORITY = re.compile(r"^https?://[A-Za-z0-9.\-_~]+(?::(\d{1,5}))?(?:[/?#]|$)", re.IGNORECASE)
+
+
+def _check_authority(url: str, what: str) -> None:
+    """A host and a numeric port, before anything is sent (either client would fail later,
+    each with its own words)."""
+    m = _PLAIN_AUTHORITY.match(url)
+    if m is not None and (m.group(1) is None or int(m.group(1)) <= 65535):
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise _invalid(f"{what}: invalid request: {_port_problem(url, exc)}")
+    if not parts.hostname:
+        raise _invalid(f"{what}: invalid request: the URL has no host")
+
+
+def _port_problem(url: str, exc: Exception) -> str:
+    authority = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    port = authority.rpartition(":")[2] if ":" in authority else ""
+    if port and not port.isdigit():
+        return f"the port '{port}' is not a number"
+    if port:
+        return f"the port {port} is out of range (0-65535)"
+    return str(exc)
 
 
 def _positive_number(value: Any, name: str, default: float) -> float:
@@ -464,7 +455,7 @@ def _positive_number(value: Any, name: str, default: float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise _invalid(f"'{name}' must be a positive number, got {_preview(value)}")
-    if not number > 0:
+    if not number > 0 or number == float("inf"):
         raise _invalid(f"'{name}' must be a positive number, got {value}")
     return number
 
@@ -491,49 +482,152 @@ def _preview(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------
-# exec helpers
+# redirects, the same rules for both clients
 
 
-def _read_body(
-    resp: Any,
-    req: PreparedRequest,
-    deadline: float,
-    what: str,
-    status: int,
-    headers: dict[str, str],
-) -> bytes:
-    cap = req.max_response_bytes
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """The next request of a redirect chain."""
 
-    def too_large(size_text: str) -> NodeError:
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes | None
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return (scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme))
+
+
+def next_hop(
+    req: PreparedRequest, hop: Hop, status: int, location: str, hops: int
+) -> Hop:
+    """Where a 3xx response sends the request next, and with what.
+
+    The method changes as browsers (and httpx) change it: 303 becomes GET, so do
+    302 and a POST answered by 301; the body and the headers describing it go
+    when the method changes. When the new URL is on another origin, only the
+    headers in :data:`SAFE_ACROSS_ORIGINS` (and the body's own, with the body)
+    go along: credentials and custom headers never reach another host.
+    """
+    if hops > MAX_REDIRECTS:
+        raise NodeError(
+            f"{req.what}: too many redirects (more than {MAX_REDIRECTS})", retryable=False
+        )
+    url = urljoin(hop.url, location.strip())
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise _invalid(
+            f"{req.what}: invalid request: redirected to a URL that is not http or https "
+            f"({_display_url(url) if '://' in url else scheme or 'no scheme'})"
+        )
+    _check_authority(url, req.what)
+    method = hop.method
+    if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
+        method = "GET"
+    content = hop.content if method == hop.method else None
+    cross = origin(url) != origin(hop.url)
+    headers: dict[str, str] = {}
+    for name, value in hop.headers.items():
+        low = name.lower()
+        if low in _FRAMING_HEADERS:
+            continue
+        if low in _BODY_HEADERS:
+            if content is not None:
+                headers[name] = value
+        elif not cross or low in SAFE_ACROSS_ORIGINS:
+            headers[name] = value
+    return Hop(method, url, headers, content)
+
+
+def first_hop(req: PreparedRequest) -> Hop:
+    return Hop(req.method, req.url, req.headers, req.content)
+
+
+# ---------------------------------------------------------------------------
+# the response, the same for both clients
+
+
+class BodyCap:
+    """Counts a response body against ``max_response_bytes`` as it arrives."""
+
+    __slots__ = ("cap", "headers", "req", "status", "total")
+
+    def __init__(self, req: PreparedRequest, status: int, headers: dict[str, str]) -> None:
+        self.req = req
+        self.cap = req.max_response_bytes
+        self.status = status
+        self.headers = headers
+        self.total = 0
+
+    def check_declared(self) -> int | None:
+        """The declared length when it can be trusted for the cap, after refusing one over it."""
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and "content-encoding" not in self.headers:
+            if int(declared) > self.cap:
+                raise self._too_large(f"Content-Length is {declared} bytes")
+            return int(declared)
+        return None
+
+    def add(self, size: int) -> None:
+        self.total += size
+        if self.total > self.cap:
+            raise self._too_large(f"stopped reading after {self.total} bytes")
+
+    def _too_large(self, size_text: str) -> NodeError:
         return NodeError(
-            f"response from {what} is larger than max_response_bytes ({cap} bytes): {size_text}; "
-            "raise max_response_bytes if you need it",
-            outputs={"response": None, "status_code": status, "response_headers": headers},
+            f"response from {self.req.what} is larger than max_response_bytes ({self.cap} bytes): "
+            f"{size_text}; raise max_response_bytes if you need it",
+            outputs={"response": None, "status_code": self.status, "response_headers": self.headers},
             retryable=False,
         )
 
-    if req.method == "HEAD":
-        return b""
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and "content-encoding" not in headers and int(declared) > cap:
-        raise too_large(f"Content-Length is {declared} bytes")
 
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in resp.iter_bytes():
-        total += len(chunk)
-        if total > cap:
-            raise too_large(f"stopped reading after {total} bytes")
-        chunks.append(chunk)
-        # httpx's read timeout is per chunk; a server dribbling bytes could run forever.
-        if time.perf_counter() > deadline:
-            raise NodeError(
-                f"{what} timed out after {_seconds(req.timeout)}s while reading the response body",
-                retryable=True,
-            )
-        if req.cancelled is not None and req.cancelled.is_set():
-            raise NodeError(f"{what} was cancelled", retryable=False)
-    return b"".join(chunks)
+def finish(
+    req: PreparedRequest, status: int, headers: dict[str, str], data: bytes, elapsed: float
+) -> dict[str, Any]:
+    """The node's outputs for a response, or the :class:`NodeError` a non-2xx becomes."""
+    response, is_base64 = _decode(data, headers.get("content-type", ""))
+    outputs: dict[str, Any] = {
+        "response": response,
+        "response_is_base64": is_base64,
+        "response_is_binary": is_base64,
+        "status_code": status,
+        "response_headers": headers,
+        "response_time": round(elapsed, 6),
+    }
+    if 200 <= status < 300 or (300 <= status < 400 and not req.follow_redirects):
+        return outputs
+    # 408 and 425 are 4xx whose definitions say "send it again"; other 4xx never improve.
+    retryable = status in (408, 425, 429) or status >= 500
+    raise NodeError(
+        f"HTTP {status}{_reason_phrase(status)} from {req.what}: "
+        f"{body_preview(data, response, is_base64, headers)}",
+        outputs=outputs,
+        retryable=retryable,
+        retry_after=_retry_after(headers.get("retry-after")) if retryable else None,
+    )
+
+
+def timed_out(req: PreparedRequest, phase: str) -> NodeError:
+    """``phase``: connecting, sending the request, waiting for the response, ..."""
+    return NodeError(
+        f"{req.what} timed out after {_seconds(req.timeout)}s {phase}", retryable=True
+    )
+
+
+def cancelled(req: PreparedRequest) -> NodeError:
+    return NodeError(f"{req.what} was cancelled", retryable=False)
+
+
+def could_not_connect(req: PreparedRequest, reason: str) -> NodeError:
+    return NodeError(f"could not connect to {req.display_url}: {reason}", retryable=True)
 
 
 def _media_type(content_type: str) -> tuple[str, str | None]:
@@ -583,13 +677,70 @@ def _to_text(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def _body_preview(data: bytes, response: Any, is_base64: bool, headers: dict[str, str]) -> str:
+# ---------------------------------------------------------------------------
+# the error preview: safe on its own, before any redactor sees it
+
+MASK = "***"
+# A key that names a secret. "auth" but not "author"; "key" also catches
+# "api_key", "apikey", "x-api-key".
+_SECRET_KEY = (
+    r"[A-Za-z0-9_.\-]*(?:token|key|secret|passw|pwd|credential|auth(?!or(?!iz))|session"
+    r"|cookie|signature|csrf)[A-Za-z0-9_.\-]*"
+)
+_SECRET_KEY_RE = re.compile(rf"^{_SECRET_KEY}$", re.IGNORECASE)
+_MASKED = rf"(?:(?:Bearer|Basic|Token|Digest)\s+)?{re.escape(MASK)}"
+_TEXT_SECRETS = (
+    # Authorization: Bearer abc (first, so that the key rule below sees it masked)
+    (re.compile(r"\b(Bearer|Basic|Token|Digest)\s+[A-Za-z0-9._~+/=\-]+", re.IGNORECASE), rf"\1 {MASK}"),
+    # "access_token": "abc" (JSON that did not parse, or JSON inside text)
+    (re.compile(rf'("{_SECRET_KEY}"\s*:\s*)"(?:[^"\\]|\\.)*"?', re.IGNORECASE), rf'\1"{MASK}"'),
+    # access_token=abc (a query string, a form body), session: abc, Set-Cookie: sid=abc
+    (
+        re.compile(rf"(\b{_SECRET_KEY}\s*[:=]\s*)(?![\"{{\[]|{_MASKED})[^\s&,;\"'<>{{}}]+", re.IGNORECASE),
+        rf"\1{MASK}",
+    ),
+    # token = "abc", secret='abc' (code, logs)
+    (re.compile(rf"(\b{_SECRET_KEY}\s*[:=]\s*)([\"'])(?!{re.escape(MASK)}\2).*?(?:\2|$)", re.IGNORECASE), rf"\1\2{MASK}\2"),
+    # <token>abc</token>
+    (re.compile(rf"(<({_SECRET_KEY})>)[^<]*", re.IGNORECASE), rf"\1{MASK}"),
+    # a JSON Web Token wherever it stands
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), MASK),
+)
+
+
+def _mask_value(value: Any, secret: bool = False) -> Any:
+    if secret and value is not None and not isinstance(value, bool | int | float):
+        return MASK
+    if isinstance(value, dict):
+        return {k: _mask_value(v, bool(_SECRET_KEY_RE.match(str(k)))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with values that look like credentials replaced by ``***``."""
+    for pattern, replacement in _TEXT_SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def body_preview(data: bytes, response: Any, is_base64: bool, headers: dict[str, str]) -> str:
+    """The start of an error response's body for the failure message.
+
+    Secrets are masked *before* the cut: a value cut in half by the limit no
+    longer looks like the secret it is, so a redactor run later would let its
+    first half through.
+    """
     if not data:
         return "(empty body)"
     if is_base64:
         return f"({len(data)} bytes of {headers.get('content-type', 'binary data')})"
-    text = response if isinstance(response, str) else json.dumps(response, ensure_ascii=False)
-    text = " ".join(text.split())
+    if isinstance(response, str):
+        text = response
+    else:
+        text = json.dumps(_mask_value(response), ensure_ascii=False)
+    text = mask_secrets(" ".join(text.split()))
     if len(text) > _BODY_PREVIEW_CHARS:
         text = text[:_BODY_PREVIEW_CHARS] + "..."
     return text
@@ -624,23 +775,18 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-def _timeout_message(exc: Exception, req: PreparedRequest, what: str) -> str:
-    import httpx
-
-    limit = _seconds(req.timeout)
-    if isinstance(exc, httpx.ConnectTimeout):
-        return f"{what} timed out after {limit}s while connecting"
-    if isinstance(exc, httpx.PoolTimeout):
-        return f"{what} timed out after {limit}s waiting for a free connection in the pool"
-    if isinstance(exc, httpx.WriteTimeout):
-        return f"{what} timed out after {limit}s while sending the request"
-    return f"{what} timed out after {limit}s waiting for the response"
-
-
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:g}"
 
 
-def _reason(exc: Exception) -> str:
-    text = str(exc).strip()
+def reason(exc: BaseException) -> str:
+    """An exception's own words, without ``[Errno N]``; a refused or reset
+    connection in the system's words, whichever client saw it."""
+    if isinstance(exc, ConnectionError) and exc.errno and exc.errno > 0:
+        import os
+
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(exc).strip())
     return text or type(exc).__name__
