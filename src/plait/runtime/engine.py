@@ -123,6 +123,8 @@ class Runner:
         self.bus = services.bus
         #: the run's choice of executor (the command line's --executor), below a batch's own
         self.executor = executor
+        if executor is not None and services.parent is None:
+            services.executor_choice = executor
 
     def run(self, inputs: dict[str, Any]) -> RunResult:
         cw = self.compiled

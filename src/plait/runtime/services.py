@@ -117,6 +117,8 @@ class RunServices(Services):
         self._locations: dict[str, Location] = {}
         self._subworkflows: SubWorkflows | None = None
         self._loop: RunLoop | None = None
+        #: the run's choice of executor (--executor), for sub-workflows too, root only
+        self.executor_choice: str | None = None
         #: the run being resumed (its recorded results are reused), root only
         self.resumed_from: str | None = None
         self.reuse: Any = None  # a ReuseSource (runtime/resume.py) when resuming

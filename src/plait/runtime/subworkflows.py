@@ -98,7 +98,7 @@ class SubWorkflows:
             if exc.message.startswith("missing required input"):
                 hint = f"; add them to the 'inputs' of node '{ctx.node_id}'"
             raise NodeError(f"sub-workflow {name}: {exc.message}{hint}", retryable=False)
-        result = Runner(compiled, child).run(values)
+        result = Runner(compiled, child, executor=services.root.executor_choice).run(values)
         if result.status == "interrupted":
             raise NodeError(f"sub-workflow {name} was interrupted", retryable=False)
         if result.status not in ("success", "partial"):
