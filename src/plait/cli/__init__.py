@@ -23,7 +23,7 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 
-_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor")
+_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor", "--resume", "--rerun")
 
 
 def _looks_like_workflow(word: str) -> bool:
@@ -59,6 +59,7 @@ def cli() -> None:
     plait run WORKFLOW [name=value ...]   run a .json/.yaml/.pflow.md workflow
     plait WORKFLOW [name=value ...]       the same, shorter
     plait validate WORKFLOW               check it without running
+    plait resume RUN                      run it again, reusing what finished
     plait convert WORKFLOW --to md|json   the same workflow as .pflow.md or JSON
     plait nodes [TYPE]                    node types, their params and outputs
     plait schema                          JSON Schema of the workflow format
@@ -180,6 +181,15 @@ def _errors(
     help="Exit 1 when batch items failed (a 'partial' run), as the workflow's fail_on_item_errors does.",
 )
 @click.option(
+    "--resume",
+    "resume",
+    metavar="RUN",
+    help="Reuse what run RUN (an id, a prefix, `last`) finished: only unfinished, failed, new "
+    "and changed items run.",
+)
+@click.option("--only-unfinished", is_flag=True, help="With --resume: keep failed items failed.")
+@click.option("--rerun", multiple=True, metavar="NODE", help="With --resume: run NODE again in full (repeatable).")
+@click.option(
     "--executor",
     metavar="NAME",
     help="Where batch items run: auto, sequential, threads, or an installed executor "
@@ -194,6 +204,9 @@ def run(
     quiet: bool,
     no_record: bool,
     strict: bool,
+    resume: str | None,
+    only_unfinished: bool,
+    rerun: tuple[str, ...],
     executor: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
@@ -218,6 +231,9 @@ def run(
             record=not no_record,
             executor=executor,
             strict=strict,
+            resume=resume,
+            only_unfinished=only_unfinished,
+            rerun=rerun,
         )
     sys.exit(code)
 
@@ -241,6 +257,64 @@ def _is_number(word: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("run_ref", metavar="RUN")
+@click.argument("params", nargs=-1, type=click.UNPROCESSED)
+@click.option("--output-format", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--only-unfinished", is_flag=True, help="Keep failed items failed; run only the unfinished ones.")
+@click.option("--rerun", multiple=True, metavar="NODE", help="Run NODE again in full (repeatable).")
+@click.option("--strict", is_flag=True, help="Exit 1 when batch items failed (a 'partial' run).")
+@click.option("--executor", metavar="NAME", help="Where batch items run (see `plait run --help`).")
+@_nodes_option
+@_debug_option
+def resume(
+    run_ref: str,
+    params: tuple[str, ...],
+    output_format: str,
+    quiet: bool,
+    only_unfinished: bool,
+    rerun: tuple[str, ...],
+    strict: bool,
+    executor: str | None,
+    nodes_paths: tuple[str, ...],
+    debug: bool,
+) -> None:
+    """Resume run RUN: its workflow (as the file is now) and inputs run again, reusing
+    every item that finished; failed, unfinished, new and changed items run.
+
+    RUN is a run id, a unique prefix of one, or `last`. Inputs given as name=value
+    replace the recorded ones; inputs that were secret must be given again.
+    """
+    code = 1
+    with _errors(output_format, debug):
+        _refuse_unknown_options(run_ref, params)
+        from plait.cli.running import _run_to_resume, run_command
+
+        old = _run_to_resume(run_ref)
+        path = old.get("workflow_path")
+        if not path or not Path(path).is_file():
+            from plait.errors import UsageError
+
+            raise UsageError(
+                f"the workflow of run {old['run_id']} is not at {path or '(unknown)'} any more",
+                hint=f"give it: plait run FILE --resume {old['run_id']}",
+            )
+        code = run_command(
+            path,
+            params,
+            output_format=output_format,
+            quiet=quiet,
+            nodes_paths=nodes_paths,
+            executor=executor,
+            strict=strict,
+            resumed=old,
+            only_unfinished=only_unfinished,
+            rerun=rerun,
+        )
+    sys.exit(code)
 
 
 @cli.command()

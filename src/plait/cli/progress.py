@@ -39,7 +39,7 @@ RATE_WINDOW_S = 10.0  # rate and ETA follow the last seconds, not the whole batc
 
 
 class NodeProgress:
-    __slots__ = ("batch", "done", "failed", "id", "loc", "retries", "started", "total", "type")
+    __slots__ = ("batch", "cached", "done", "failed", "id", "loc", "retries", "reused", "started", "total", "type")
 
     def __init__(self, node_id: str, type_: str, batch: bool, loc: Location | None = None) -> None:
         self.id = node_id
@@ -51,6 +51,8 @@ class NodeProgress:
         self.done = 0
         self.failed = 0
         self.retries = 0
+        self.reused = 0  # items whose recorded result was reused (resume)
+        self.cached = 0  # items answered from the item cache
 
 
 class Rate:
@@ -97,6 +99,10 @@ class Tracker:
                     node.done += 1
                     if kind is ItemFailed:
                         node.failed += 1
+                    if ev.reused:  # type: ignore[attr-defined]
+                        node.reused += 1
+                    elif kind is ItemFinished and ev.cached:  # type: ignore[attr-defined]
+                        node.cached += 1
             return
         loc = getattr(ev, "loc", None)
         if loc is None or not loc.top_level:  # run events, and the insides of sub-workflows
@@ -188,8 +194,16 @@ def node_line(
         failed = counts.get("error_count") or node.failed
         if failed:
             details.append(f"{failed} failed")
+        if node.reused:
+            details.append(f"{node.reused} reused")
+        if node.cached:
+            details.append(f"{node.cached} from the cache")
         if node.retries:
             details.append(f"{node.retries} retried")
+    if count is None and node.reused:
+        details.append("reused")
+    elif count is None and node.cached:
+        details.append("from the cache")
     if interrupted:
         details.append("interrupted")
     elif status not in ("success", "partial") and not any(d.endswith(" failed") for d in details):

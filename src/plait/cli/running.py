@@ -27,11 +27,20 @@ def run_command(
     record: bool = True,
     executor: str | None = None,
     strict: bool = False,
+    resume: str | None = None,
+    only_unfinished: bool = False,
+    rerun: tuple[str, ...] = (),
+    resumed: dict[str, Any] | None = None,
 ) -> int:
     registry = Registry()
     for path in nodes_paths:
         registry.load_path(path)
     compiled = load_and_compile(workflow, registry)
+    old_run = resumed or (_run_to_resume(resume) if resume is not None else None)
+    if (only_unfinished or rerun) and old_run is None:
+        from plait.errors import UsageError
+
+        raise UsageError("--only-unfinished and --rerun go with --resume RUN", hint="or use: plait resume RUN")
     if executor is not None:
         from plait.runtime.executors import check_executor_name, executor_names
 
@@ -48,7 +57,14 @@ def run_command(
     specs = compiled.workflow.inputs
     given = parse_args(words, specs)
     add_piped(given, specs, sys.stdin)
+    if old_run is not None:
+        given = _resumed_inputs(old_run, given, specs)
     values = coerce_inputs(compiled, given)
+    plan = None
+    if old_run is not None:
+        plan = _start_resume(services, compiled, old_run, only_unfinished, rerun)
+        if not quiet or output_format != "json":
+            sys.stderr.write(f"resuming run {old_run['run_id']}: {plan.line()}\n")
 
     from plait.runtime.redact import Redactor
 
@@ -87,6 +103,9 @@ def run_command(
     run_id = recorder.run_id if recorder is not None else None
     recorded = run_id is not None and recorder is not None and not recorder.error
     details = f"  details: plait show {run_id}\n" if recorded else ""
+    resume_hint = f"plait resume {run_id}" if recorded else None
+    if resume_hint is not None:
+        details += f"  resume:  {resume_hint}\n"
 
     if result is None:
         error_block(Interrupted("interrupted: stopped at once by a second Ctrl-C"))
@@ -98,6 +117,10 @@ def run_command(
         payload = {"run_id": run_id, **result.to_json()}
         if result.status == "partial":
             payload["strict"] = strict
+        if result.status != "success" and resume_hint is not None:
+            payload["resume"] = resume_hint
+        if old_run is not None and plan is not None:
+            payload["resumed_from"] = {"run_id": old_run["run_id"], "plan": plan.line(), "reused": plan_reused(services)}
         write_out(json_text(redactor.value(payload)) + "\n")
     elif result.status in ("success", "partial"):
         print_value(result.primary)
@@ -163,6 +186,66 @@ def partial_line(result: RunResult, run_id: str | None, strict: bool) -> None:
 def _print_warning(ev: Any) -> None:
     where = f"{ev.loc}: " if ev.loc is not None else ""
     sys.stderr.write(f"warning: {where}{ev.message}\n")
+
+
+def _run_to_resume(ref: str) -> dict[str, Any]:
+    """The recorded run to resume, refused while it still runs."""
+    from plait.errors import UsageError
+    from plait.runtime.records.queries import Records
+
+    records = Records.open()
+    try:
+        run = records.resolve(ref)
+    finally:
+        records.close()
+    if run["status"] == "running":
+        raise UsageError(
+            f"run {run['run_id']} is still running (process {run.get('pid')})",
+            hint="wait for it to end, or stop it (Ctrl-C) and resume it then",
+        )
+    return run
+
+
+def _resumed_inputs(run: dict[str, Any], given: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
+    """The resumed run's inputs, as recorded, under those given now; secret ones must be given again."""
+    import json as _json
+
+    from plait.errors import UsageError
+
+    secret = set(_json.loads(run.get("secret_inputs") or "[]"))
+    merged = {k: v for k, v in (run.get("inputs") or {}).items() if k in specs and k not in secret}
+    merged.update(given)
+    missing = sorted(s for s in secret if s in specs and s not in given)
+    if missing:
+        raise UsageError(
+            f"run {run['run_id']} had secret inputs that were not recorded: {', '.join(missing)}",
+            hint="give them again: " + " ".join(f"{m}=..." for m in missing),
+        )
+    return merged
+
+
+def _start_resume(
+    services: RunServices, compiled: Any, run: dict[str, Any], only_unfinished: bool, rerun: tuple[str, ...]
+) -> Any:
+    from plait.errors import UsageError, did_you_mean
+    from plait.runtime.records.schema import db_path
+    from plait.runtime.resume import ReuseSource
+
+    for node_id in rerun:
+        if node_id not in compiled.nodes:
+            raise UsageError(
+                f"--rerun: no node '{node_id}'",
+                hint=did_you_mean(node_id, compiled.nodes) or f"nodes: {', '.join(compiled.nodes)}",
+            )
+    source = ReuseSource(db_path(), run, only_unfinished=only_unfinished, rerun=frozenset(rerun))
+    services.reuse = source
+    services.resumed_from = run["run_id"]
+    return source.plan({nid: cn.fingerprint for nid, cn in compiled.nodes.items()})
+
+
+def plan_reused(services: RunServices) -> int:
+    source = services.reuse
+    return int(source.reused) if source is not None else 0
 
 
 def _subscriber_failed(subscriber: Any, exc: BaseException) -> None:

@@ -119,12 +119,15 @@ def run_batch(
     results: list[dict[str, Any] | None] = [None] * count
     durations: list[float] = []
     errors: list[dict[str, Any]] = []
+    reused = [0]  # items whose recorded outcome was reused (resume)
 
     def on_final(out: Outcome) -> None:  # called by the driver, in this thread
         i: int = out.index  # type: ignore[assignment]  # batch items always have one
         result = {"index": i, "item": out.item, "attempts": out.attempt}
         if out.outputs:
             result.update(out.outputs)
+        if out.reused:
+            reused[0] += 1
         if not out.ok:
             result["error"] = out.error
             errors.append({"index": i, "item": out.item, "error": out.error, "attempts": out.attempt})
@@ -132,10 +135,21 @@ def run_batch(
         durations.append(out.duration)
 
     policy = FailurePolicy(spec.error_handling == "fail_fast", count, spec.max_failures, spec.max_failure_rate)
+    reuse = _reuse(cn, services)
     driver = BatchDriver(
-        _job(cn, base, services, workflow), executor, retry=_retry(cn), failures=policy, on_final=on_final
+        _job(cn, base, services, workflow),
+        executor,
+        retry=_retry(cn),
+        failures=policy,
+        on_final=on_final,
+        check=_check(reuse),
     )
-    stop = driver.run(iter(enumerate(items)))
+    try:
+        stop = driver.run(iter(enumerate(items)))
+    finally:
+        if reuse is not None:
+            reuse.close()
+
     errors.sort(key=lambda e: e["index"])
     durations.sort()
     total_ms = (time.perf_counter() - t0) * 1000.0
@@ -152,6 +166,7 @@ def run_batch(
             "max_retries": cn.max_attempts,
             "error_handling": spec.error_handling,
             "completed": len(finished),
+            **({"reused": reused[0]} if services.root.reuse is not None else {}),
             "timing": {
                 "total_ms": round(total_ms, 3),
                 "avg_item_ms": round(sum(durations) / len(durations) * 1000.0, 3) if durations else 0.0,
@@ -182,13 +197,37 @@ def _raise_for(stop: Stop | None, errors: list[dict[str, Any]], output: dict[str
     raise BatchFailed(stop.message, None, output)
 
 
+def _reuse(cn: CompiledNode, services: RunServices) -> Any:
+    """When resuming: the recorded outcomes of this node, to reuse (top-level nodes only)."""
+    source = services.root.reuse
+    if source is None or services.parent is not None:
+        return None
+    return source.for_node(cn.id, cn.fingerprint)
+
+
+def _check(reuse: Any) -> Any:
+    if reuse is None:
+        return None
+    return lambda attempt: reuse.lookup(attempt.index, attempt.item, attempt.key)
+
+
 def run_single(cn: CompiledNode, base: Base, services: RunServices, executor: Executor) -> Outcome:
     """A node without a batch: one item, same retries."""
     final: list[Outcome] = []
+    reuse = _reuse(cn, services)
     driver = BatchDriver(
-        _job(cn, base, services), executor, retry=_retry(cn), failures=FailurePolicy(), on_final=final.append
+        _job(cn, base, services),
+        executor,
+        retry=_retry(cn),
+        failures=FailurePolicy(),
+        on_final=final.append,
+        check=_check(reuse),
     )
-    stop = driver.run(iter([(None, None)]))
+    try:
+        stop = driver.run(iter([(None, None)]))
+    finally:
+        if reuse is not None:
+            reuse.close()
     if not final:  # interrupted before it could finish
         out = Outcome(None, None, 1, 0, time.time())
         out.error = "interrupted" if stop is not None and stop.reason is StopReason.INTERRUPTED else "did not run"

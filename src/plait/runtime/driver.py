@@ -160,12 +160,16 @@ class BatchDriver:
         retry: RetryPolicy,
         failures: FailurePolicy,
         on_final: Callable[[Outcome], None],
+        check: Callable[[Attempt], Outcome | None] | None = None,
     ) -> None:
         self.job = job
         self.executor = executor
         self.retry = retry
         self.failures = failures
         self.on_final = on_final
+        #: "already done?": a recorded or cached outcome for an item, before the
+        #: executor sees it (the driver then resolves the item's params itself)
+        self.check = check
         slots = max(1, executor.slots)
         self.window = Window(slots * WINDOW_FACTOR if slots > 1 else 1)
         # Sequential means in order: an item's retries come before the next
@@ -217,6 +221,8 @@ class BatchDriver:
                             exhausted = True
                             break
                         attempt = Attempt(index, item, 1)
+                        if self.check is not None and self._known(attempt):
+                            continue
                         flying[(index, 1)] = attempt
                         submit(attempt)
             if not flying:
@@ -242,6 +248,28 @@ class BatchDriver:
         if self._stopped_at is not None:
             timeout = min(timeout, max(0.0, self._stopped_at + STOP_GRACE_S - time.monotonic()))
         return timeout
+
+    def _known(self, attempt: Attempt) -> bool:
+        """Resolve the item here and ask ``check``; True when it was settled without running."""
+        from plait.runtime.items import resolve
+        from plait.templates import TemplateError
+
+        assert self.check is not None
+        try:
+            attempt.params, attempt.key = resolve(self.job.node, self.job.base, attempt)
+        except TemplateError as exc:  # the item cannot run: its failure, now
+            out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
+            out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            out.retryable = False
+            self._handle(out)
+            return True
+        except Exception:
+            return False  # let the executor report it, as for any item
+        known = self.check(attempt)
+        if known is None:
+            return False
+        self._handle(known)
+        return True
 
     def _launch_due_retries(self) -> None:
         now = time.monotonic()

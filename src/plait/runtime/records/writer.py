@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from plait.runtime.events import EventBus
 
-FLUSH_S = 0.5
+FLUSH_S = 0.2  # the commit window: a kill loses at most this much of the record
 # Events waiting for the writer, at most. A run that outpaces the writer (a
 # million trivial items) then writes a flush itself instead of growing memory
 # without bound: the record costs that run time, never memory.
