@@ -45,7 +45,8 @@ class CompiledNode:
     static_containers: tuple[str, ...] = ()
     #: what decides the node's work besides its params' values (runtime/keys.py)
     fingerprint: str = ""
-    #: a param uses ${__item_key__}: the key is taken before it is resolved
+    #: a param uses ${__item_key__} or ${__attempt__}: the key is taken from the
+    #: params resolved without them (an item has one key, whatever the attempt)
     uses_item_key: bool = False
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
             spec.type, cls.version, spec.params, {"as": spec.batch.alias} if spec.batch is not None else None
         ),
         uses_item_key=any(
-            r.root == "__item_key__" for v in spec.params.values() for r in compile_value(v).refs
+            r.root in ("__item_key__", "__attempt__") for v in spec.params.values() for r in compile_value(v).refs
         ),
     )
 

@@ -138,8 +138,8 @@ def _begin(cn: CompiledNode, services: RunServices, attempt: Attempt, slot: int)
 
 
 def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, Any], str | None]:
-    """An attempt's params and its item key (``${__item_key__}`` is the key of
-    the params resolved without it)."""
+    """An attempt's params and its item key (the key of the params resolved
+    without ``${__item_key__}`` and ``${__attempt__}``: one key for every attempt)."""
     index = attempt.index
     if index is None:
         local: dict[str, Any] = {"__attempt__": attempt.number}
@@ -147,9 +147,9 @@ def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, A
         assert cn.batch is not None
         local = {cn.batch.alias: attempt.item, "__index__": index, "__attempt__": attempt.number}
     if cn.uses_item_key:
-        local["__item_key__"] = None
+        local["__item_key__"] = local["__attempt__"] = None
         key = item_key(cn.fingerprint, cn.resolve_params(base, local))
-        local["__item_key__"] = key
+        local["__item_key__"], local["__attempt__"] = key, attempt.number
         return cn.resolve_params(base, local), key
     params = cn.resolve_params(base, local)
     return params, item_key(cn.fingerprint, params)

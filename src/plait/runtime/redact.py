@@ -94,6 +94,8 @@ class Redactor:
                         self._learn_all(v)
                     elif isinstance(v, dict | list):
                         stack.append(v)
+                    elif isinstance(v, str) and _json_object_text(v):
+                        stack.append(_parsed(v))
             elif isinstance(item, list):
                 stack.extend(v for v in item if isinstance(v, dict | list))
 
@@ -173,6 +175,23 @@ class Redactor:
         elif isinstance(value, list | tuple):
             for v in value:
                 self._learn_all(v)
+
+
+_JSON_TEXT_MAX = 1 << 20
+
+
+def _json_object_text(text: str) -> bool:
+    """Text that holds a JSON object (a shell node's stdout): templates step into it."""
+    return len(text) < _JSON_TEXT_MAX and text.lstrip()[:1] == "{" and '":' in text
+
+
+def _parsed(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _looks_like_a_path(value: str) -> bool:
