@@ -187,6 +187,11 @@ def _errors(
     help="Reuse what run RUN (an id, a prefix, `last`) finished: only unfinished, failed, new "
     "and changed items run.",
 )
+@click.option("--cache", "cache", flag_value="on", help="Cache every node's successful items across runs.")
+@click.option("--no-cache", "cache", flag_value="off", help="Neither read nor write the item cache.")
+@click.option(
+    "--refresh-cache", "cache", flag_value="refresh", help="Run every item, and store the results in the cache."
+)
 @click.option("--only-unfinished", is_flag=True, help="With --resume: keep failed items failed.")
 @click.option("--rerun", multiple=True, metavar="NODE", help="With --resume: run NODE again in full (repeatable).")
 @click.option(
@@ -205,6 +210,7 @@ def run(
     no_record: bool,
     strict: bool,
     resume: str | None,
+    cache: str | None,
     only_unfinished: bool,
     rerun: tuple[str, ...],
     executor: str | None,
@@ -234,6 +240,7 @@ def run(
             resume=resume,
             only_unfinished=only_unfinished,
             rerun=rerun,
+            cache=cache or "default",
         )
     sys.exit(code)
 
@@ -264,6 +271,11 @@ def _is_number(word: str) -> bool:
 @click.argument("params", nargs=-1, type=click.UNPROCESSED)
 @click.option("--output-format", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--cache", "cache", flag_value="on", help="Cache every node's successful items across runs.")
+@click.option("--no-cache", "cache", flag_value="off", help="Neither read nor write the item cache.")
+@click.option(
+    "--refresh-cache", "cache", flag_value="refresh", help="Run every item, and store the results in the cache."
+)
 @click.option("--only-unfinished", is_flag=True, help="Keep failed items failed; run only the unfinished ones.")
 @click.option("--rerun", multiple=True, metavar="NODE", help="Run NODE again in full (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 when batch items failed (a 'partial' run).")
@@ -275,6 +287,7 @@ def resume(
     params: tuple[str, ...],
     output_format: str,
     quiet: bool,
+    cache: str | None,
     only_unfinished: bool,
     rerun: tuple[str, ...],
     strict: bool,
@@ -313,6 +326,7 @@ def resume(
             resumed=old,
             only_unfinished=only_unfinished,
             rerun=rerun,
+            cache=cache or "default",
         )
     sys.exit(code)
 
@@ -451,6 +465,40 @@ def timeline(run_ref: str, output: str | None) -> None:
 from plait.cli.mcp import mcp as _mcp  # noqa: E402  (click only; the SDK loads in `sync`)
 
 cli.add_command(_mcp)
+
+
+@cli.group()
+def cache() -> None:
+    """The item cache: successful items kept across runs (see docs/runs.md)."""
+
+
+@cache.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def cache_stats(as_json: bool) -> None:
+    """How many entries the cache holds, how big, how often they were used."""
+    with _errors():
+        from plait.cli.cache_cmd import stats_command
+
+        sys.exit(stats_command(as_json))
+
+
+@cache.command("prune")
+@click.option("--older-than", metavar="DURATION", help="Also drop entries older than this (7d, 12h, 30m).")
+def cache_prune(older_than: str | None) -> None:
+    """Drop expired entries (and, with --older-than, old ones)."""
+    with _errors():
+        from plait.cli.cache_cmd import prune_command
+
+        sys.exit(prune_command(older_than))
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Drop every entry."""
+    with _errors():
+        from plait.cli.cache_cmd import clear_command
+
+        sys.exit(clear_command())
 
 
 def main() -> None:

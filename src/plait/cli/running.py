@@ -31,6 +31,7 @@ def run_command(
     only_unfinished: bool = False,
     rerun: tuple[str, ...] = (),
     resumed: dict[str, Any] | None = None,
+    cache: str = "default",
 ) -> int:
     registry = Registry()
     for path in nodes_paths:
@@ -51,6 +52,7 @@ def run_command(
             raise UsageError(f"--executor: {wrong}", hint=f"executors: {', '.join(executor_names())}")
     bus = EventBus(on_subscriber_error=_subscriber_failed)
     services = RunServices(registry, bus, compiled.directory)
+    services.cache_mode = cache
     # Slow imports (httpx for an http node) start now, beside input parsing and
     # the records database, instead of inside the first items.
     services.warm_up({cn.cls for cn in compiled.nodes.values()})

@@ -153,6 +153,8 @@ NODE = Fields(
     Field("params", "object", None, doc="the node type's params"),
     Field("batch", "object", None, doc="run once per item (see the batch table)"),
     Field("retry", "object", None, extension=True, doc="retries for the node itself: `{max, wait, backoff}`"),
+    Field("cache", "any", None, extension=True,
+          doc="keep successful results across runs: `true`, `false`, or `{\"ttl\": \"7d\"}` (on for `llm` nodes)"),
 )
 
 EDGE = Fields(

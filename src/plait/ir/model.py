@@ -96,6 +96,8 @@ class NodeSpec:
     purpose: str = ""
     batch: BatchSpec | None = None
     retry: RetrySpec | None = None
+    cache: bool | None = None  # None: the node type's default
+    cache_ttl: float | None = None
 
 
 @dataclass

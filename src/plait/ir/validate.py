@@ -350,6 +350,7 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
         if info is not None:
             _check_param_names(node_id, type_, params, info, path, c)
         purpose = node.get("purpose", "")
+        cache, cache_ttl = _cache(node.get("cache"), f"{path}.cache", node_id, c) if "cache" in node else (None, None)
         nodes.append(
             NodeSpec(
                 id=node_id,
@@ -359,6 +360,8 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
                 purpose=purpose if isinstance(purpose, str) else "",
                 batch=_batch(node.get("batch"), f"{path}.batch", node_id, c) if "batch" in node else None,
                 retry=_retry(node.get("retry"), f"{path}.retry", node_id, c) if "retry" in node else None,
+                cache=cache,
+                cache_ttl=cache_ttl,
             )
         )
     return nodes
@@ -440,6 +443,32 @@ def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None
             node_id=node_id,
         )
     return spec
+
+
+def _cache(raw: Any, path: str, node_id: str, c: _Collector) -> tuple[bool | None, float | None]:
+    from plait.ir.values import parse_duration
+
+    if isinstance(raw, bool):
+        return raw, None
+    if isinstance(raw, dict):
+        c.unknown_fields(raw, ("ttl",), path, "cache")
+        if "ttl" not in raw:
+            return True, None
+        ttl = parse_duration(raw["ttl"])
+        if ttl is None:
+            c.add(
+                f"cache.ttl must be a duration such as \"7d\", \"12h\", \"30m\" or seconds, not {raw['ttl']!r}",
+                f"{path}.ttl",
+                node_id=node_id,
+            )
+        return True, ttl
+    c.add(
+        f"cache must be true, false or {{\"ttl\": \"7d\"}}, not {raw!r}",
+        path,
+        "true keeps successful results across runs; false never does",
+        node_id=node_id,
+    )
+    return None, None
 
 
 def _retry(raw: Any, path: str, node_id: str, c: _Collector) -> RetrySpec | None:

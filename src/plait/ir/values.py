@@ -122,3 +122,22 @@ def fit_input(spec: InputSpec, name: str, value: Any) -> Any:
         f"input '{name}' is declared as {spec.type}, but got {value_type(value)}",
         hint=f"give {spec.type} for {name}",
     )
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: Any) -> float | None:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"90s"`` or a number of seconds; None when it is not one."""
+    if isinstance(text, bool):
+        return None
+    if isinstance(text, int | float):
+        return float(text) if 0 < text < 1e12 else None
+    if not isinstance(text, str):
+        return None
+    m = _DURATION_RE.match(text)
+    if not m:
+        return None
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    return seconds if 0 < seconds < 1e12 else None

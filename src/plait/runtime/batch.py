@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from plait.runtime.compile import CompiledNode, CompiledWorkflow
-from plait.runtime.driver import BatchDriver, FailurePolicy, RetryPolicy, Stop, StopReason
+from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
 from plait.runtime.items import Outcome, run_attempt
@@ -136,13 +136,14 @@ def run_batch(
 
     policy = FailurePolicy(spec.error_handling == "fail_fast", count, spec.max_failures, spec.max_failure_rate)
     reuse = _reuse(cn, services)
+    cache = _cache(cn, services)
     driver = BatchDriver(
         _job(cn, base, services, workflow),
         executor,
         retry=_retry(cn),
         failures=policy,
         on_final=on_final,
-        check=_check(reuse),
+        check=_check(reuse, cache),
     )
     try:
         stop = driver.run(iter(enumerate(items)))
@@ -167,6 +168,7 @@ def run_batch(
             "error_handling": spec.error_handling,
             "completed": len(finished),
             **({"reused": reused[0]} if services.root.reuse is not None else {}),
+            **(cache.stats.metadata() if cache is not None else {}),
             "timing": {
                 "total_ms": round(total_ms, 3),
                 "avg_item_ms": round(sum(durations) / len(durations) * 1000.0, 3) if durations else 0.0,
@@ -205,10 +207,24 @@ def _reuse(cn: CompiledNode, services: RunServices) -> Any:
     return source.for_node(cn.id, cn.fingerprint)
 
 
-def _check(reuse: Any) -> Any:
-    if reuse is None:
+def _cache(cn: CompiledNode, services: RunServices) -> Any:
+    """The node's item cache check, when it caches on this run."""
+    mode = services.root.cache_mode
+    if mode == "off":
         return None
-    return lambda attempt: reuse.lookup(attempt.index, attempt.item, attempt.key)
+    wanted = mode in ("on", "refresh") or (cn.cache if cn.cache is not None else cn.cls.cacheable)
+    if not wanted:
+        return None
+    from plait.runtime.cache import CacheCheck
+
+    return CacheCheck(services.item_cache(), cn, ttl=cn.cache_ttl, read=mode != "refresh")
+
+
+def _check(*checks: Any) -> Any:
+    present = [c for c in checks if c is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else Checks(*present)
 
 
 def run_single(cn: CompiledNode, base: Base, services: RunServices, executor: Executor) -> Outcome:
@@ -221,7 +237,7 @@ def run_single(cn: CompiledNode, base: Base, services: RunServices, executor: Ex
         retry=_retry(cn),
         failures=FailurePolicy(),
         on_final=final.append,
-        check=_check(reuse),
+        check=_check(reuse, _cache(cn, services)),
     )
     try:
         stop = driver.run(iter([(None, None)]))

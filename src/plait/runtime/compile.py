@@ -45,6 +45,9 @@ class CompiledNode:
     static_containers: tuple[str, ...] = ()
     #: what decides the node's work besides its params' values (runtime/keys.py)
     fingerprint: str = ""
+    #: the node's own cache setting (None: its type's default) and time to live
+    cache: bool | None = None
+    cache_ttl: float | None = None
     #: a param uses ${__item_key__} or ${__attempt__}: the key is taken from the
     #: params resolved without them (an item has one key, whatever the attempt)
     uses_item_key: bool = False
@@ -190,6 +193,8 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         position=spec.position,
         executor=spec.batch.executor if spec.batch is not None else "auto",
         static_containers=tuple(k for k, v in static.items() if isinstance(v, dict | list)),
+        cache=spec.cache,
+        cache_ttl=spec.cache_ttl,
         fingerprint=node_fingerprint(
             spec.type, cls.version, spec.params, {"as": spec.batch.alias} if spec.batch is not None else None
         ),

@@ -13,10 +13,11 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
 from plait.runtime.executors import Executor, Job
@@ -149,6 +150,50 @@ class Window:
         return flying
 
 
+class ItemCheck(Protocol):
+    """The driver's "already done?" for the items of one batch (resume, the item cache).
+
+    ``before`` sees each item's first attempt, its params resolved: an outcome
+    settles it without running, True parks it (it waits for an identical item
+    in flight), None lets it run. ``after`` hears every final outcome and
+    returns the outcomes of parked items it answers and the parked items that
+    must run after all; ``retried`` hears an attempt that is retried.
+    """
+
+    def before(self, attempt: Attempt) -> Outcome | bool | None: ...
+
+    def after(self, out: Outcome) -> tuple[list[Outcome], list[Attempt]]: ...
+
+    def retried(self, out: Outcome) -> None: ...
+
+
+class Checks:
+    """Several checks, asked in order (the first that knows an item answers)."""
+
+    def __init__(self, *checks: ItemCheck) -> None:
+        self.checks = checks
+
+    def before(self, attempt: Attempt) -> Outcome | bool | None:
+        for check in self.checks:
+            found = check.before(attempt)
+            if found is not None:
+                return found
+        return None
+
+    def after(self, out: Outcome) -> tuple[list[Outcome], list[Attempt]]:
+        outcomes: list[Outcome] = []
+        attempts: list[Attempt] = []
+        for check in self.checks:
+            more, again = check.after(out)
+            outcomes += more
+            attempts += again
+        return outcomes, attempts
+
+    def retried(self, out: Outcome) -> None:
+        for check in self.checks:
+            check.retried(out)
+
+
 class BatchDriver:
     """Runs every item of one batch (or the one item of a node) through an executor."""
 
@@ -160,7 +205,7 @@ class BatchDriver:
         retry: RetryPolicy,
         failures: FailurePolicy,
         on_final: Callable[[Outcome], None],
-        check: Callable[[Attempt], Outcome | None] | None = None,
+        check: ItemCheck | None = None,
     ) -> None:
         self.job = job
         self.executor = executor
@@ -183,6 +228,8 @@ class BatchDriver:
         self._bus = services.bus
         self._loc = services.location(job.node.id)
         self._stopped_at: float | None = None
+        self._parked: dict[tuple[int | None, int], Attempt] = {}  # waiting for an identical item in flight
+        self._ready: deque[Attempt] = deque()  # parked ones to run after all
 
     # -- the loop
 
@@ -207,6 +254,7 @@ class BatchDriver:
         cancelled = self._cancelled
         submit, next_outcome = self.executor.submit, self.executor.next_outcome
         exhausted = False
+        ready = self._ready
         while True:
             if self.stop is None:
                 if cancelled.is_set():
@@ -214,6 +262,10 @@ class BatchDriver:
                 else:
                     if heap:
                         self._launch_due_retries()
+                    while ready and len(flying) < capacity:
+                        attempt = ready.popleft()
+                        flying[(attempt.index, attempt.number)] = attempt
+                        submit(attempt)
                     while not exhausted and len(flying) < capacity and not (in_order and heap):
                         try:
                             index, item = next(items)
@@ -226,7 +278,12 @@ class BatchDriver:
                         flying[(index, 1)] = attempt
                         submit(attempt)
             if not flying:
-                if not heap or self.stop is not None:
+                if self._parked and self.stop is None and not ready and not heap:
+                    # nothing runs that could answer them (a check lost track): they run themselves
+                    ready.extend(self._parked.values())
+                    self._parked.clear()
+                    continue
+                if (not heap and not ready) or self.stop is not None:
                     return
                 # Nothing runs: wait for the next retry, but wake at once on an
                 # interrupt (a retry wait can be a minute, a Retry-After five).
@@ -265,9 +322,13 @@ class BatchDriver:
             return True
         except Exception:
             return False  # let the executor report it, as for any item
-        known = self.check(attempt)
+        known = self.check.before(attempt)
         if known is None:
             return False
+        if known is True:
+            self._parked[(attempt.index, attempt.number)] = attempt
+            return True
+        assert isinstance(known, Outcome)
         self._handle(known)
         return True
 
@@ -283,7 +344,10 @@ class BatchDriver:
     def _halt(self, stop: Stop) -> None:
         self.stop = stop
         self.executor.cancel_pending()
-        for attempt in self.retries.drain():  # waiting for a retry: it will not get one
+        waiting = [*self.retries.drain(), *self._parked.values(), *self._ready]
+        self._parked.clear()
+        self._ready.clear()
+        for attempt in waiting:  # waiting for a retry (or an identical item): it will not get one
             self._emit_interrupted(attempt.index, attempt.number, 0, 0.0)
         if stop.reason is StopReason.INTERRUPTED:
             self._stopped_at = time.monotonic()
@@ -311,6 +375,7 @@ class BatchDriver:
                     )
                 )
             self.on_final(out)
+            self._settled(out)
             return
         if self._cancelled.is_set():
             # Stopped by the interrupt (a command killed on Ctrl-C): the item did
@@ -330,6 +395,8 @@ class BatchDriver:
                     )
                 )
             self.retries.push(time.monotonic() + wait, Attempt(out.index, out.item, out.attempt + 1))
+            if self.check is not None:
+                self.check.retried(out)
             return
         if bus.wants(ItemFailed):
             bus.emit(
@@ -341,10 +408,23 @@ class BatchDriver:
             )
         self.failed += 1
         self.on_final(out)
+        self._settled(out)
         if self.stop is None:
             stop = self.failures.check(self.failed)
             if stop is not None:
                 self._halt(stop)
+
+    def _settled(self, out: Outcome) -> None:
+        """A final outcome: the check may answer the items that waited for it."""
+        if self.check is None:
+            return
+        answered, again = self.check.after(out)
+        for other in answered:
+            if self._parked.pop((other.index, other.attempt), None) is not None:
+                self._handle(other)
+        for attempt in again:
+            if self._parked.pop((attempt.index, attempt.number), None) is not None:
+                self._ready.append(attempt)
 
     def _emit_interrupted(self, index: int | None, attempt: int, slot: int, duration_ms: float) -> None:
         if self._bus.wants(ItemInterrupted):

@@ -200,5 +200,16 @@ class NodeReuse:
         self.source.reused += 1
         return out
 
+    # the driver's check (runtime/driver.py: ItemCheck)
+
+    def before(self, attempt: Any) -> Outcome | None:
+        return self.lookup(attempt.index, attempt.item, attempt.key)
+
+    def after(self, out: Outcome) -> tuple[list[Outcome], list[Any]]:
+        return [], []
+
+    def retried(self, out: Outcome) -> None:
+        return None
+
     def close(self) -> None:
         self._conn.close()

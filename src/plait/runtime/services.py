@@ -122,6 +122,9 @@ class RunServices(Services):
         #: the run being resumed (its recorded results are reused), root only
         self.resumed_from: str | None = None
         self.reuse: Any = None  # a ReuseSource (runtime/resume.py) when resuming
+        #: the run's item cache: "default" (each node's own setting), "on", "off" or "refresh"
+        self.cache_mode = "default"
+        self._cache: Any = None
 
     @property
     def root(self) -> RunServices:
@@ -154,6 +157,18 @@ class RunServices(Services):
                     self._closers.append((close, value))
                 self._resources[key] = value
             return value
+
+    def item_cache(self) -> Any:
+        """The item cache (runtime/cache.py), opened on first use."""
+        root = self._root
+        if root._cache is None:
+            from plait.paths import home
+            from plait.runtime.cache import open_cache
+
+            with root._resource_lock:
+                if root._cache is None:
+                    root._cache = open_cache(home())
+        return root._cache
 
     # -- the run's event loop
 

@@ -159,8 +159,11 @@ class RunRecorder:
                 if not (self._begun or self._ok_rows or self._rows or self._finished or self._dirty()):
                     return
                 self._commit()
-            except sqlite3.Error as exc:  # locked for long, a full disk: keep the rows, try again
-                self._troubled(exc)
+            except sqlite3.Error as exc:
+                if not _passing(exc):
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    return
+                self._troubled(exc)  # locked for long, a full disk: keep the rows, try again
                 return
             except Exception as exc:  # anything else is a bug: stop recording, keep the run going
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -556,6 +559,12 @@ class RunRecorder:
         except Exception:
             return False
         return row is not None and row[0] != "running"
+
+
+def _passing(exc: BaseException) -> bool:
+    """A database error that may go away by itself (a lock, a full or failing disk)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("locked", "busy", "full", "disk i/o", "unable to open", "readonly"))
 
 
 def _batch_summary(spec: Any) -> dict[str, Any]:

@@ -1,0 +1,307 @@
+"""The item cache: a successful item's outputs, kept across runs and workflows.
+
+A node caches when its ``cache`` field says so (``true`` or ``{"ttl": "7d"}``),
+or its type does by default (``llm``), unless the run says ``--no-cache``;
+``--cache`` turns it on for every node, ``--refresh-cache`` answers nothing
+from the cache but stores what runs. An entry's key is the node type, the
+type's cache version and the item's exact resolved params in canonical JSON
+(runtime/keys.py; secrets enter only as hashes). Only successes are stored,
+with the usage they cost, so a hit reports the tokens and dollars it saved.
+Items whose params have no canonical form are not cached (and counted), nor
+are outputs that hold secret-looking values.
+
+Identical keys within one batch share one execution: the first runs, the
+others wait for its outcome.
+
+The cache is ``cache.db`` (SQLite, WAL) in plait's home; large outputs sit in
+``cache-blobs/`` beside it, named by their hash. ``plait cache stats|prune|clear``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plait.ir.values import parse_duration
+from plait.runtime.items import Attempt, Outcome
+from plait.runtime.keys import cache_key
+
+if TYPE_CHECKING:
+    from plait.runtime.compile import CompiledNode
+
+DB_NAME = "cache.db"
+BLOB_CHARS = 64 * 1024
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    node_type TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    outputs TEXT,
+    outputs_ref TEXT,
+    usage TEXT,
+    size INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    last_hit REAL
+);
+CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires);
+"""
+@dataclass
+class CacheStats:
+    """What the cache did for one batch."""
+
+    hits: int = 0
+    stored: int = 0
+    shared: int = 0  # items that waited for an identical one in flight
+    not_cacheable: int = 0
+    saved: dict[str, float] = field(default_factory=lambda: {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cache_hits": self.hits, "cache_stored": self.stored}
+        if self.shared:
+            out["cache_shared"] = self.shared
+        if self.not_cacheable:
+            out["cache_not_cacheable"] = self.not_cacheable
+        saved = {k: (round(v, 6) if k == "cost_usd" else int(v)) for k, v in self.saved.items() if v}
+        if saved:
+            out["cache_saved"] = saved
+        return out
+
+
+class ItemCache:
+    """The cache database, for one process (thread-safe)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(home / DB_NAME), timeout=10.0, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        now = time.time()
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT outputs, outputs_ref, usage, expires FROM entries WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[3] is not None and row[3] < now:
+                self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
+                return None
+            self._conn.execute("UPDATE entries SET hits = hits + 1, last_hit = ? WHERE key = ?", (now, key))
+        text = row[0]
+        if text is None and row[1]:
+            try:
+                text = (self.home / "cache-blobs" / row[1][:2] / row[1]).read_text(
+                    encoding="utf-8", errors="surrogatepass"
+                )
+            except OSError:
+                return None
+        try:
+            outputs = json.loads(text) if text is not None else None
+        except ValueError:
+            return None
+        if not isinstance(outputs, dict):
+            return None
+        return outputs, json.loads(row[2]) if row[2] else {}
+
+    def put(self, key: str, node_type: str, outputs: dict[str, Any], usage: dict[str, Any], ttl: float | None) -> bool:
+        try:
+            text = json.dumps(outputs, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError):
+            return False
+        ref = None
+        if len(text) > BLOB_CHARS:
+            ref = _blob(self.home, text)
+        now = time.time()
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO entries (key, node_type, created, expires, outputs, outputs_ref, usage, size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key,
+                    node_type,
+                    now,
+                    now + ttl if ttl else None,
+                    None if ref else text,
+                    ref,
+                    json.dumps(usage) if usage else None,
+                    len(text),
+                ),
+            )
+        return True
+
+    # -- plait cache stats | prune | clear
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        with self._lock:
+            total = self._conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0) FROM entries"
+            ).fetchone()
+            expired = self._conn.execute(
+                "SELECT count(*) FROM entries WHERE expires IS NOT NULL AND expires < ?", (now,)
+            ).fetchone()[0]
+            by_type = self._conn.execute(
+                "SELECT node_type, count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0) FROM entries"
+                " GROUP BY node_type ORDER BY node_type"
+            ).fetchall()
+        return {
+            "path": str(self.home / DB_NAME),
+            "entries": total[0],
+            "bytes": total[1],
+            "hits": total[2],
+            "expired": expired,
+            "by_type": [{"type": t, "entries": n, "bytes": b, "hits": h} for t, n, b, h in by_type],
+        }
+
+    def prune(self, older_than: float | None = None) -> int:
+        """Drop expired entries (and those older than ``older_than`` seconds); how many went."""
+        now = time.time()
+        with self._lock:
+            cur = self._conn.execute(
+                "DELETE FROM entries WHERE (expires IS NOT NULL AND expires < ?) OR (? IS NOT NULL AND created < ?)",
+                (now, older_than, now - (older_than or 0)),
+            )
+            gone = cur.rowcount
+        self._sweep_blobs()
+        return gone
+
+    def clear(self) -> int:
+        with self._lock:
+            gone = self._conn.execute("DELETE FROM entries").rowcount
+        self._sweep_blobs()
+        return gone
+
+    def _sweep_blobs(self) -> None:
+        """Blobs no entry names any more (the run records' blobs are their own)."""
+        folder = self.home / "cache-blobs"
+        if not folder.exists():
+            return
+        with self._lock:
+            kept = {r[0] for r in self._conn.execute("SELECT outputs_ref FROM entries WHERE outputs_ref IS NOT NULL")}
+        for path in folder.glob("*/*"):
+            if path.name not in kept:
+                path.unlink(missing_ok=True)
+
+
+def _blob(home: Path, text: str) -> str:
+    import hashlib
+    import os
+
+    data = text.encode("utf-8", "surrogatepass")
+    name = hashlib.sha256(data).hexdigest()
+    folder = home / "cache-blobs" / name[:2]
+    path = folder / name
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f".{name}.{os.getpid()}.part"
+        part.write_bytes(data)
+        os.replace(part, path)
+    return name
+
+
+_open: dict[str, ItemCache] = {}
+_open_lock = threading.Lock()
+
+
+def open_cache(home: Path) -> ItemCache:
+    key = str(home)
+    with _open_lock:
+        cache = _open.get(key)
+        if cache is None:
+            cache = _open[key] = ItemCache(home)
+        return cache
+
+
+class CacheCheck:
+    """The cache's part of the driver's "already done?" for one node's batch."""
+
+    def __init__(self, cache: ItemCache, cn: CompiledNode, *, ttl: float | None, read: bool) -> None:
+        self.cache = cache
+        self.cn = cn
+        self.ttl = ttl
+        self.read = read
+        self.stats = CacheStats()
+        self._waiting: dict[str, list[Attempt]] = {}  # cache key -> attempts waiting for the one in flight
+        self._keys: dict[tuple[int | None, int], str] = {}  # (index, attempt) in flight -> its cache key
+
+    def before(self, attempt: Attempt) -> Outcome | bool | None:
+        """An outcome from the cache, True when the attempt now waits for an identical
+        one in flight, or None: it runs."""
+        assert attempt.params is not None
+        cn = self.cn
+        key = cache_key(cn.node_type, cn.cls.cache_version, attempt.params)
+        if key is None:
+            self.stats.not_cacheable += 1
+            return None
+        if self.read:
+            hit = self.cache.get(key)
+            if hit is not None:
+                outputs, usage = hit
+                self.stats.hits += 1
+                for name in ("input_tokens", "output_tokens"):
+                    self.stats.saved[name] += float(usage.get(name) or 0)
+                self.stats.saved["cost_usd"] += float(usage.get("cost_usd") or 0)
+                out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
+                out.ok = True
+                out.cached = True
+                out.key = attempt.key
+                out.outputs = outputs
+                return out
+        if key in self._waiting:
+            self._waiting[key].append(attempt)
+            self.stats.shared += 1
+            return True
+        self._waiting[key] = []
+        self._keys[(attempt.index, attempt.number)] = key
+        return None
+
+    def after(self, out: Outcome) -> tuple[list[Outcome], list[Attempt]]:
+        """The leader of a key finished: store its success and answer those waiting for
+        it; when it failed, they run themselves."""
+        key = self._keys.pop((out.index, out.attempt), None)
+        if key is None:
+            return [], []
+        waiting = self._waiting.pop(key, [])
+        if not out.ok or not isinstance(out.outputs, dict):
+            return [], waiting
+        from plait.runtime.redact import Redactor
+
+        _, masked = Redactor({}).masked(out.outputs)
+        usage = {}
+        llm_usage = out.outputs.get("llm_usage")
+        if isinstance(llm_usage, dict):
+            usage = {k: llm_usage.get(k) for k in ("input_tokens", "output_tokens", "cost_usd") if llm_usage.get(k)}
+        if not masked and self.cache.put(key, self.cn.node_type, out.outputs, usage, self.ttl):
+            self.stats.stored += 1
+        shared = []
+        for attempt in waiting:
+            copy = Outcome(attempt.index, attempt.item, 1, 0, time.time())
+            copy.ok = True
+            copy.cached = True
+            copy.key = attempt.key
+            copy.outputs = json.loads(json.dumps(out.outputs, default=str))
+            shared.append(copy)
+        return shared, []
+
+    def retried(self, out: Outcome) -> None:
+        """The leader's attempt failed and is retried: the next attempt leads its key."""
+        key = self._keys.pop((out.index, out.attempt), None)
+        if key is not None:
+            self._keys[(out.index, out.attempt + 1)] = key
+
+
+__all__ = ["CacheCheck", "CacheStats", "ItemCache", "open_cache", "parse_duration"]

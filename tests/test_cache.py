@@ -1,0 +1,171 @@
+"""The item cache: a successful item's result kept across runs, so the same call is paid for once."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Result
+from openai_server import OpenAIServer, write_llm_config
+
+Plait = Callable[..., Result]
+Workflow = Callable[..., str]
+
+
+def calls(tmp_path: Path) -> Counter[str]:
+    log = tmp_path / "calls.log"
+    return Counter(log.read_text().split()) if log.exists() else Counter()
+
+
+def cached_batch(items: list[Any], cache: Any = True, command: str = "echo ${item} >> calls.log; echo hi ${item}") -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "id": "w",
+        "type": "shell",
+        "params": {"command": command},
+        "batch": {"items": items, "parallel": True, "max_concurrent": 4, "error_handling": "continue"},
+    }
+    if cache is not None:
+        node["cache"] = cache
+    return {"nodes": [node]}
+
+
+def meta(r: Result) -> dict[str, Any]:
+    return {k: v for k, v in r.json["outputs"]["batch_metadata"].items() if k.startswith("cache")}
+
+
+def test_identical_items_share_one_execution_and_a_second_run_executes_nothing(
+    plait: Plait, workflow: Workflow, tmp_path: Path
+) -> None:
+    path = workflow(cached_batch([1, 2, 3, 2, 1, 4]))
+    first = plait("run", path, "-o", "json", "-q")
+    assert first.code == 0, first
+    assert calls(tmp_path) == Counter({"1": 1, "2": 1, "3": 1, "4": 1})
+    assert meta(first) == {"cache_hits": 0, "cache_stored": 4, "cache_shared": 2}
+    assert [r["stdout"] for r in first.json["outputs"]["results"]] == ["hi 1", "hi 2", "hi 3", "hi 2", "hi 1", "hi 4"]
+    second = plait("run", path, "-o", "json")
+    assert second.code == 0
+    assert sum(calls(tmp_path).values()) == 4  # nothing ran
+    assert meta(second) == {"cache_hits": 6, "cache_stored": 0}
+    assert second.json["outputs"]["results"] == first.json["outputs"]["results"]
+    assert "6 from the cache" in second.stderr
+
+
+def test_only_successes_are_cached(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:
+    path = workflow(cached_batch([1, 2], command="echo ${item} >> calls.log; [ ${item} = 1 ] || exit 3"))
+    plait("run", path, "-q")
+    r = plait("run", path, "-q", "-o", "json")
+    assert meta(r)["cache_hits"] == 1
+    assert calls(tmp_path) == Counter({"1": 1, "2": 2})
+
+
+def test_the_run_can_turn_the_cache_off_on_or_refresh_it(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:
+    path = workflow(cached_batch([1, 2], cache=None))  # a shell node does not cache by default
+    plait("run", path, "-q")
+    plait("run", path, "-q")
+    assert sum(calls(tmp_path).values()) == 4
+    plait("run", path, "--cache", "-q")  # stores
+    r = plait("run", path, "--cache", "-q", "-o", "json")
+    assert meta(r)["cache_hits"] == 2 and sum(calls(tmp_path).values()) == 6
+    r = plait("run", path, "--no-cache", "-q", "-o", "json")
+    assert meta(r) == {} and sum(calls(tmp_path).values()) == 8
+    r = plait("run", path, "--refresh-cache", "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 0, "cache_stored": 2} and sum(calls(tmp_path).values()) == 10
+
+
+def test_entries_expire_after_their_ttl(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:
+    path = workflow(cached_batch([1], cache={"ttl": 0.5}))
+    plait("run", path, "-q")
+    assert meta(plait("run", path, "-q", "-o", "json"))["cache_hits"] == 1
+    time.sleep(0.6)
+    assert meta(plait("run", path, "-q", "-o", "json"))["cache_hits"] == 0
+    assert sum(calls(tmp_path).values()) == 2
+
+
+def test_items_without_a_canonical_form_are_not_cached_and_counted(plait: Plait, workflow: Workflow) -> None:
+    wf = {
+        "nodes": [
+            {"id": "make", "type": "code", "params": {"code": "result = [1.0, float('nan')]"}},
+            {"id": "w", "type": "echo", "cache": True, "params": {"v": "${item}"}, "batch": {"items": "${make.result}"}},
+        ]
+    }
+    r = plait("run", workflow(wf), "-q", "-o", "json")
+    assert r.code == 0, r
+    assert meta(r) == {"cache_hits": 0, "cache_stored": 1, "cache_not_cacheable": 1}
+
+
+def test_no_secret_is_stored_in_the_cache(plait: Plait, workflow: Workflow) -> None:
+    wf = {
+        "inputs": {"api_key": {"type": "string"}},
+        "nodes": [{"id": "w", "type": "echo", "cache": True, "params": {"api_key": "${api_key}", "q": "x"}}],
+    }
+    assert plait("run", workflow(wf), "api_key=sk-secret-in-params-42", "-q").code == 0
+    home = Path(os.environ["PLAIT_HOME"])
+    stored = b"".join(p.read_bytes() for p in home.rglob("cache*") if p.is_file())
+    assert stored and b"sk-secret-in-params-42" not in stored
+
+
+def test_a_bad_cache_setting_is_a_clear_error(plait: Plait, workflow: Workflow) -> None:
+    r = plait("validate", workflow(cached_batch([1], cache="yes")))
+    assert r.code == 2 and "cache must be true, false or" in r.stderr
+    r = plait("validate", workflow(cached_batch([1], cache={"ttl": "soon"})))
+    assert r.code == 2 and "cache.ttl must be a duration" in r.stderr
+
+
+def test_cache_stats_prune_and_clear(plait: Plait, workflow: Workflow) -> None:
+    plait("run", workflow(cached_batch([1, 2, 3])), "-q")
+    r = plait("cache", "stats", "--json")
+    assert r.code == 0 and r.json["entries"] == 3 and r.json["by_type"][0]["type"] == "shell"
+    assert "3 entries" in plait("cache", "stats").stdout
+    assert plait("cache", "prune").stdout == "dropped 0 entries\n"
+    assert plait("cache", "prune", "--older-than", "soon").code == 2
+    assert plait("cache", "clear").stdout == "dropped 3 entries\n"
+    assert plait("cache", "stats", "--json").json["entries"] == 0
+
+
+@pytest.fixture
+def llm_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    home = tmp_path / "llm-home"
+    monkeypatch.setenv("LLM_USER_PATH", str(home))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with OpenAIServer() as server:
+        write_llm_config(home, server.base_url)
+        yield server
+
+
+def test_a_second_identical_llm_batch_makes_zero_calls(
+    llm_server: OpenAIServer, plait: Plait, workflow: Workflow
+) -> None:
+    wf = {
+        "nodes": [
+            {
+                "id": "classify",
+                "type": "llm",
+                "cache": True,
+                "params": {"prompt": "Classify: ${item}", "model": "local-test"},
+                "batch": {"items": ["a bug", "a question", "a bug"], "parallel": True},
+            }
+        ]
+    }
+    path = workflow(wf)
+    first = plait("run", path, "-o", "json", "-q")
+    assert first.code == 0, first
+    requests = len(llm_server.requests)
+    assert requests == 2  # the two identical prompts shared one call
+    second = plait("run", path, "-o", "json", "-q")
+    assert second.code == 0
+    assert len(llm_server.requests) == requests  # zero calls
+    m = second.json["outputs"]["batch_metadata"]
+    assert m["cache_hits"] == 3
+    assert m["cache_saved"]["input_tokens"] > 0
+    assert m["llm_usage"]["calls"] == 0
+    assert [r["response"] for r in second.json["outputs"]["results"]] == [
+        r["response"] for r in first.json["outputs"]["results"]
+    ]
+    assert json.dumps(second.json).count("Classify") == 0  # prompts are not stored in the output
