@@ -39,6 +39,8 @@ class Field:
             return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
         if t == "string":
             return None if isinstance(value, str) else f"must be a string, not {value!r}"
+        if t == "object":
+            return None if isinstance(value, dict) else f"must be an object, not {value!r}"
         if t in ("integer", "number"):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return f"must be {'an integer' if t == 'integer' else 'a number'}, not {value!r}"
@@ -101,7 +103,8 @@ BACKOFFS = ("fixed", "exponential")
 
 BATCH = Fields(
     Field("items", "items", required=True,
-          doc="a template that resolves to a list, or an inline list (its elements may hold templates)"),
+          doc="a template that resolves to a list, an inline list (its elements may hold templates), "
+          "or a source read as the batch goes: `{\"from\": \"issues.jsonl\"}` (docs/streaming.md)"),
     Field("as", "string", "item", doc="the name of the item in templates: `${item}`"),
     Field("parallel", "boolean", False, doc="run items concurrently"),
     Field("max_concurrent", "integer", 10, minimum=1, doc="items in flight at most, when parallel"),
@@ -119,7 +122,13 @@ BATCH = Fields(
           doc="with `continue`: abort once more than this share of all items have failed",
           hint="0.1 means: abort once more than 10% of the items have failed"),
     Field("executor", "string", "auto", extension=True,
-          doc="where items run: `auto`, `sequential`, `threads`, or an installed executor"),
+          doc="where items run: `auto`, `sequential`, `threads`, `async`, or an installed executor"),
+    Field("results", "object", None, extension=True,
+          doc="write results to a file as items finish: `{\"to\": \"out.jsonl\"}` (docs/streaming.md)"),
+    Field("group", "integer", None, minimum=1, extension=True,
+          doc="hand each execution a list of up to this many items (`${item}` is the list)"),
+    Field("group_bytes", "integer", None, minimum=1, extension=True,
+          doc="with `group`: also end a group before its items' JSON passes this many bytes"),
 )
 
 RETRY = Fields(

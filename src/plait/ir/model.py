@@ -75,6 +75,9 @@ class BatchSpec:
     max_failures: int | None = BATCH.default("max_failures")
     max_failure_rate: float | None = BATCH.default("max_failure_rate")
     executor: str = BATCH.default("executor")
+    results: dict[str, Any] | None = None  # BATCH["results"]: no sink unless one is given
+    group: int | None = BATCH.default("group")
+    group_bytes: int | None = BATCH.default("group_bytes")
     #: the fields the workflow wrote (the rest are defaults)
     given: frozenset[str] = frozenset()
 

@@ -435,6 +435,12 @@ def _batch(raw: Any, path: str, node_id: str, c: _Collector) -> BatchSpec | None
     spec.max_failure_rate = None if mfr is None else float(mfr)
     executor = _field(raw, BATCH["executor"], path, "batch", node_id, c)
     spec.executor = executor or BATCH.default("executor")
+    spec.results = _field(raw, BATCH["results"], path, "batch", node_id, c)
+    spec.group = _field(raw, BATCH["group"], path, "batch", node_id, c)
+    spec.group_bytes = _field(raw, BATCH["group_bytes"], path, "batch", node_id, c)
+    if spec.group_bytes is not None and spec.group is None:
+        c.add("batch.group_bytes goes with batch.group", f"{path}.group_bytes",
+              'e.g. "group": 20, "group_bytes": 100000', node_id=node_id)
     if (spec.max_failures is not None or spec.max_failure_rate is not None) and spec.error_handling == "fail_fast":
         c.add(
             "max_failures and max_failure_rate apply only with error_handling 'continue'",

@@ -8,19 +8,26 @@ final outcomes into the node's output, in input order.
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
+from plait.nodes.base import NodeError
 from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
 from plait.runtime.items import Outcome, run_attempt
 from plait.runtime.services import RunServices
+from plait.runtime.sinks import ResultSink
+from plait.runtime.sources import BadItem, open_source
 from plait.templates import Base, TemplateError
 
 _EMPTY: dict[str, Any] = {}
+#: a streaming batch's output lists this many failures (all are in the results file)
+ERRORS_KEPT = 100
 
 
 class BatchFailed(Exception):
@@ -100,6 +107,132 @@ def _preview(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class Timing:
+    """Item durations in constant memory: count, sum and max exactly, percentiles
+    from a histogram of 2 % wide buckets (so a million items keep no list)."""
+
+    _RATIO = 1.02
+    _FLOOR = 1e-6  # 1 µs: everything shorter shares the first bucket
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self._buckets: dict[int, int] = {}
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if seconds > self.max:
+            self.max = seconds
+        b = 0 if seconds <= self._FLOOR else int(math.log(seconds / self._FLOOR, self._RATIO)) + 1
+        self._buckets[b] = self._buckets.get(b, 0) + 1
+
+    def percentile(self, q: float) -> float:
+        if not self.count:
+            return 0.0
+        rank = q * (self.count - 1)
+        seen = 0
+        for b in sorted(self._buckets):
+            seen += self._buckets[b]
+            if seen > rank:
+                value = self._FLOOR * self._RATIO ** max(b - 0.5, 0) if b else self._FLOOR
+                return min(value, self.max)
+        return self.max
+
+    def summary(self, total_ms: float) -> dict[str, float]:
+        return {
+            "total_ms": round(total_ms, 3),
+            "avg_item_ms": round(self.total / self.count * 1000.0, 3) if self.count else 0.0,
+            "p50_item_ms": round(self.percentile(0.5) * 1000.0, 3),
+            "p95_item_ms": round(self.percentile(0.95) * 1000.0, 3),
+            "max_item_ms": round(self.max * 1000.0, 3),
+        }
+
+
+class _Groups:
+    """``batch.group``: consecutive items handed over as one list; remembers which
+    items each group holds, to give every item its own result again."""
+
+    def __init__(self, items: Iterator[tuple[int, Any]], size: int, max_bytes: int | None) -> None:
+        self._items = items
+        self.size = size
+        self.max_bytes = max_bytes
+        self.members: dict[int, list[tuple[int, Any]]] = {}  # group index -> (item index, item)
+        self._pending: tuple[int, Any] | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        gi = 0
+        group: list[tuple[int, Any]] = []
+        used = 0
+        for index, item in self._items:
+            if type(item) is BadItem:  # a malformed record fails alone
+                if group:
+                    yield self._close(gi, group)
+                    gi, group, used = gi + 1, [], 0
+                self.members[gi] = [(index, item)]
+                yield gi, item
+                gi += 1
+                continue
+            size = len(json.dumps(item, default=str)) if self.max_bytes is not None else 0
+            if group and (len(group) >= self.size or (self.max_bytes is not None and used + size > self.max_bytes)):
+                yield self._close(gi, group)
+                gi, group, used = gi + 1, [], 0
+            group.append((index, item))
+            used += size
+        if group:
+            yield self._close(gi, group)
+
+    def _close(self, gi: int, group: list[tuple[int, Any]]) -> tuple[int, Any]:
+        self.members[gi] = group
+        return gi, [item for _, item in group]
+
+    def spread(self, out: Outcome, primary: str | None) -> list[tuple[int, Any, dict[str, Any] | None]]:
+        """(item index, item, outputs) for each item of the group ``out`` ran."""
+        members = self.members.pop(out.index, [])  # type: ignore[arg-type]
+        outputs = out.outputs if isinstance(out.outputs, dict) else None
+        field = _per_item_field(outputs, primary, len(members))
+        spread = []
+        for k, (index, item) in enumerate(members):
+            mine = outputs
+            if outputs is not None and field is not None:
+                mine = {**outputs, field: outputs[field][k]}
+            spread.append((index, item, mine))
+        return spread
+
+
+def _per_item_field(outputs: dict[str, Any] | None, primary: str | None, n: int) -> str | None:
+    """The output that holds one value per item of a group: the primary one when it is a
+    list of the group's length, else the only such list."""
+    if outputs is None:
+        return None
+    if primary is not None and isinstance(outputs.get(primary), list) and len(outputs[primary]) == n:
+        return primary
+    lists = [k for k, v in outputs.items() if isinstance(v, list) and len(v) == n]
+    return lists[0] if len(lists) == 1 else None
+
+
+def _open_items(cn: CompiledNode, base: Base, services: RunServices, start_at: int) -> tuple[Any, int | None, Any]:
+    """The batch's items as (iterator of (index, item), total or None, the source to close)."""
+    spec = cn.batch
+    assert spec is not None and cn.items is not None
+    if isinstance(spec.items, dict):
+        try:
+            resolved = cn.items.resolve(base, _EMPTY)
+        except TemplateError as exc:
+            raise BatchFailed(f"batch.items: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), None, {})
+        try:
+            source = open_source(resolved, base_dir=services.workflow_dir, stdin=services.root.stdin, start_at=start_at)
+        except NodeError as exc:
+            raise BatchFailed(exc.message, None, {}) from None
+        return iter(source), source.total, source
+    items = resolve_items(cn, base)
+    listed: Iterator[tuple[int, Any]] = enumerate(items)
+    if start_at:
+        listed = ((i, x) for i, x in listed if i >= start_at)
+    return listed, len(items), None
+
+
 def run_batch(
     cn: CompiledNode,
     base: Base,
@@ -111,32 +244,153 @@ def run_batch(
     spec = cn.batch
     assert spec is not None
     t0 = time.perf_counter()
-    items = resolve_items(cn, base)
-    count = len(items)
-    bus = services.bus
-    if bus.active:
-        bus.emit(BatchStarted(services.location(cn.id), count, spec.parallel, spec.max_concurrent))
-    results: list[dict[str, Any] | None] = [None] * count
-    durations: list[float] = []
-    errors: list[dict[str, Any]] = []
-    reused = [0]  # items whose recorded outcome was reused (resume)
+    sink = _open_sink(cn, base, services)
+    start_at = sink.head if sink is not None and sink.order == "input" else 0
+    source = None
+    try:
+        items, total, source = _open_items(cn, base, services, start_at)
+        if sink is not None and sink.order != "input" and len(sink.done):
+            done = sink.done
+            items = ((i, x) for i, x in items if i not in done)
+        groups = _Groups(items, spec.group, spec.group_bytes) if spec.group else None
+        stop, collected = _drive(cn, base, services, executor, workflow, iter(groups) if groups else items,
+                                 total, sink, groups)
+    except BaseException:
+        if sink is not None:
+            sink.close(success=False)
+        raise
+    finally:
+        if source is not None:
+            source.close()
+    output = collected.output(stop, (time.perf_counter() - t0) * 1000.0, total)
+    _raise_for(stop, output["errors"], output)
+    return output
 
-    def on_final(out: Outcome) -> None:  # called by the driver, in this thread
-        i: int = out.index  # type: ignore[assignment]  # batch items always have one
-        result = {"index": i, "item": out.item, "attempts": out.attempt}
-        if out.outputs:
-            result.update(out.outputs)
+
+def _open_sink(cn: CompiledNode, base: Base, services: RunServices) -> Any:
+    spec = cn.batch
+    assert spec is not None
+    if spec.results is None or cn.results is None:
+        return None
+    try:
+        resolved = cn.results.resolve(base, _EMPTY)
+    except TemplateError as exc:
+        raise BatchFailed(f"batch.results: {exc.message}", None, {}) from None
+    fields = ["item", "attempts", *(o.name for o in cn.cls.output_specs)]
+    try:
+        return ResultSink(
+            resolved,
+            base_dir=services.workflow_dir,
+            resume=services.root.reuse is not None,
+            default_fields=fields,
+        )
+    except NodeError as exc:
+        raise BatchFailed(exc.message, None, {}) from None
+
+
+class _Collected:
+    """The final results of a batch: a list in input order, or rows in the sink."""
+
+    def __init__(self, cn: CompiledNode, services: RunServices, sink: Any, total: int | None, cache: Any) -> None:
+        self.cn = cn
+        self.services = services
+        self.sink = sink
+        self.cache = cache
+        self.results: list[dict[str, Any] | None] = [None] * (total or 0) if sink is None and total else []
+        self.by_index = sink is None and bool(total)
+        self.errors: list[dict[str, Any]] = list(sink.resumed_errors) if sink is not None else []
+        self.error_count = sink.error_count if sink is not None else 0
+        self.finished = (sink.count if sink is not None else 0)
+        self.seen = 0
+        self.reused = 0
+        self.timing = Timing()
+
+    def add(self, i: int, item: Any, out: Outcome, outputs: dict[str, Any] | None) -> None:
+        result: dict[str, Any] = {"index": i, "item": item, "attempts": out.attempt}
+        if outputs:
+            result.update(outputs)
         if out.reused:
-            reused[0] += 1
+            self.reused += 1
+        self.finished += 1
         if not out.ok:
             result["error"] = out.error
-            errors.append({"index": i, "item": out.item, "error": out.error, "attempts": out.attempt})
-        results[i] = result
-        durations.append(out.duration)
+            self.error_count += 1
+            if self.sink is None or len(self.errors) < ERRORS_KEPT:
+                self.errors.append({"index": i, "item": item, "error": out.error, "attempts": out.attempt})
+        if self.sink is not None:
+            self.sink.write(i, result)
+        elif self.by_index:
+            self.results[i] = result
+        else:
+            self.results.append(result)
+        self.timing.add(out.duration)
 
-    policy = FailurePolicy(spec.error_handling == "fail_fast", count, spec.max_failures, spec.max_failure_rate)
+    def output(self, stop: Stop | None, total_ms: float, total: int | None) -> dict[str, Any]:
+        spec = self.cn.batch
+        assert spec is not None
+        self.errors.sort(key=lambda e: e["index"])
+        count = total if total is not None else self.finished
+        if self.sink is not None:
+            results: Any = self.sink.close(success=stop is None)
+        elif self.by_index:
+            finished = [r for r in self.results if r is not None]
+            results = self.results if len(finished) == len(self.results) else finished
+        else:
+            results = sorted(self.results, key=lambda r: r["index"])
+        meta: dict[str, Any] = {
+            "parallel": spec.parallel,
+            "max_concurrent": spec.max_concurrent,
+            "max_retries": self.cn.max_attempts,
+            "error_handling": spec.error_handling,
+            "completed": self.finished,
+        }
+        if spec.group:
+            meta["group"] = spec.group
+        if self.services.root.reuse is not None:
+            meta["reused"] = self.reused
+        if self.cache is not None:
+            meta.update(self.cache.stats.metadata())
+        meta["timing"] = self.timing.summary(total_ms)
+        meta["llm_usage"] = self.services.ledger.of(self.cn.id)
+        return {
+            "results": results,
+            "count": count,
+            "success_count": self.finished - self.error_count,
+            "error_count": self.error_count,
+            "errors": self.errors,
+            "batch_metadata": meta,
+        }
+
+
+def _drive(
+    cn: CompiledNode,
+    base: Base,
+    services: RunServices,
+    executor: Executor,
+    workflow: CompiledWorkflow | None,
+    items: Iterator[tuple[int, Any]],
+    total: int | None,
+    sink: Any,
+    groups: _Groups | None,
+) -> tuple[Stop | None, _Collected]:
+    spec = cn.batch
+    assert spec is not None
+    bus = services.bus
+    if bus.active:
+        bus.emit(BatchStarted(services.location(cn.id), total, spec.parallel, spec.max_concurrent))
     reuse = _reuse(cn, services)
     cache = _cache(cn, services)
+    collected = _Collected(cn, services, sink, total, cache)
+    primary = cn.cls.primary_output
+
+    def on_final(out: Outcome) -> None:  # called by the driver, in this thread
+        if groups is None:
+            collected.add(out.index, out.item, out, out.outputs)  # type: ignore[arg-type]
+            return
+        for index, item, outputs in groups.spread(out, primary):
+            collected.add(index, item, out, outputs)
+
+    policy = FailurePolicy(spec.error_handling == "fail_fast", total, spec.max_failures, spec.max_failure_rate)
     driver = BatchDriver(
         _job(cn, base, services, workflow),
         executor,
@@ -144,43 +398,14 @@ def run_batch(
         failures=policy,
         on_final=on_final,
         check=_check(reuse, cache),
+        admit=(sink.can_accept if sink is not None and groups is None else None),
     )
     try:
-        stop = driver.run(iter(enumerate(items)))
+        stop = driver.run(items)
     finally:
         if reuse is not None:
             reuse.close()
-
-    errors.sort(key=lambda e: e["index"])
-    durations.sort()
-    total_ms = (time.perf_counter() - t0) * 1000.0
-    finished = [r for r in results if r is not None]
-    output = {
-        "results": results if len(finished) == count else finished,
-        "count": count,
-        "success_count": len(finished) - len(errors),
-        "error_count": len(errors),
-        "errors": errors,
-        "batch_metadata": {
-            "parallel": spec.parallel,
-            "max_concurrent": spec.max_concurrent,
-            "max_retries": cn.max_attempts,
-            "error_handling": spec.error_handling,
-            "completed": len(finished),
-            **({"reused": reused[0]} if services.root.reuse is not None else {}),
-            **(cache.stats.metadata() if cache is not None else {}),
-            "timing": {
-                "total_ms": round(total_ms, 3),
-                "avg_item_ms": round(sum(durations) / len(durations) * 1000.0, 3) if durations else 0.0,
-                "p50_item_ms": round(percentile(durations, 0.5) * 1000.0, 3),
-                "p95_item_ms": round(percentile(durations, 0.95) * 1000.0, 3),
-                "max_item_ms": round(durations[-1] * 1000.0, 3) if durations else 0.0,
-            },
-            "llm_usage": services.ledger.of(cn.id),
-        },
-    }
-    _raise_for(stop, errors, output)
-    return output
+    return stop, collected
 
 
 def _raise_for(stop: Stop | None, errors: list[dict[str, Any]], output: dict[str, Any]) -> None:

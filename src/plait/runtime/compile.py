@@ -36,6 +36,7 @@ class CompiledNode:
     templated: list[tuple[str, Callable[[Base, Local], Any], Callable[[Any, str], Any]]]
     batch: BatchSpec | None
     items: Compiled | None
+    results: Compiled | None
     max_attempts: int
     retry_wait: float
     retry_backoff: str
@@ -101,7 +102,7 @@ def compile_raw(
     graph_in_doubt = any(p.path.startswith(("edges", "start_node")) for p in problems)
     types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
     more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
-    problems += more + _executor_problems(wf)
+    problems += more + _executor_problems(wf) + _stream_problems(wf)
     if problems:
         raise WorkflowInvalid(document_order(problems), file=file)
     nodes = {n.id: _compile_node(n, types[n.type]) for n in wf.nodes}
@@ -133,6 +134,49 @@ def _executor_problems(wf: Workflow) -> list[Problem]:
             problems.append(
                 Problem(wrong, path=path, node_id=node_id, hint=f"executors: {', '.join(executor_names())}")
             )
+    return problems
+
+
+def _stream_problems(wf: Workflow) -> list[Problem]:
+    """Item sources in batch.items, result sinks in batch.results (docs/streaming.md)."""
+    problems: list[Problem] = []
+    readers = []
+    for n in wf.nodes:
+        b = n.batch
+        if b is None:
+            continue
+        path = f"nodes[{n.position}].batch"
+        if isinstance(b.items, dict):
+            from plait.runtime.sources import is_source, validate_source
+
+            if not is_source(b.items):
+                problems.append(Problem("batch.items as an object must be a source with 'from'", f"{path}.items",
+                                        'e.g. {"from": "issues.jsonl"}', node_id=n.id))
+            for message, suffix, hint in validate_source(b.items):
+                problems.append(Problem(message, f"{path}.items{suffix}", hint, node_id=n.id))
+            if b.items.get("from") == "-":
+                readers.append(n.id)
+        if b.results is not None:
+            from plait.runtime.sinks import validate_sink
+
+            for message, suffix, hint in validate_sink(b.results):
+                problems.append(Problem(message, f"{path}.results{suffix}", hint, node_id=n.id))
+    if len(readers) > 1:
+        problems.append(
+            Problem(
+                f"only one batch can read standard input, but {', '.join(readers)} all do",
+                "nodes",
+                "read the others from files",
+            )
+        )
+    if readers and any(spec.stdin for spec in wf.inputs.values()):
+        problems.append(
+            Problem(
+                f"batch '{readers[0]}' reads standard input, and so does an input marked stdin: true",
+                "inputs",
+                "keep one of them on standard input",
+            )
+        )
     return problems
 
 
@@ -187,6 +231,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         templated=templated,
         batch=spec.batch,
         items=compile_value(spec.batch.items, copy=False) if spec.batch is not None else None,
+        results=compile_value(spec.batch.results) if spec.batch is not None and spec.batch.results else None,
         max_attempts=attempts,
         retry_wait=wait,
         retry_backoff=backoff,

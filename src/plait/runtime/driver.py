@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
 from plait.runtime.executors import Executor, Job
 from plait.runtime.items import Attempt, Outcome
+from plait.runtime.sources import BadItem
 
 RETRY_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 300.0
@@ -30,6 +31,7 @@ WINDOW_FACTOR = 2  # attempts in flight per slot: keeps workers fed without a fu
 # they are abandoned (and recorded as interrupted): the run stops within a second.
 STOP_GRACE_S = 0.75
 _WAKE_S = 0.5  # the longest the driver sleeps without looking at the cancel flag
+RATE_FLOOR = 100  # max_failure_rate of a stream without a known total: at least this many items
 
 
 class StopReason(Enum):
@@ -75,7 +77,7 @@ class FailurePolicy:
     max_failures: int | None = None
     max_failure_rate: float | None = None
 
-    def check(self, failures: int) -> Stop | None:
+    def check(self, failures: int, finished: int = 0) -> Stop | None:
         if self.fail_fast:
             return Stop(StopReason.FAIL_FAST, "fail_fast")
         if self.max_failures is not None and failures > self.max_failures:
@@ -84,12 +86,18 @@ class FailurePolicy:
                 f"batch aborted: {failures} items failed, more than max_failures={self.max_failures}",
             )
         # Measured against the whole batch, so the decision does not depend on
-        # which items happened to finish first.
+        # which items happened to finish first. A stream of unknown length
+        # (standard input) is measured against what finished, never fewer than
+        # RATE_FLOOR items, so a bad start does not abort it at once.
         rate = self.max_failure_rate
-        if rate is not None and self.total and failures / self.total > rate:
+        if rate is None:
+            return None
+        of = self.total if self.total is not None else max(finished, RATE_FLOOR)
+        if of and failures / of > rate:
+            shown = f"{failures} of {of}" if self.total is not None else f"{failures} of the {finished} finished"
             return Stop(
                 StopReason.MAX_FAILURE_RATE,
-                f"batch aborted: {failures} of {self.total} items failed, more than "
+                f"batch aborted: {shown} items failed, more than "
                 f"max_failure_rate={rate:g} ({rate * 100:g}%)",
             )
         return None
@@ -206,6 +214,7 @@ class BatchDriver:
         failures: FailurePolicy,
         on_final: Callable[[Outcome], None],
         check: ItemCheck | None = None,
+        admit: Callable[[int], bool] | None = None,
     ) -> None:
         self.job = job
         self.executor = executor
@@ -215,6 +224,11 @@ class BatchDriver:
         #: "already done?": a recorded or cached outcome for an item, before the
         #: executor sees it (the driver then resolves the item's params itself)
         self.check = check
+        #: may item N be launched now? (a results file's bounded reorder buffer says no
+        #: while a slow item holds its head): the driver waits for outcomes meanwhile
+        self.admit = admit
+        self.finished = 0
+        self._next = 0
         slots = max(1, executor.slots)
         self.window = Window(slots * WINDOW_FACTOR if slots > 1 else 1)
         # Sequential means in order: an item's retries come before the next
@@ -267,12 +281,18 @@ class BatchDriver:
                         flying[(attempt.index, attempt.number)] = attempt
                         submit(attempt)
                     while not exhausted and len(flying) < capacity and not (in_order and heap):
+                        if self.admit is not None and not self.admit(self._next):
+                            break
                         try:
                             index, item = next(items)
                         except StopIteration:
                             exhausted = True
                             break
+                        self._next = (index or 0) + 1
                         attempt = Attempt(index, item, 1)
+                        if type(item) is BadItem:  # a malformed record of a source: its failure
+                            self._bad(attempt)
+                            continue
                         if self.check is not None and self._known(attempt):
                             continue
                         flying[(index, 1)] = attempt
@@ -305,6 +325,12 @@ class BatchDriver:
         if self._stopped_at is not None:
             timeout = min(timeout, max(0.0, self._stopped_at + STOP_GRACE_S - time.monotonic()))
         return timeout
+
+    def _bad(self, attempt: Attempt) -> None:
+        out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
+        out.error = attempt.item.message
+        out.retryable = False
+        self._handle(out)
 
     def _known(self, attempt: Attempt) -> bool:
         """Resolve the item here and ask ``check``; True when it was settled without running."""
@@ -374,6 +400,7 @@ class BatchDriver:
                         reused=out.reused, cached=out.cached, at=out.started + out.duration,
                     )
                 )
+            self.finished += 1
             self.on_final(out)
             self._settled(out)
             return
@@ -407,10 +434,11 @@ class BatchDriver:
                 )
             )
         self.failed += 1
+        self.finished += 1
         self.on_final(out)
         self._settled(out)
         if self.stop is None:
-            stop = self.failures.check(self.failed)
+            stop = self.failures.check(self.failed, self.finished)
             if stop is not None:
                 self._halt(stop)
 

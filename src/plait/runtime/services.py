@@ -122,6 +122,8 @@ class RunServices(Services):
         #: the run being resumed (its recorded results are reused), root only
         self.resumed_from: str | None = None
         self.reuse: Any = None  # a ReuseSource (runtime/resume.py) when resuming
+        #: what a batch reading {"from": "-"} reads (the CLI's stdin, or --items FILE), root only
+        self.stdin: Any = None
         #: the run's item cache: "default" (each node's own setting), "on", "off" or "refresh"
         self.cache_mode = "default"
         self._cache: Any = None

@@ -128,9 +128,14 @@ def check_workflow(
         if n.batch is not None:
             local = (n.batch.alias, "__index__", *local)
             items_c = compile_value(n.batch.items)
+            if n.batch.results is not None:
+                for ref in compile_value(n.batch.results).refs:
+                    check_ref(ref, f"{npath}.batch.results", n.id, ())
             for ref in items_c.refs:
                 check_ref(ref, f"{npath}.batch.items", n.id, ())
-            if items_c.static and not isinstance(n.batch.items, list | str) and n.batch.items is not None:
+            if isinstance(n.batch.items, dict):
+                pass  # a source object: checked with the sources (runtime/sources.py)
+            elif items_c.static and not isinstance(n.batch.items, list | str) and n.batch.items is not None:
                 problems.append(
                     Problem(
                         f"batch.items must be a list or a template, not {value_type(n.batch.items)}",
