@@ -52,6 +52,7 @@ from plait.nodes.base import (
     Services,
     Usage,
 )
+from plait.nodes import llm_models
 from plait.nodes.llm_models import MODEL_ENV_VAR
 
 # Options a workflow may give as params of their own; they go to the model
@@ -70,7 +71,7 @@ _MIN_SECRET = 6
 class LlmCall:
     """Everything ``exec`` needs, taken from the item's params in ``prep``."""
 
-    __slots__ = ("api_base", "ctx", "images", "key", "model", "options", "prompt", "schema", "system")
+    __slots__ = ("api_base", "ctx", "images", "key", "model", "model_key", "options", "prompt", "schema", "system")
 
     def __init__(
         self,
@@ -93,11 +94,8 @@ class LlmCall:
         self.images = images
         self.key = key
         self.api_base = api_base
-
-    @property
-    def model_key(self) -> tuple[str, str, bool]:
         # A model made for an api_base differs with and without a key (see llm_models).
-        return (self.model or "", self.api_base or "", bool(self.api_base and self.key))
+        self.model_key = (model or "", api_base or "", bool(api_base and key))
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -114,8 +112,6 @@ class ModelInfo:
     __slots__ = ("attachment_types", "can_stream", "chat", "id", "model", "openai", "provider", "schema")
 
     def __init__(self, model: Any) -> None:
-        from plait.nodes import llm_models
-
         self.model = model
         self.id = str(model.model_id)
         self.provider = llm_models.provider_of(model)
@@ -207,16 +203,16 @@ class LlmNode(PlaitNode):
 
     @classmethod
     def warm_up(cls, services: Services) -> None:
-        from plait.nodes.llm_models import load_llm
-
-        load_llm()
+        llm_models.load_llm()
 
     # -- one item ----------------------------------------------------------------
 
     def prep(self, shared: ItemContext) -> LlmCall:
         p = shared.params
-        prompt = _as_text(p.get("prompt"))
-        if not prompt or not prompt.strip():
+        prompt = p.get("prompt")
+        if type(prompt) is not str:
+            prompt = _as_text(prompt)
+        if not prompt or prompt.isspace():
             raise _invalid("'prompt' is empty")
         system = p.get("system")
         system = (_as_text(system) or None) if system is not None else None
@@ -227,7 +223,10 @@ class LlmNode(PlaitNode):
                 raise _invalid(f"'model' must be a string, got {type(model).__name__}")
             model = model.strip() or None
 
-        options = _options(p)
+        if p.get("options") is None and p.get("temperature") is None and p.get("max_tokens") is None:
+            options: dict[str, Any] = {}
+        else:
+            options = _options(p)
         schema = p.get("schema")
         if schema is not None and not isinstance(schema, dict):
             raise _invalid(f"'schema' must be a JSON schema object, got {type(schema).__name__}")
@@ -264,26 +263,29 @@ class LlmNode(PlaitNode):
         )
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
-        from plait.nodes import llm_models
-
         call = prep_res
         info = self._model(call)
         self._check_call(call, info)
         attachments = self._attachments(call, info) if call.images else None
         if info.openai:
             llm_models.forget_headers()
+        # Only what is set: llm folds unknown keywords into options, which costs.
+        extra: dict[str, Any] = {}
+        if attachments:
+            extra["attachments"] = attachments
+        if call.key is not None:
+            extra["key"] = call.key
         try:
             response = info.model.prompt(
                 call.prompt,
                 system=call.system,
                 schema=call.schema,
-                attachments=attachments,
                 # Stream when the model can, as the llm CLI does: the OpenAI plugin's
                 # streaming path tolerates servers that report no usage; its
                 # one-shot path crashes on them.
                 stream=info.can_stream,
                 options=call.options or None,
-                key=call.key,
+                **extra,
             )
             text = response.text()
             usage = response.usage()
@@ -325,9 +327,7 @@ class LlmNode(PlaitNode):
         with self._lock:
             info = self._models.get(key)
             if info is None:
-                from plait.nodes.llm_models import resolve
-
-                info = ModelInfo(resolve(call.model, call.api_base, keyed=key[2]))
+                info = ModelInfo(llm_models.resolve(call.model, call.api_base, keyed=key[2]))
                 self._models[key] = info
         return info
 
@@ -335,9 +335,7 @@ class LlmNode(PlaitNode):
         if call.options:
             marker = (info.id, _freeze(call.options))
             if marker not in self._checked:
-                from plait.nodes.llm_models import option_problems
-
-                problems = option_problems(info.model, info.id, call.options)
+                problems = llm_models.option_problems(info.model, info.id, call.options)
                 if problems:
                     raise _invalid(problems[0])
                 self._checked.add(marker)
@@ -419,9 +417,7 @@ class LlmNode(PlaitNode):
         return {"response": parsed, "llm_usage": llm_usage}
 
     def _call_error(self, exc: Exception, call: LlmCall, info: ModelInfo) -> NodeError:
-        from plait.nodes.llm_models import load_llm
-
-        llm = load_llm()
+        llm = llm_models.load_llm()
         if isinstance(exc, NodeError):
             return exc
         if isinstance(exc, llm.NeedsKeyException):
@@ -563,17 +559,15 @@ def _static_problems(params: dict[str, Any]) -> list[tuple[str, str | None]]:
     if not isinstance(model, str) or not model.strip() or _templated(model) or _templated(api_base):
         return problems
 
-    from plait.nodes.llm_models import option_problems, resolve
-
     try:
-        model_obj = resolve(model.strip(), api_base.strip() if isinstance(api_base, str) else None)
+        model_obj = llm_models.resolve(model.strip(), api_base.strip() if isinstance(api_base, str) else None)
     except NodeError as exc:
         add(exc.message, "model")
         return problems
     info = ModelInfo(model_obj)
     for name, value, where in given:
         unchecked = (name,) if _templated(value) else ()
-        for message in option_problems(model_obj, info.id, {name: value}, unchecked):
+        for message in llm_models.option_problems(model_obj, info.id, {name: value}, unchecked):
             add(message, where)
     if schema is not None and not info.schema:
         add(_no_schema_message(info.id), "schema")
@@ -630,9 +624,7 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 def _attachment(image: str, number: int, info: ModelInfo) -> Any:
     """An ``llm.Attachment`` for one entry of ``images``, its type known (so llm
     does not guess it again) and accepted by the model."""
-    from plait.nodes.llm_models import load_llm
-
-    llm = load_llm()
+    llm = llm_models.load_llm()
     from llm.utils import mimetype_from_path, mimetype_from_string
 
     which = f"image {number} of 'images'"
