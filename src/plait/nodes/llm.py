@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from plait.nodes import llm_models
 from plait.nodes.base import (
     Demand,
     ItemContext,
@@ -52,7 +53,6 @@ from plait.nodes.base import (
     Services,
     Usage,
 )
-from plait.nodes import llm_models
 from plait.nodes.llm_models import MODEL_ENV_VAR
 
 # Options a workflow may give as params of their own; they go to the model
@@ -208,36 +208,34 @@ class LlmNode(PlaitNode):
     # -- one item ----------------------------------------------------------------
 
     def prep(self, shared: ItemContext) -> LlmCall:
-        p = shared.params
-        prompt = p.get("prompt")
+        get = shared.params.get
+        prompt = get("prompt")
         if type(prompt) is not str:
             prompt = _as_text(prompt)
         if not prompt or prompt.isspace():
             raise _invalid("'prompt' is empty")
-        system = p.get("system")
-        system = (_as_text(system) or None) if system is not None else None
-
-        model = p.get("model")
+        system = get("system")
+        if system is not None:
+            system = _as_text(system) or None
+        model = get("model")
         if model is not None:
             if not isinstance(model, str):
                 raise _invalid(f"'model' must be a string, got {type(model).__name__}")
             model = model.strip() or None
 
-        if p.get("options") is None and p.get("temperature") is None and p.get("max_tokens") is None:
+        if get("options") is None and get("temperature") is None and get("max_tokens") is None:
             options: dict[str, Any] = {}
         else:
-            options = _options(p)
-        schema = p.get("schema")
+            options = _options(shared.params)
+        schema = get("schema")
         if schema is not None and not isinstance(schema, dict):
             raise _invalid(f"'schema' must be a JSON schema object, got {type(schema).__name__}")
-
-        images = p.get("images")
+        images = get("images")
         images = _images(images) if images else ()
-
-        key = p.get("key")
+        key = get("key")
         if key is not None and not isinstance(key, str):
             raise _invalid(f"'key' must be a string (a key, or the name of a stored key), got {type(key).__name__}")
-        api_base = p.get("api_base")
+        api_base = get("api_base")
         if api_base is not None:
             problem = _api_base_problem(api_base)
             if problem:
@@ -264,17 +262,17 @@ class LlmNode(PlaitNode):
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
         call = prep_res
-        info = self._model(call)
-        self._check_call(call, info)
-        attachments = self._attachments(call, info) if call.images else None
-        if info.openai:
-            llm_models.forget_headers()
+        info = self._models.get(call.model_key) or self._model(call)
         # Only what is set: llm folds unknown keywords into options, which costs.
         extra: dict[str, Any] = {}
-        if attachments:
-            extra["attachments"] = attachments
+        if call.options or call.schema is not None or call.images:
+            self._check_call(call, info)
+            if call.images:
+                extra["attachments"] = self._attachments(call, info)
         if call.key is not None:
             extra["key"] = call.key
+        if info.openai:
+            llm_models.forget_headers()
         try:
             response = info.model.prompt(
                 call.prompt,
@@ -291,15 +289,15 @@ class LlmNode(PlaitNode):
             usage = response.usage()
         except Exception as exc:
             raise self._call_error(exc, call, info) from exc
-        headers = llm_models.last_headers() if info.openai else None
+        details = usage.details
         return self.finish(
             call,
             info.id,
             text,
             _tokens(usage.input),
             _tokens(usage.output),
-            _cached_tokens(usage.details),
-            headers,
+            _cached_tokens(details) if details else 0,
+            llm_models.last_headers() if info.openai else None,
         )
 
     async def exec_async(self, prep_res: LlmCall) -> dict[str, Any]:
@@ -391,7 +389,7 @@ class LlmNode(PlaitNode):
             "model": model_id,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cost_usd": getattr(recorded, "cost_usd", None),
+            "cost_usd": recorded.cost_usd if recorded is not None else None,
         }
         if cached_tokens:
             llm_usage["cached_tokens"] = cached_tokens
@@ -563,6 +561,9 @@ def _static_problems(params: dict[str, Any]) -> list[tuple[str, str | None]]:
         model_obj = llm_models.resolve(model.strip(), api_base.strip() if isinstance(api_base, str) else None)
     except NodeError as exc:
         add(exc.message, "model")
+        return problems
+    except Exception as exc:  # a plugin that fails to load or to list its models
+        add(f"could not look model '{model.strip()}' up in llm: {_detail(exc)}", "model")
         return problems
     info = ModelInfo(model_obj)
     for name, value, where in given:
@@ -940,7 +941,7 @@ def _as_text(value: Any) -> str:
 
 
 def _tokens(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if type(value) is int else 0
 
 
 def _cached_tokens(details: Any) -> int:

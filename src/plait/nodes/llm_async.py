@@ -107,11 +107,14 @@ async def chat(node: LlmNode, call: LlmCall, info: ModelInfo) -> dict[str, Any]:
 
     services = call.ctx.services
     session = await services.async_resource(SESSION_KEY, _new_session, _close_session)
-    if call.images:
-        # Reading files and asking a URL for its type block: not on the loop.
-        url, headers, body = await asyncio.to_thread(request_of, node, call, info)
-    else:
-        url, headers, body = request_of(node, call, info)
+    try:
+        if call.images:
+            # Reading files and asking a URL for its type block: not on the loop.
+            url, headers, body = await asyncio.to_thread(request_of, node, call, info)
+        else:
+            url, headers, body = request_of(node, call, info)
+    except Exception as exc:  # what llm raises for a request the model cannot take, as on the sync path
+        raise node._call_error(exc, call, info) from exc
     try:
         async with session.post(url, data=body, headers=headers) as response:
             status = response.status
