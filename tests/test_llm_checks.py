@@ -328,11 +328,13 @@ def test_an_echo_workflow_never_imports_openai_or_aiohttp(llm_home):
 
 
 def test_openai_is_imported_when_an_openai_model_is_called(server, llm_home):
+    # eight threads reach for the deferred module at once
     code = (
         "import plait\n"
         "from plait.nodes.llm_models import deferred_loaded\n"
-        "wf = {'nodes': [{'id': 'a', 'type': 'llm', 'params': {'prompt': 'hi', 'model': 'local-test'}}]}\n"
-        "r = plait.run(wf)\n"
+        "wf = {'nodes': [{'id': 'a', 'type': 'llm', 'params': {'prompt': 'hi ${item}', 'model': 'local-test'},"
+        " 'batch': {'items': list(range(8)), 'parallel': True, 'max_concurrent': 8}}]}\n"
+        "r = plait.run(wf, executor='threads')\n"
         "import openai\n"
         "print(r.ok, deferred_loaded('openai'), openai.OpenAI.__name__)\n"
     )

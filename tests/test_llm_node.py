@@ -818,6 +818,30 @@ def test_cli_parallel_batch_usage_adds_up(server, run_llm_workflow, executor):
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
+def test_cli_a_batch_rides_out_429s_with_retry_after(server, run_llm_workflow, executor):
+    server.rate_limit(3, retry_after=0.05)
+    ir = {
+        "nodes": [
+            {
+                "id": "ask",
+                "type": "llm",
+                "params": {"prompt": "hi ${item}", "model": "local-test"},
+                "batch": {"items": list(range(5)), "parallel": True, "max_concurrent": 5, "max_retries": 5},
+            }
+        ],
+        "outputs": {"batch": {"source": "${ask}"}},
+    }
+
+    result = run_llm_workflow(ir, "--executor", executor)
+
+    assert result.code == 0, result
+    batch = result.json["outputs"]["batch"]
+    assert batch["success_count"] == 5
+    assert server.failed_count == 3  # the three 429s were answered, then retried
+    assert result.json["llm_usage"]["calls"] == 5  # only answered calls cost tokens
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 def test_cli_an_answer_that_misses_the_schema_is_retried_until_one_fits(server, run_llm_workflow, executor):
     answers: dict[str, int] = {}
 

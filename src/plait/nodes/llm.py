@@ -242,6 +242,7 @@ class LlmNode(PlaitNode):
                 raise _invalid(problem)
             if not model:
                 raise _invalid("'api_base' needs 'model': the name of the model on that server")
+            api_base = api_base.strip()
         return LlmCall(shared, prompt, system, model, options, schema or None, images, key or None, api_base or None)
 
     def demand(self, prep_res: LlmCall) -> Demand | None:
