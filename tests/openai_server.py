@@ -11,7 +11,12 @@ Knobs a test can turn:
 
 * ``reply``: the answer text, or a function of the request body (so a parallel
   batch can echo each item's prompt back).
-* ``usage``: token counts to report, or ``None`` to report none.
+* ``usage``: token counts to report, or ``None`` to report none; a
+  ``cached_tokens`` entry is reported as OpenAI does
+  (``prompt_tokens_details.cached_tokens``).
+* ``echo_key_in_errors``: error answers end with the bearer token the request
+  carried, as some providers' "incorrect API key" messages do (to show that the
+  client keeps it out of its own messages).
 * ``rate_limit(times, retry_after)``: answer 429 with ``Retry-After`` that many
   times before answering normally; ``fail(times, status)`` does the same with
   any error status.
@@ -109,6 +114,7 @@ class OpenAIServer:
         self.ok_count = 0
         self.throttled_count = 0
         self._limits: _Limits | None = None
+        self.echo_key_in_errors = False
 
     # -- control ---------------------------------------------------------
 
@@ -335,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
         if failure is not None:
             status, retry_after = failure
             message, code = _ERRORS.get(status, ("The server had an error", "server_error"))
+            if owner.echo_key_in_errors:
+                message += ": " + headers.get("authorization", "").removeprefix("Bearer ")
             extra = dict(limit_headers)
             if retry_after is not None:
                 extra["Retry-After"] = retry_after
@@ -355,16 +363,19 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             owner._done()
 
-    def _usage(self) -> dict[str, int] | None:
+    def _usage(self) -> dict[str, Any] | None:
         usage = self.owner.usage
         if usage is None:
             return None
         prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-        return {
+        out: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if "cached_tokens" in usage:
+            out["prompt_tokens_details"] = {"cached_tokens": usage["cached_tokens"]}
+        return out
 
     def _send_completion(self, body: dict[str, Any], text: str) -> None:
         payload: dict[str, Any] = {
@@ -439,6 +450,7 @@ def write_llm_config(
     model_id: str = "local-test",
     api_key: str = "sk-local-test",
     supports_schema: bool = True,
+    vision: bool = False,
     default_model: str | None = None,
 ) -> Path:
     """Make ``user_dir`` an ``LLM_USER_PATH`` in which ``model_id`` talks to ``base_url``.
@@ -456,6 +468,8 @@ def write_llm_config(
     ]
     if supports_schema:
         lines.append("  supports_schema: true")
+    if vision:
+        lines.append("  vision: true")
     (user_dir / "extra-openai-models.yaml").write_text("\n".join(lines) + "\n")
     keys_path = user_dir / "keys.json"
     keys = json.loads(keys_path.read_text()) if keys_path.exists() else {}
