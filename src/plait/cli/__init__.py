@@ -22,7 +22,7 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 
-_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor")
+_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor", "--scheduler")
 
 
 def _looks_like_workflow(word: str) -> bool:
@@ -165,6 +165,12 @@ def _errors(
     help="Where batch items run: auto, sequential, threads, or an installed executor "
     "(a batch's own 'executor' field still wins).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
+    "else a local cluster). Implies --executor dask when no --executor is given.",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -174,6 +180,7 @@ def run(
     quiet: bool,
     no_record: bool,
     executor: str | None,
+    scheduler: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -194,6 +201,7 @@ def run(
             nodes_paths=nodes_paths,
             record=not no_record,
             executor=executor,
+            scheduler=scheduler,
         )
     sys.exit(code)
 

@@ -47,6 +47,9 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._loaded: dict[str, type[PlaitNode]] = {}
         self._sources: dict[str, str] = dict.fromkeys(BUILTINS, "built-in")
         self._entry_points_read = False
+        #: the .py files ``load_path`` found node types in, resolved, in load order
+        #: (an executor that runs items in other processes loads them there too)
+        self.paths: list[Path] = []
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -122,6 +125,7 @@ class Registry(Mapping[str, type[PlaitNode]]):
                     f"error while importing node file {file}: {type(exc).__name__}: {exc}",
                     hint="run the file with python to see the full error",
                 )
+            before = len(found)
             for obj in vars(module).values():
                 if (
                     inspect.isclass(obj)
@@ -131,6 +135,9 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 ):
                     self.register(obj, f"file {file}")
                     found.append(obj.type_name)
+            resolved = file.resolve()
+            if len(found) > before and resolved not in self.paths:
+                self.paths.append(resolved)
         if not found:
             raise UsageError(
                 f"no node types found in {p}",
