@@ -22,7 +22,7 @@ def shared_threads() -> Any:
             n_workers=2,
             threads_per_worker=2,
             processes=False,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
             silence_logs=logging.ERROR,
         )
     return _shared
@@ -49,11 +49,11 @@ def scheduler(address: str) -> Iterator[str]:
             os.environ["PLAIT_DASK_SCHEDULER"] = before
 
 
-def plait_tasks(client: Any) -> list[str]:
-    """The chunk tasks of plait's the scheduler still holds."""
+def plait_tasks(client: Any) -> dict[str, str]:
+    """plait's chunk tasks that the scheduler holds, with their states."""
 
-    def keys(dask_scheduler: Any) -> list[str]:
-        return [str(k) for k in dask_scheduler.tasks if str(k).startswith("plait-chunk-")]
+    def states(dask_scheduler: Any) -> dict[str, str]:
+        return {str(k): ts.state for k, ts in dask_scheduler.tasks.items() if str(k).startswith("plait-chunk-")}
 
-    result: list[str] = client.run_on_scheduler(keys)
+    result: dict[str, str] = client.run_on_scheduler(states)
     return result

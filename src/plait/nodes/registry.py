@@ -47,9 +47,9 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._loaded: dict[str, type[PlaitNode]] = {}
         self._sources: dict[str, str] = dict.fromkeys(BUILTINS, "built-in")
         self._entry_points_read = False
-        #: the .py files ``load_path`` found node types in, resolved, in load order
-        #: (an executor that runs items in other processes loads them there too)
-        self.paths: list[Path] = []
+        #: the .py files ``load_path`` found node types in (resolved path -> the
+        #: source as loaded), so an executor can load them in other processes too
+        self.node_files: dict[str, str] = {}
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -119,6 +119,7 @@ class Registry(Mapping[str, type[PlaitNode]]):
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             try:
+                source = file.read_text(encoding="utf-8")
                 spec.loader.exec_module(module)
             except Exception as exc:
                 raise UsageError(
@@ -135,9 +136,8 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 ):
                     self.register(obj, f"file {file}")
                     found.append(obj.type_name)
-            resolved = file.resolve()
-            if len(found) > before and resolved not in self.paths:
-                self.paths.append(resolved)
+            if len(found) > before:
+                self.node_files[str(file.resolve())] = source
         if not found:
             raise UsageError(
                 f"no node types found in {p}",

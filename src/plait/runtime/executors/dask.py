@@ -174,7 +174,8 @@ def _open(address: str | None) -> _Connection:
             n_workers=workers,
             threads_per_worker=threads,
             processes=True,
-            dashboard_address=None,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # its HTTP server runs anyway: on a free port, here only
             silence_logs=logging.ERROR,
         )
         try:
@@ -440,6 +441,8 @@ class DaskExecutor:
             self._done.put((chunk, None, exc))
         else:
             self._done.put((chunk, result, None))
+        finally:
+            future.release()  # the scheduler forgets the task now, not when this object is collected
 
     def _fill(self) -> None:
         """Send what is waiting while there is room; when little is left (the end
@@ -594,10 +597,7 @@ def job_spec(job: Job, key: str) -> dict[str, Any]:
         )
     services = job.services
     registry = services.registry
-    node_files = []
-    for path in getattr(registry, "paths", ()):
-        source = Path(path).read_text(encoding="utf-8")
-        node_files.append((str(path), source))
+    node_files = list(getattr(registry, "node_files", {}).items())
     spec = workflow.workflow.node(job.node.id)
     roots = template_roots(spec.params)
     base = {root: job.base[root] for root in sorted(roots) if root in job.base}
