@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import plait
-from conftest import Result, plait_env
+from conftest import Result, plait_env, popen_cli
 from plait.runtime.events import Event, ItemFinished, NodeStarted, RunStarted
 
 pytest.importorskip("distributed")
@@ -366,6 +366,33 @@ def test_without_a_scheduler_a_local_cluster_runs_the_run_and_is_closed(tmp_path
             break
         time.sleep(0.05)
     assert gone
+
+
+def test_ctrl_c_stops_the_items_running_on_worker_processes(processes: Any, tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    wf = tmp_path / "wf.json"
+    # Items that would sleep a minute unless the run is cancelled on the worker too.
+    wf.write_text(json.dumps(batch(list(range(8)), {"type": "probe", "params": {
+        "value": "${item}", "sleep": 60, "log": str(log)}}, max_concurrent=2)))
+    proc = popen_cli("run", str(wf), "--scheduler", processes.scheduler.address, "--nodes", PROBE, "-q", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text().count("start") >= 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.exists(), proc.stderr
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    # Both items that were running stopped sleeping and ended, long before their minute.
+    deadline = time.monotonic() + 20
+    while log.read_text().count("end") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert sum(line.startswith("start") for line in lines) == 2
+    assert sum(line.startswith("end") for line in lines) == 2
 
 
 # -- a worker dies mid-batch

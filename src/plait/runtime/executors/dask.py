@@ -260,7 +260,6 @@ class DaskExecutor:
         self._ready: deque[tuple[Outcome, list[Any] | None]] = deque()
         self._stopped = False
         self._interrupted = False
-        self._signalled = False
         self._fetchers: ThreadPoolExecutor | None = None
         # chunk sizing
         self._window = 1  # chunks in flight at most
@@ -390,15 +389,18 @@ class DaskExecutor:
         client = self._client
         try:
             flying = [c.future for c in self._chunks.values() if c.future is not None]
-            if flying:  # abandoned after an interrupt: stop them where they are
-                self._signal("stop")
+            if flying:  # abandoned after an interrupt
                 client.cancel(flying)
             self._chunks.clear()
             if self._spec is not None:
+                # Both flags up: chunks still running stop, and every worker's watcher
+                # returns from its wait for good (a wait left open on the scheduler
+                # is logged as an error when that scheduler closes).
+                self._signal("stop")
+                self._signal("interrupt")
                 client.run(_forget, self._key, on_error="ignore")
                 self._spec.release()
                 self._spec = None
-            if self._signalled:
                 from distributed import Event
 
                 for which in ("stop", "interrupt"):
@@ -558,7 +560,6 @@ class DaskExecutor:
     def _signal(self, which: str) -> None:
         from distributed import Event
 
-        self._signalled = True
         try:
             Event(_event_name(self._key, which), client=self._client).set()
         except Exception as exc:
@@ -736,7 +737,10 @@ class _WorkerJob:
         services = RunServices(registry, bus, spec["directory"], run_id=spec["run_id"])
         services.stack = tuple(spec["stack"])
         self.services = services
-        self._watch()
+        try:
+            self._watch()
+        except Exception as exc:  # items still run; only stopping them early is lost
+            log.warning("plait: cannot follow the driver's stop flag on this worker: %s", exc)
 
     def _watch(self) -> None:
         """Follow the driver's stop and interrupt flags from a thread of our own."""
