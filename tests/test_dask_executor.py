@@ -294,17 +294,23 @@ def test_custom_nodes_load_on_the_workers_even_when_the_file_is_gone(on_processe
 def test_a_batch_of_sub_workflows_tells_their_events_and_usage(on_processes: Any) -> None:
     child = {
         "inputs": {"n": {"type": "integer"}},
-        "nodes": [{"id": "u", "type": "usage-probe", "params": {"tokens": "${n}"}}],
-        "outputs": {"tokens": {"source": "${u.tokens}"}},
+        "nodes": [
+            {"id": "u", "type": "usage-probe", "params": {"tokens": "${n}"}},
+            # A batch asking for dask inside an item on a worker runs there, on threads.
+            {"id": "inner", "type": "echo", "params": {"v": "${item}"},
+             "batch": {"items": [1, 2], "parallel": True, "executor": "dask"}},
+        ],
+        "edges": [{"from": "u", "to": "inner"}],
+        "outputs": {"tokens": {"source": "${u.tokens}"}, "inner": {"source": "${inner.success_count}"}},
     }
     wf = batch([1, 2, 3], {"type": "workflow", "params": {"workflow_ir": child, "inputs": {"n": "${item}"}}})
     events: list[Event] = []
     result = plait.run(wf, executor="dask", nodes=[DASK_NODES], on_event=events.append)
     assert result.ok, result.errors
-    assert [r["tokens"] for r in result.outputs["results"]] == [1, 2, 3]
+    assert [(r["tokens"], r["inner"]) for r in result.outputs["results"]] == [(1, 2), (2, 2), (3, 2)]
     assert result.llm_usage["input_tokens"] == 6
     nested = sorted(str(e.loc) for e in events if isinstance(e, ItemFinished) and e.loc.path)
-    assert nested == ["b[0]/u", "b[1]/u", "b[2]/u"]
+    assert nested == ["b[0]/inner"] * 2 + ["b[0]/u"] + ["b[1]/inner"] * 2 + ["b[1]/u"] + ["b[2]/inner"] * 2 + ["b[2]/u"]
     assert sorted(e.path for e in events if isinstance(e, RunStarted) and e.path) == [
         (("b", 0),), (("b", 1),), (("b", 2),)
     ]

@@ -96,10 +96,17 @@ FETCHERS = 4
 MAX_WORKER_JOBS = 8
 
 
-def factory(slots: int, name: str) -> DaskExecutor:
+def factory(slots: int, name: str) -> Any:
     """The ``plait.executors`` entry point: ``slots`` is the batch's ``max_concurrent``
     (1 for a sequential batch)."""
     import importlib.util
+
+    if getattr(_in_chunk, "active", False):
+        # A batch inside a sub-workflow that is itself an item on a worker: it runs
+        # there, on threads, rather than starting a cluster inside a worker.
+        from plait.runtime.executors import make_executor
+
+        return make_executor("auto", parallel=slots > 1, slots=slots, job_name=name)
 
     if importlib.util.find_spec("distributed") is None:
         raise UsageError(
@@ -316,7 +323,14 @@ class DaskExecutor:
         services.root.resource(f"plait.executors.dask:{address or 'local'}", partial(_acquire, address), _release)
         try:
             spec = job_spec(job, self._key)
-            self._spec = self._client.scatter([spec], broadcast=True, hash=False)[0]
+            try:
+                self._spec = self._client.scatter([spec], broadcast=True, hash=False)[0]
+            except (TypeError, ValueError, AttributeError, pickle.PicklingError) as exc:
+                raise UsageError(
+                    f"node '{job.node.id}' cannot run on the dask executor: what it reads cannot be "
+                    f"sent to the workers ({type(exc).__name__}: {exc})",
+                    hint="run it with --executor threads",
+                ) from None
         except BaseException:
             self.close()  # the driver calls close() only once start() has returned
             raise
@@ -801,15 +815,23 @@ class _WorkerJob:
             services.close()
 
     def run(self, attempts: list[tuple[int | None, Any, int]], lane: int) -> list[Any]:
-        from plait.runtime.items import run_attempt
-
         if self.error is not None:
             return [
                 (time.time(), 0.0, False, None, self.error, False, None, "default", False, None) for _ in attempts
             ]
+        packed: list[Any] = []
+        _in_chunk.active = True
+        try:
+            self._run(attempts, lane, packed)
+        finally:
+            _in_chunk.active = False
+        return packed
+
+    def _run(self, attempts: list[tuple[int | None, Any, int]], lane: int, packed: list[Any]) -> None:
+        from plait.runtime.items import run_attempt
+
         node, base, services = self.node, self.base, self.services
         stopping, collecting = self.stopping, self.collecting
-        packed: list[Any] = []
         for index, item, number in attempts:
             if stopping.is_set():
                 packed.append(None)
@@ -827,9 +849,9 @@ class _WorkerJob:
                     out.retry_after, out.action, False, bucket or None,
                 )
             )
-        return packed
 
 
+_in_chunk = threading.local()  # set while this thread runs a chunk's attempts
 _worker_jobs: OrderedDict[str, _WorkerJob] = OrderedDict()
 _worker_lock = threading.Lock()
 
