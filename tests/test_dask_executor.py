@@ -291,6 +291,24 @@ def test_custom_nodes_load_on_the_workers_even_when_the_file_is_gone(on_processe
     assert result.llm_usage == expected
 
 
+def test_a_node_that_cannot_be_set_up_on_a_worker_fails_its_batch_saying_why(
+    on_processes: Any, tmp_path: Path
+) -> None:
+    node_file = tmp_path / "picky_nodes.py"
+    source = (HERE / "dask_nodes.py").read_text().replace("from __future__ import annotations\n", "")
+    node_file.write_text(
+        "import os\n"
+        "if os.environ.get('PLAIT_TEST_SECRET') == 'from-the-worker':\n"
+        "    raise ImportError('this library is not installed on the workers')\n" + source
+    )
+    wf = batch([1, 2], {"type": "usage-probe", "params": {"tokens": "${item}"}})
+    result = plait.run(wf, executor="dask", nodes=[node_file])
+    assert result.status == "failed"
+    message = result.errors[0]["message"]
+    assert "the Dask worker could not set node 'b' up" in message
+    assert "this library is not installed on the workers" in message
+
+
 def test_a_batch_of_sub_workflows_tells_their_events_and_usage(on_processes: Any) -> None:
     child = {
         "inputs": {"n": {"type": "integer"}},

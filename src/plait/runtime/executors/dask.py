@@ -268,6 +268,7 @@ class DaskExecutor:
         self._stopped = False
         self._interrupted = False
         self._fetchers: ThreadPoolExecutor | None = None
+        self._closed = False
         # chunk sizing
         self._window = 1  # chunks in flight at most
         self._max_chunk = 1
@@ -397,6 +398,7 @@ class DaskExecutor:
                     chunk.cancelled = False
 
     def close(self) -> None:
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -443,6 +445,8 @@ class DaskExecutor:
     def _landed(self, chunk: _Chunk, future: Any) -> None:  # on Dask's one callback thread
         # Fetching a result is a round trip to the cluster; done on that thread they
         # queue up behind one another, so a few threads of our own fetch them at once.
+        if self._closed:
+            return
         if self._fetchers is None:
             self._fetchers = ThreadPoolExecutor(FETCHERS, thread_name_prefix=f"plait-dask-fetch-{self._name}")
         try:
@@ -725,6 +729,9 @@ class _WorkerJob:
             self._set_up(spec)
         except Exception as exc:
             message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            problems = getattr(exc, "problems", None)  # the workflow does not compile here
+            if problems:
+                message += ": " + "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
             self.error = f"the Dask worker could not set node '{spec['node']}' up: {message}"
 
     def _set_up(self, spec: dict[str, Any]) -> None:
