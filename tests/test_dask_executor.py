@@ -461,3 +461,31 @@ def test_a_worker_killed_mid_batch_has_its_items_run_elsewhere(on_processes: Any
     index, pid = killed[0]
     runs = [line.split()[2] for line in log.read_text().splitlines() if line.startswith(f"start {index} ")]
     assert runs[0] == str(pid) and len(runs) == 2 and runs[1] != str(pid)  # its side effect happened twice
+
+
+def test_an_item_that_kills_its_worker_fails_alone() -> None:
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    # Dask gives up on a task at the first worker it kills (the default is the third).
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+            silence_logs=logging.CRITICAL,
+        )
+    try:
+        code = "import os, time\ntime.sleep(0.01)\nif i == 30:\n    os._exit(1)\nresult = i"
+        wf = batch(list(range(40)), {"type": "code", "params": {"code": code, "inputs": {"i": "${item}"}}},
+                   error_handling="continue")
+        with dask_cluster.scheduler(cluster.scheduler_address):
+            result = plait.run(wf, executor="dask")
+    finally:
+        cluster.close()
+    assert result.ok, result.errors
+    out = result.outputs
+    assert [e["index"] for e in out["errors"]] == [30]
+    assert "the Dask worker running this item died" in out["errors"][0]["error"]
+    # The items that shared its chunk were run again on their own, and succeeded.
+    assert [r["result"] for r in out["results"] if r["index"] != 30] == [i for i in range(40) if i != 30]

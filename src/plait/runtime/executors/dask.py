@@ -10,7 +10,8 @@ when a batch runs on it.
 What crosses the wire is plain data, never a compiled node (those hold
 closures and locks):
 
-* once per batch, a *job spec* is scattered to every worker: the workflow's IR,
+* once per batch, a *job spec* (a task of its own, fetched by every worker that
+  runs a chunk): the workflow's IR,
   the node's id, the values its templates read, the source of ``--nodes`` files;
   the first chunk on a worker compiles the node there and keeps it (by the
   job's key) for the chunks that follow;
@@ -241,7 +242,7 @@ class _Chunk:
     def __init__(self, key: str, attempts: list[Attempt], isolated: bool) -> None:
         self.key = key
         self.attempts = attempts
-        self.isolated = isolated  # a single attempt split out of a chunk that killed workers
+        self.isolated = isolated  # one attempt of a chunk that killed workers, run alone
         self.cancelled = False  # cancelled by us before a worker took it
         self.future: Any = None
 
@@ -262,6 +263,7 @@ class DaskExecutor:
         self._seq = 0
         self._buffer: deque[Attempt] = deque()  # submitted, not yet in a chunk
         self._isolate: deque[Attempt] = deque()  # to be sent alone
+        self._hunting = 0  # isolated chunks in flight
         self._chunks: dict[str, _Chunk] = {}  # in flight
         self._done: queue.SimpleQueue[tuple[_Chunk, Any, BaseException | None]] = queue.SimpleQueue()
         self._ready: deque[tuple[Outcome, list[Any] | None]] = deque()
@@ -323,15 +325,19 @@ class DaskExecutor:
         address = self._address
         services.root.resource(f"plait.executors.dask:{address or 'local'}", partial(_acquire, address), _release)
         try:
-            spec = job_spec(job, self._key)
             try:
-                self._spec = self._client.scatter([spec], broadcast=True, hash=False)[0]
+                payload = pickle.dumps(job_spec(job, self._key), pickle.HIGHEST_PROTOCOL)
             except (TypeError, ValueError, AttributeError, pickle.PicklingError) as exc:
                 raise UsageError(
                     f"node '{job.node.id}' cannot run on the dask executor: what it reads cannot be "
                     f"sent to the workers ({type(exc).__name__}: {exc})",
                     hint="run it with --executor threads",
                 ) from None
+            # A task, not scattered data: should every worker holding it die, the
+            # scheduler makes it again from this payload instead of failing the chunks.
+            self._spec = self._client.submit(
+                _unpickle, payload, key=f"plait-spec-{self._key}", pure=False, retries=0
+            )
         except BaseException:
             self.close()  # the driver calls close() only once start() has returned
             raise
@@ -344,14 +350,15 @@ class DaskExecutor:
             return
         buffer = self._buffer
         buffer.append(attempt)
-        if len(buffer) >= self._size and len(self._chunks) < self._window:
+        if len(buffer) >= self._size and self._room_for_a_full_chunk():
             self._send([buffer.popleft() for _ in range(self._size)])
 
     def next_outcome(self, timeout: float | None = None) -> Outcome | None:
         if not self._interrupted and self._job is not None and self._job.services.cancelled.is_set():
             self._interrupt()
-        if self._buffer and len(self._buffer) >= self._size and len(self._chunks) < self._window:
-            self._send([self._buffer.popleft() for _ in range(self._size)])
+        buffer = self._buffer
+        if buffer and len(buffer) >= self._size and self._room_for_a_full_chunk():
+            self._send([buffer.popleft() for _ in range(self._size)])
         if self._ready:
             return self._deliver()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -367,6 +374,9 @@ class DaskExecutor:
                 return self._deliver()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _room_for_a_full_chunk(self) -> bool:
+        return len(self._chunks) < self._window and not (self._hunting or self._isolate)
 
     def cancel_pending(self) -> None:
         if self._job is not None and self._job.services.cancelled.is_set():
@@ -387,7 +397,11 @@ class DaskExecutor:
             processing = {key for keys in self._client.processing().values() for key in keys}
         except Exception:
             return
-        waiting = [c for c in self._chunks.values() if c.key not in processing and c.future is not None]
+        # (A finished one is left alone too: its results are real, and on their way.)
+        waiting = [
+            c for c in self._chunks.values()
+            if c.key not in processing and c.future is not None and c.future.status == "pending"
+        ]
         for chunk in waiting:
             chunk.cancelled = True
         if waiting:
@@ -434,6 +448,7 @@ class DaskExecutor:
         self._seq += 1
         key = f"plait-chunk-{self._key}-{self._seq}"
         chunk = _Chunk(key, attempts, isolated)
+        self._hunting += isolated
         # Pickled here, so Dask does not walk every item looking for futures in it
         # (that walk cost more than the rest of the driver's work per item).
         payload = pickle.dumps([(a.index, a.item, a.number) for a in attempts], pickle.HIGHEST_PROTOCOL)
@@ -467,10 +482,13 @@ class DaskExecutor:
     def _fill(self) -> None:
         """Send what is waiting while there is room; when little is left (the end
         of the batch, or a driver waiting for retries), share it out in smaller chunks."""
-        while len(self._chunks) < self._window:
-            if self._isolate:
+        if self._isolate or self._hunting:
+            # Looking for an attempt that kills workers: one at a time, nothing beside
+            # it, so a worker it kills takes no other attempt's chances with it.
+            if self._isolate and not self._hunting:
                 self._send([self._isolate.popleft()], isolated=True)
-                continue
+            return
+        while len(self._chunks) < self._window:
             buffer = self._buffer
             if not buffer:
                 return
@@ -484,6 +502,7 @@ class DaskExecutor:
         if self._chunks.pop(chunk.key, None) is None:
             return  # given up already (close after an interrupt)
         chunk.future = None
+        self._hunting -= chunk.isolated
         attempts = chunk.attempts
         if error is not None:
             self._chunk_failed(chunk, error)
@@ -524,8 +543,8 @@ class DaskExecutor:
             return
         if isinstance(error, KilledWorker):
             message = (
-                "the Dask worker running this item died, and so did the ones that tried it "
-                f"again ({error}); side effects of the item may have happened more than once"
+                f"the Dask worker running this item died, as often as Dask allows ({error}); "
+                "side effects of the item may have happened more than once"
             )
             retryable = False
         elif _is_cancelled(error):
@@ -894,6 +913,11 @@ def _forget(key: str) -> None:
     if job is not None:
         job.stopping.set()
         _retire(job)
+
+
+def _unpickle(payload: bytes) -> Any:
+    """The job spec task: on whichever worker runs it; the others fetch its result."""
+    return pickle.loads(payload)
 
 
 def _run_chunk(spec: dict[str, Any], payload: bytes) -> tuple[Any, ...]:
