@@ -139,6 +139,7 @@ def sample_rss(cluster: Cluster, stop: threading.Event, into: list[tuple[float, 
 def main() -> None:
     million = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     mib = 1024 * 1024
+    load_before = os.getloadavg()[0]
     rows: list[list[str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
@@ -208,7 +209,7 @@ def main() -> None:
                 ],
             }
             walls, floors = [], []
-            for _ in range(2):  # interleaved: a busy moment of the machine hits both
+            for _ in range(3):  # interleaved: a busy moment of the machine hits both
                 walls.append(run(wf)[0])
                 floors.append(bare_map(cluster, partial(run_code, BURN_SOURCE), [loops] * CPU_ITEMS))
             wall, floor_wall = min(walls), min(floors)
@@ -219,8 +220,10 @@ def main() -> None:
             ])
         finally:
             cluster.close()
+    # Wall figures move with whatever else the machine runs; the load says how busy it was.
     table(
-        "dask executor, 2 worker processes × 1 thread, scheduler in its own process",
+        f"dask executor, 2 worker processes × 1 thread, scheduler in its own process "
+        f"({os.cpu_count()} cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)",
         ["case", "plait", "ratio to ideal", "bare client.map", "plait / bare", "goal"],
         rows,
     )

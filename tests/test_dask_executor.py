@@ -118,6 +118,28 @@ print(json.dumps([after_version, after_run]))
     assert json.loads(proc.stdout) == [[], []]
 
 
+def test_without_dask_installed_the_dask_executor_says_how_to_get_it(tmp_path: Path) -> None:
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps(batch([1], {"type": "echo", "params": {"v": "${item}"}})))
+    script = f"""
+import sys
+class Hidden:  # as if Dask were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("dask", "distributed"):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, Hidden())
+sys.argv = ["plait", "run", {str(wf)!r}, "--executor", "dask", "--no-record"]
+from plait._entry import main
+main()
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=plait_env(), cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "the dask executor needs Dask's distributed package" in proc.stderr
+    assert "pip install 'plait[dask]'" in proc.stderr
+
+
 # -- the same batch, the same answers
 
 

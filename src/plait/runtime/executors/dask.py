@@ -100,8 +100,6 @@ MAX_WORKER_JOBS = 8
 def factory(slots: int, name: str) -> Any:
     """The ``plait.executors`` entry point: ``slots`` is the batch's ``max_concurrent``
     (1 for a sequential batch)."""
-    import importlib.util
-
     if getattr(_in_chunk, "active", False):
         # A batch inside a sub-workflow that is itself an item on a worker: it runs
         # there, on threads, rather than starting a cluster inside a worker.
@@ -109,11 +107,13 @@ def factory(slots: int, name: str) -> Any:
 
         return make_executor("auto", parallel=slots > 1, slots=slots, job_name=name)
 
-    if importlib.util.find_spec("distributed") is None:
+    try:
+        import distributed  # noqa: F401  (the batch runs on it: now is when it is imported)
+    except ImportError as exc:
         raise UsageError(
-            "the dask executor needs Dask's distributed package, which is not installed",
+            f"the dask executor needs Dask's distributed package, which cannot be imported ({exc})",
             hint="pip install 'plait[dask]'",
-        )
+        ) from None
     return DaskExecutor(slots, name=name, address=os.environ.get(ENV_SCHEDULER) or None)
 
 
