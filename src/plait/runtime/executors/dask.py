@@ -16,8 +16,9 @@ closures and locks):
   the first chunk on a worker compiles the node there and keeps it (by the
   job's key) for the chunks that follow;
 * a chunk task carries ``(index, item, attempt number)`` triples and brings back
-  one plain tuple per attempt (outputs, error, timings) and the events the
-  driver listens to that happened inside the item (a sub-workflow's, usage).
+  each attempt's :class:`~plait.runtime.items.Outcome` as its state (a tuple of
+  plain values; the item stays here) and the events the driver listens to that
+  happened inside the item (a sub-workflow's, usage).
 
 Secrets never travel: ``${env.X}`` resolves on the worker, from its environment.
 
@@ -516,16 +517,11 @@ class DaskExecutor:
                 ready.append((Outcome.dropped(attempt, slot), None))
                 continue
             ran += 1
-            started, duration, ok, outputs, err, retryable, retry_after, action, cancelled, events = one
-            out = Outcome(attempt.index, attempt.item, attempt.number, slot, started)
-            out.duration = duration
-            out.ok = ok
-            out.outputs = outputs
-            out.error = err
-            out.retryable = retryable
-            out.retry_after = retry_after
-            out.action = action
-            out.cancelled = cancelled
+            state, events = one
+            out = Outcome.__new__(Outcome)
+            out.__setstate__(state)  # every field the worker's per-item path set
+            out.item = attempt.item  # not sent back: this process has it
+            out.slot = slot
             ready.append((out, events))
         if ran == len(attempts) and not self._stopped:
             self._learn(ran, elapsed)
@@ -842,9 +838,12 @@ class _WorkerJob:
 
     def run(self, attempts: list[tuple[int | None, Any, int]], lane: int) -> list[Any]:
         if self.error is not None:
-            return [
-                (time.time(), 0.0, False, None, self.error, False, None, "default", False, None) for _ in attempts
-            ]
+            failed = []
+            for index, _item, number in attempts:
+                out = Outcome(index, None, number, lane, time.time())
+                out.error, out.retryable = self.error, False
+                failed.append((out.__getstate__(), None))
+            return failed
         packed: list[Any] = []
         _in_chunk.active = True
         try:
@@ -869,12 +868,8 @@ class _WorkerJob:
             if out.cancelled:  # interrupted before it began
                 packed.append(None)
                 continue
-            packed.append(
-                (
-                    out.started, out.duration, out.ok, out.outputs, out.error, out.retryable,
-                    out.retry_after, out.action, False, bucket or None,
-                )
-            )
+            out.item = None  # the driver has it: not sent back
+            packed.append((out.__getstate__(), bucket or None))
 
 
 _in_chunk = threading.local()  # set while this thread runs a chunk's attempts
