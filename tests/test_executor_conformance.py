@@ -35,12 +35,31 @@ def _plain(setup: Setup) -> Iterator[Setup]:
     yield setup
 
 
+@contextlib.contextmanager
+def _dask(setup: Setup) -> Iterator[Setup]:
+    # A real LocalCluster (two workers, two threads each), started once for the session.
+    pytest.importorskip("distributed")
+    import dask_cluster
+
+    with dask_cluster.scheduler(dask_cluster.shared_threads().scheduler_address):
+        yield setup
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dask_cluster_closed() -> Iterator[None]:
+    yield
+    import dask_cluster
+
+    dask_cluster.close_shared()
+
+
 # id -> a context manager that makes the executor available and yields how to use it
 EXECUTORS: dict[str, Callable[[], contextlib.AbstractContextManager[Setup]]] = {
     "sequential": lambda: _plain(Setup("sequential")),
     "threads": lambda: _plain(Setup("threads")),
     "async-sync-node": lambda: _plain(Setup("async")),
     "async": lambda: _plain(Setup("async", "aprobe")),
+    "dask": lambda: _dask(Setup("dask")),
 }
 
 _current = threading.local()

@@ -23,7 +23,7 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 
-_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor", "--resume", "--rerun")
+_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor", "--scheduler", "--resume", "--rerun")
 
 
 def _looks_like_workflow(word: str) -> bool:
@@ -200,6 +200,12 @@ def _errors(
     help="Where batch items run: auto, sequential, threads, or an installed executor "
     "(a batch's own 'executor' field still wins).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
+    "else a local cluster). Implies --executor dask when no --executor is given.",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -214,6 +220,7 @@ def run(
     only_unfinished: bool,
     rerun: tuple[str, ...],
     executor: str | None,
+    scheduler: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -241,6 +248,7 @@ def run(
             only_unfinished=only_unfinished,
             rerun=rerun,
             cache=cache or "default",
+            scheduler=scheduler,
         )
     sys.exit(code)
 

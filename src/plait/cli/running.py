@@ -32,7 +32,15 @@ def run_command(
     rerun: tuple[str, ...] = (),
     resumed: dict[str, Any] | None = None,
     cache: str = "default",
+    scheduler: str | None = None,
 ) -> int:
+    if scheduler:
+        # The dask executor reads its scheduler from the environment (as its
+        # factory has no other way in); this process runs one workflow.
+        import os
+
+        os.environ["PLAIT_DASK_SCHEDULER"] = scheduler
+        executor = executor or "dask"
     registry = Registry()
     for path in nodes_paths:
         registry.load_path(path)

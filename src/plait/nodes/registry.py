@@ -102,6 +102,9 @@ class Registry(Mapping[str, type[PlaitNode]]):
         self._entry_points_read = False
         self._mcp_read = False
         self._mcp_error: UsageError | None = None
+        #: the .py files ``load_path`` found node types in (resolved path -> the
+        #: source as loaded), so an executor can load them in other processes too
+        self.node_files: dict[str, str] = {}
 
     def _read_entry_points(self) -> None:
         if self._entry_points_read:
@@ -210,12 +213,14 @@ class Registry(Mapping[str, type[PlaitNode]]):
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
             try:
+                source = file.read_text(encoding="utf-8")
                 spec.loader.exec_module(module)
             except Exception as exc:
                 raise UsageError(
                     f"error while importing node file {file}: {type(exc).__name__}: {exc}",
                     hint="run the file with python to see the full error",
                 )
+            before = len(found)
             for obj in vars(module).values():
                 if (
                     inspect.isclass(obj)
@@ -225,6 +230,8 @@ class Registry(Mapping[str, type[PlaitNode]]):
                 ):
                     self.register(obj, f"file {file}")
                     found.append(obj.type_name)
+            if len(found) > before:
+                self.node_files[str(file.resolve())] = source
         if not found:
             raise UsageError(
                 f"no node types found in {p}",
