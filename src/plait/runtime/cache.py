@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 DB_NAME = "cache.db"
 BLOB_CHARS = 64 * 1024
+HIT_BATCH = 1000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -84,10 +85,35 @@ class ItemCache:
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._hits: dict[str, tuple[int, float]] = {}  # key -> (hits not yet written, last hit)
 
     def close(self) -> None:
         with self._lock:
+            self._write_hits()
             self._conn.close()
+
+    def flush(self) -> None:
+        """Write the hit counts kept in memory (at the end of a run)."""
+        with self._lock:
+            self._write_hits()
+
+    def _write_hits(self) -> None:
+        # A hit is counted in memory and written with the next write: one
+        # transaction per HIT_BATCH hits, not a commit per item.
+        if not self._hits:
+            return
+        hits, self._hits = self._hits, {}
+        try:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
+                "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE key = ?",
+                [(n, last, key) for key, (n, last) in hits.items()],
+            )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            # hit counts only inform `plait cache stats`; losing them loses no result
 
     def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         now = time.time()
@@ -100,7 +126,10 @@ class ItemCache:
             if row[3] is not None and row[3] < now:
                 self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
                 return None
-            self._conn.execute("UPDATE entries SET hits = hits + 1, last_hit = ? WHERE key = ?", (now, key))
+            seen = self._hits.get(key)
+            self._hits[key] = (seen[0] + 1 if seen else 1, now)
+            if len(self._hits) >= HIT_BATCH:
+                self._write_hits()
         text = row[0]
         if text is None and row[1]:
             try:
@@ -148,6 +177,7 @@ class ItemCache:
     def stats(self) -> dict[str, Any]:
         now = time.time()
         with self._lock:
+            self._write_hits()
             total = self._conn.execute(
                 "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(hits), 0) FROM entries"
             ).fetchone()
@@ -171,6 +201,7 @@ class ItemCache:
         """Drop expired entries (and those older than ``older_than`` seconds); how many went."""
         now = time.time()
         with self._lock:
+            self._write_hits()
             cur = self._conn.execute(
                 "DELETE FROM entries WHERE (expires IS NOT NULL AND expires < ?) OR (? IS NOT NULL AND created < ?)",
                 (now, older_than, now - (older_than or 0)),
@@ -181,6 +212,7 @@ class ItemCache:
 
     def clear(self) -> int:
         with self._lock:
+            self._hits.clear()
             gone = self._conn.execute("DELETE FROM entries").rowcount
         self._sweep_blobs()
         return gone

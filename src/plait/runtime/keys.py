@@ -21,6 +21,7 @@ import hashlib
 import json
 from typing import Any
 
+from plait.runtime.jsontext import canonical as _canonical_text
 from plait.runtime.redact import is_secret_name
 
 # batch fields that change where or how fast items run, not what they give
@@ -33,27 +34,55 @@ class NotCanonical(ValueError):
 
 def canonical(value: Any) -> str:
     """One text per value: sorted keys, no spaces, secrets as their hashes."""
+    last = _last
+    if last is not None and last[0] is value:
+        return last[1]  # the same params asked again (their item key, then their cache key)
     try:
-        return json.dumps(_hide(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _canonical_text(_hide(value))
     except (TypeError, ValueError) as exc:
         raise NotCanonical(str(exc)) from None
+    _remember(value, text)
+    return text
+
+
+# The last params keyed, held (so its id cannot be reused by another object)
+# with their text: one item's item key and cache key then encode it once. A
+# tuple assignment is atomic, so threads resolving items at once at worst miss.
+_last: tuple[Any, str] | None = None
+
+
+def _remember(value: Any, text: str) -> None:
+    global _last
+    _last = (value, text)
+
+
+_PLAIN = frozenset((int, float, bool, type(None)))
 
 
 def _hide(value: Any, name: str | None = None) -> Any:
-    if name is not None and isinstance(value, str) and value and is_secret_name(name):
-        return {"sha256": hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()}
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is str:
+        if name is not None and value and is_secret_name(name):
+            return {"sha256": hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()}
+        return value
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"key {k!r} is not text")
-            out[k] = _hide(v, k)
+            out[k] = v if type(v) in _PLAIN else _hide(v, k)
         return out
+    if kind is list or kind is tuple:
+        return [_hide(v) for v in value]
+    if isinstance(value, str):  # a TemplatedText: its text
+        return _hide(str(value), name)
+    if isinstance(value, dict):
+        return _hide(dict(value), name)
     if isinstance(value, list | tuple):
         return [_hide(v) for v in value]
-    if isinstance(value, str) and type(value) is not str:
-        return str(value)  # a TemplatedText: its text
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float):
         return value
     raise TypeError(f"{type(value).__name__} is not JSON data")
 

@@ -26,6 +26,9 @@ from plait.runtime.keys import Occurrences
 
 _FINAL = ("success", "failed")
 _COLUMNS = "idx, key, status, attempt, error, outputs, outputs_ref, outputs_masked, action, started, ended, preview"
+# positions in a row of _COLUMNS (plain tuples: a Row by name costs more than the look-up itself)
+_KEY, _STATUS, _ATTEMPT, _ERROR, _OUTPUTS, _REF, _MASKED, _ACTION = 1, 2, 3, 4, 5, 6, 7, 8
+_CHUNK = 512  # rows read at a time beside the input: fewer trips through SQLite (and the GIL)
 
 
 @dataclass
@@ -134,33 +137,38 @@ class NodeReuse:
     def __init__(self, source: ReuseSource, node_id: str) -> None:
         self.source = source
         self.node_id = node_id
-        self._conn = source._connect()
-        self._cursor = self._conn.execute(
+        self._conn = sqlite3.connect(str(source._db), timeout=30.0, check_same_thread=False)
+        self._cursor: sqlite3.Cursor | None = self._conn.execute(
             f"SELECT {_COLUMNS} FROM items WHERE run = ? AND node_id = ? AND status IN ('success', 'failed')"
             " AND key IS NOT NULL ORDER BY idx, rowid",
             (source._run, node_id),
         )
         self._old_occ = Occurrences()
         self._new_occ = Occurrences()
-        self._head: tuple[sqlite3.Row, int] | None = None
-        self._done = False
+        self._rows: list[tuple[Any, ...]] = []
+        self._at = 0
+        self._head: tuple[tuple[Any, ...], int] | None = None
         self._advance()
 
     def _advance(self) -> None:
-        row = self._cursor.fetchone()
-        if row is None:
-            self._head, self._done = None, True
-            return
-        self._head = (row, self._old_occ.next(row["key"]))
+        if self._at >= len(self._rows):
+            self._rows = self._cursor.fetchmany(_CHUNK) if self._cursor is not None else []
+            self._at = 0
+            if not self._rows:
+                self._head, self._cursor = None, None
+                return
+        row = self._rows[self._at]
+        self._at += 1
+        self._head = (row, self._old_occ.next(row[_KEY]))
 
     def lookup(self, index: int | None, item: Any, key: str | None) -> Outcome | None:
         """The recorded outcome of the item with this key, to reuse; None: run it."""
         if key is None:
             return None
         occurrence = self._new_occ.next(key)
-        row: sqlite3.Row | None = None
+        row: tuple[Any, ...] | None = None
         head = self._head
-        if head is not None and head[0]["key"] == key and head[1] == occurrence:
+        if head is not None and head[0][_KEY] == key and head[1] == occurrence:
             row = head[0]
             self._advance()
         else:
@@ -169,20 +177,20 @@ class NodeReuse:
                 " AND status IN ('success', 'failed') ORDER BY idx, rowid LIMIT 1 OFFSET ?",
                 (self.source._run, self.node_id, key, occurrence),
             ).fetchone()
-        if row is None or row["outputs_masked"]:
+        if row is None or row[_MASKED]:
             return None  # not recorded, or its outputs were masked: it runs again
-        if row["status"] == "failed" and not self.source.only_unfinished:
+        if row[_STATUS] == "failed" and not self.source.only_unfinished:
             return None
         return self._outcome(row, index, item, key)
 
-    def _outcome(self, row: sqlite3.Row, index: int | None, item: Any, key: str) -> Outcome | None:
+    def _outcome(self, row: tuple[Any, ...], index: int | None, item: Any, key: str) -> Outcome | None:
         # Reused now, in no time: the record of this run tells when, the earlier one how long it took.
-        out = Outcome(index, item, int(row["attempt"] or 1), 0, time.time())
+        out = Outcome(index, item, int(row[_ATTEMPT] or 1), 0, time.time())
         out.key = key
         out.reused = self.source.run_id
-        text = row["outputs"]
-        if text is None and row["outputs_ref"]:
-            blob = self.source._db.parent / "blobs" / row["outputs_ref"][:2] / row["outputs_ref"]
+        text = row[_OUTPUTS]
+        if text is None and row[_REF]:
+            blob = self.source._db.parent / "blobs" / row[_REF][:2] / row[_REF]
             try:
                 text = blob.read_text(encoding="utf-8", errors="surrogatepass")
             except OSError:
@@ -191,11 +199,11 @@ class NodeReuse:
             out.outputs = json.loads(text) if text is not None else None
         except ValueError:
             return None
-        out.action = row["action"] or "default"
-        if row["status"] == "success":
+        out.action = row[_ACTION] or "default"
+        if row[_STATUS] == "success":
             out.ok = True
         else:
-            out.error = row["error"] or "failed"
+            out.error = row[_ERROR] or "failed"
             out.retryable = False
         self.source.reused += 1
         return out

@@ -227,6 +227,8 @@ class RunServices(Services):
                 close(value)
             except Exception:
                 pass
+        if self._root is self and self._cache is not None:
+            self._cache.flush()  # the hit counts it keeps in memory
 
     # -- usage
 

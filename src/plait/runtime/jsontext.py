@@ -1,0 +1,44 @@
+"""JSON text on the per-item path, without building an encoder per call.
+
+``json.dumps`` with any keyword (``sort_keys``, ``separators``...) builds a
+``JSONEncoder`` and then a C encoder on every call, which costs more than
+encoding a small dict. These functions build the C encoder once and call it;
+they give exactly the text ``json.dumps`` gives with the same options, and
+raise the same errors (TypeError for what is not JSON, ValueError for NaN
+under ``allow_nan=False``, a circular structure).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from json import encoder as _enc
+from typing import Any
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _build(*, sort_keys: bool, allow_nan: bool) -> Callable[[Any], str]:
+    make = getattr(_enc, "c_make_encoder", None)
+    quote = getattr(_enc, "c_encode_basestring", None)
+    if make is None or quote is None:  # not CPython's accelerated json: the plain way
+        slow = json.JSONEncoder(sort_keys=sort_keys, allow_nan=allow_nan, ensure_ascii=False, separators=(",", ":"))
+        return slow.encode
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return quote(value)
+        # A fresh markers dict per call: it is how the encoder finds a cycle.
+        return "".join(make({}, _not_json, quote, None, ":", ",", sort_keys, False, allow_nan)(value, 0))
+
+    # Build once here to fail at import, not on the first item, if the signature ever changes.
+    encode({"a": [1, 2.5, None, True]})
+    return encode
+
+
+#: compact text, keys as given (``json.dumps(v, ensure_ascii=False, separators=(",", ":"))``)
+compact = _build(sort_keys=False, allow_nan=True)
+#: one text per value: sorted keys, compact, NaN refused
+canonical = _build(sort_keys=True, allow_nan=False)
