@@ -197,7 +197,7 @@ def _errors(
 @click.option(
     "--executor",
     metavar="NAME",
-    help="Where batch items run: auto, sequential, threads, or an installed executor "
+    help="Where batch items run: auto, sequential, threads, async, dask, or an installed executor "
     "(a batch's own 'executor' field still wins).",
 )
 @click.option(
