@@ -10,11 +10,17 @@ the other the first branch gives up and fails.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import plait as api
 from conftest import Result, popen_cli
@@ -373,3 +379,87 @@ def test_ctrl_c_interrupts_every_running_branch_and_resume_finishes(
     assert again.code == 0, again
     assert again.json["outputs"]["stdout"] == "ab"
     assert again.json["resumed_from"]["run_id"] == payload["run_id"]
+
+
+# -- the timeline ---------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def overlapping_batches(folder: Path) -> dict[str, Any]:
+    both = {"items": [0, 1], "parallel": True, "max_concurrent": 2}
+    return {
+        "nodes": [
+            shell("top", "true"),
+            {**meet("a", "b", folder), "batch": both},
+            {**meet("b", "a", folder), "batch": both},
+            shell("join", "true"),
+        ],
+        "edges": [edge("top", "a"), edge("top", "b"), edge("a", "join"), edge("b", "join")],
+    }
+
+
+def page_data(page: str) -> dict[str, Any]:
+    found = re.search(r'<script type="application/json" id="plait-data">(.*?)</script>', page, re.S)
+    assert found
+    data: dict[str, Any] = json.loads(found.group(1).replace("<\\/", "</"))
+    return data
+
+
+@pytest.fixture
+def drawn_branches(plait: Plait, workflow: Workflow, tmp_path: Path) -> Path:
+    run = plait("run", workflow(overlapping_batches(tmp_path)), "-o", "json", "-q")
+    assert run.code == 0, run
+    out = tmp_path / "branches.html"
+    drawn = plait("timeline", run.json["run_id"], "-o", str(out))
+    assert drawn.code == 0, drawn
+    return out
+
+
+def test_the_timeline_gives_concurrent_nodes_lanes_and_header_rows_of_their_own(drawn_branches: Path) -> None:
+    data = page_data(drawn_branches.read_text())
+    nodes = {n["id"]: n for n in data["nodes"]}
+    a, b = nodes["a"], nodes["b"]
+    assert a["s"] < b["e"] and b["s"] < a["e"]  # they overlap in time
+    assert a["w"] == b["w"] == 2
+    assert {a["l"], b["l"]} == {0, 2}  # side by side, never on top of each other
+    assert {a["r"], b["r"]} == {0, 1}
+    assert a["alone"] is False and b["alone"] is False
+    assert nodes["top"]["alone"] and nodes["join"]["alone"]
+    assert nodes["top"]["l"] == nodes["join"]["l"] == 0 and nodes["top"]["r"] == nodes["join"]["r"] == 0
+    # every attempt points at its node: two items each of a and b, one of top and join
+    names = [data["nodes"][n]["id"] for n in data["items"]["n"]]
+    assert sorted(names) == ["a", "a", "b", "b", "join", "top"]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_chromium_draws_overlapping_nodes_as_separate_bands(drawn_branches: Path) -> None:
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--window-size=1400,900", "--dump-dom", drawn_branches.as_uri()],
+            capture_output=True, text=True, timeout=90,
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    data = page_data(drawn_branches.read_text())
+    order_of = {n["id"]: i for i, n in enumerate(data["nodes"])}
+    bands = {
+        int(i): (float(y), float(h))
+        for i, y, h in re.findall(r'<rect class="band" data-node="(\d+)" x="[-\d.]+" y="([\d.]+)" width="[\d.]+" '
+                                  r'height="([\d.]+)"', dom)
+    }
+    ya, ha = bands[order_of["a"]]
+    yb, hb = bands[order_of["b"]]
+    assert ya + ha <= yb or yb + hb <= ya  # the two bands do not cover each other
+    # four lanes, the bars of a and b in different ones
+    assert re.findall(r'<text class="lanelabel"[^>]*>lane (\d+)</text>', dom) == ["0", "1", "2", "3"]
+    bars = re.findall(r'<rect class="bar s0" data-k="(\d+)" x="[-\d.]+" y="([\d.]+)"', dom)
+    lanes_of: dict[str, set[str]] = {}
+    for k, y in bars:
+        lanes_of.setdefault(data["nodes"][data["items"]["n"][int(k)]]["id"], set()).add(y)
+    assert len(lanes_of["a"]) == len(lanes_of["b"]) == 2
+    assert not lanes_of["a"] & lanes_of["b"]
