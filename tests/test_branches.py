@@ -9,6 +9,7 @@ the other the first branch gives up and fails.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -24,7 +25,16 @@ import pytest
 
 import plait as api
 from conftest import Result, popen_cli
-from plait.runtime.events import Event, NodeFinished, NodeStarted
+from plait.runtime.events import (
+    BatchStarted,
+    Event,
+    EventBus,
+    ItemFailed,
+    ItemFinished,
+    Location,
+    NodeFinished,
+    NodeStarted,
+)
 
 Plait = Callable[..., Result]
 Workflow = Callable[..., str]
@@ -463,3 +473,71 @@ def test_chromium_draws_overlapping_nodes_as_separate_bands(drawn_branches: Path
         lanes_of.setdefault(data["nodes"][data["items"]["n"][int(k)]]["id"], set()).add(y)
     assert len(lanes_of["a"]) == len(lanes_of["b"]) == 2
     assert not lanes_of["a"] & lanes_of["b"]
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+
+def feed_two_running_batches(bus: EventBus) -> None:
+    a, b = Location("a"), Location("b")
+    bus.emit(NodeStarted(a, "shell", True))
+    bus.emit(BatchStarted(a, 10, True, 2))
+    bus.emit(NodeStarted(b, "shell", True))
+    bus.emit(BatchStarted(b, 20, True, 2))
+    for i in range(3):
+        bus.emit(ItemFinished(a, i, 1, 0, 1.0))
+    for i in range(7):
+        bus.emit(ItemFinished(b, i, 1, 0, 1.0))
+    bus.emit(ItemFailed(b, 7, 1, 0, 1.0, "boom"))
+
+
+def test_the_live_display_has_a_row_per_running_node() -> None:
+    from rich.console import Console
+
+    from plait.cli.progress import LiveDisplay, Tracker
+
+    display = LiveDisplay(io.StringIO(), None)
+    try:
+        tracker = Tracker(display)
+        display.tracker = tracker
+        bus = EventBus()
+        bus.subscribe(tracker)
+        feed_two_running_batches(bus)
+
+        def screen() -> str:
+            console = Console(file=io.StringIO(), width=120, record=True)
+            console.print(display._render())
+            return console.export_text()
+
+        rows = [line for line in screen().splitlines() if line.strip()]
+        assert len(rows) == 2, rows
+        assert " a " in rows[0] and " 3/10" in rows[0]
+        assert " b " in rows[1] and " 8/20" in rows[1] and "1 failed" in rows[1]
+        bus.emit(NodeFinished(Location("a"), "success", 5.0, counts={"count": 10}))
+        rows = [line for line in screen().splitlines() if line.strip()]
+        assert len(rows) == 1 and " b " in rows[0]
+    finally:
+        display.close()
+
+
+def test_plain_progress_summarises_every_running_batch() -> None:
+    from plait.cli.progress import PlainDisplay, Tracker
+
+    stream = io.StringIO()
+    display = PlainDisplay(stream, 0.05)
+    try:
+        tracker = Tracker(display)
+        display.tracker = tracker
+        bus = EventBus()
+        bus.subscribe(tracker)
+        feed_two_running_batches(bus)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            text = stream.getvalue()
+            if "a: 3/10 items" in text and "b: 8/20 items, 1 failed" in text:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"no summary of both batches: {stream.getvalue()!r}")
+    finally:
+        display.close()
