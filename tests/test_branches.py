@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from plait.runtime.events import (
     NodeFinished,
     NodeStarted,
 )
+from servers import LocalServer, Reply, Request
 
 Plait = Callable[..., Result]
 Workflow = Callable[..., str]
@@ -541,3 +543,44 @@ def test_plain_progress_summarises_every_running_batch() -> None:
             raise AssertionError(f"no summary of both batches: {stream.getvalue()!r}")
     finally:
         display.close()
+
+
+# -- shared run services ----------------------------------------------------------------------------
+
+
+def test_two_async_http_batches_share_the_run_loop_at_once(tmp_path: Path) -> None:
+    # Requests to /a are answered only once /b has been asked, and the other way
+    # round: one after the other, the first batch would time out.
+    arrived = {"a": threading.Event(), "b": threading.Event()}
+
+    def side(me: str, other: str) -> Callable[[Request], Reply]:
+        def handle(req: Request) -> Reply:
+            arrived[me].set()
+            if not arrived[other].wait(MEET_S):
+                return Reply(504, {"error": f"no request to /{other}"})
+            return Reply(200, {"side": me, "n": int(req.arg("n"))})
+
+        return handle
+
+    with LocalServer() as server:
+        server.route("/a", side("a", "b"))
+        server.route("/b", side("b", "a"))
+
+        def batch(name: str) -> dict[str, Any]:
+            return {
+                "id": name,
+                "type": "http",
+                "params": {"url": server.url(f"/{name}") + "?n=${item}", "timeout": MEET_S + 5},
+                "batch": {"items": list(range(20)), "parallel": True, "max_concurrent": 5, "executor": "async"},
+            }
+
+        wf = {
+            "nodes": [shell("top", "true"), batch("a"), batch("b"),
+                      {"id": "join", "type": "echo", "params": {"a": "${a.results}", "b": "${b.results}"}}],
+            "edges": [edge("top", "a"), edge("top", "b"), edge("a", "join"), edge("b", "join")],
+        }
+        result = api.run(wf)
+    assert result.ok, result.errors
+    for name in ("a", "b"):
+        rows = result.outputs[name]
+        assert [row["response"] for row in rows] == [{"side": name, "n": i} for i in range(20)]
