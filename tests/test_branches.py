@@ -584,3 +584,49 @@ def test_two_async_http_batches_share_the_run_loop_at_once(tmp_path: Path) -> No
     for name in ("a", "b"):
         rows = result.outputs[name]
         assert [row["response"] for row in rows] == [{"side": name, "n": i} for i in range(20)]
+
+
+class ChildWatch:
+    """The nodes running at once inside sub-workflows."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.peak = 0
+
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, NodeStarted) and not ev.loc.top_level:
+            self.running.add(ev.loc.key)
+            self.peak = max(self.peak, len(self.running))
+        elif isinstance(ev, NodeFinished) and not ev.loc.top_level:
+            self.running.discard(ev.loc.key)
+
+
+def test_a_child_keeps_its_own_limit_unless_the_run_sets_one(workflow: Workflow, tmp_path: Path) -> None:
+    calm = workflow(
+        {
+            "max_parallel_nodes": 1,
+            "nodes": [shell("c0", "true"), *(shell(f"c{k}", "sleep 0.02") for k in (1, 2, 3))],
+            "edges": [edge("c0", f"c{k}") for k in (1, 2, 3)],
+        },
+        "calm.json",
+    )
+    # the same limit of 1, but two of its branches must meet: only a run-wide limit lets them
+    meeting = workflow(
+        {
+            "max_parallel_nodes": 1,
+            "nodes": [shell("c0", "true"), meet("c1", "c2", tmp_path), meet("c2", "c1", tmp_path)],
+            "edges": [edge("c0", "c1"), edge("c0", "c2")],
+        },
+        "meeting.json",
+    )
+
+    def parent(child: str) -> dict[str, Any]:
+        return {"nodes": [{"id": "sub", "type": "workflow", "params": {"workflow": child}}]}
+
+    watch = ChildWatch()
+    assert api.run(parent(calm), on_event=watch).ok
+    assert watch.peak == 1
+    watch = ChildWatch()
+    result = api.run(parent(meeting), on_event=watch, max_parallel_nodes=2)
+    assert result.ok, result.errors
+    assert watch.peak == 2
