@@ -81,6 +81,7 @@ def run(
     record: bool = False,
     on_event: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
+    max_parallel_nodes: int | None = None,
 ) -> RunResult:
     """Validate, then run a workflow.
 
@@ -89,7 +90,9 @@ def run(
     ``executor`` chooses where batch items run (see ``plait run --executor``).
     ``record=True`` keeps a run record (``plait runs``). ``on_event`` receives
     every typed event (:mod:`plait.runtime.events`). Setting ``cancel`` stops
-    the run as Ctrl-C does.
+    the run as Ctrl-C does. ``max_parallel_nodes`` bounds the nodes of
+    independent branches running at once (as ``--max-parallel-nodes``; default:
+    the workflow's own field).
     """
     from plait.runtime.engine import Runner, coerce_inputs
     from plait.runtime.events import EventBus
@@ -118,7 +121,7 @@ def run(
         recorder.attach(bus)
     result: RunResult | None = None
     try:
-        result = Runner(compiled, services, executor=executor).run(values)
+        result = Runner(compiled, services, executor=executor, max_parallel_nodes=max_parallel_nodes).run(values)
         return result
     finally:
         services.close()

@@ -23,7 +23,9 @@ from plait.errors import PlaitError
 _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 
-_RUN_OPTIONS_WITH_VALUE = ("-o", "--output-format", "--nodes", "--executor", "--scheduler", "--resume", "--rerun")
+_RUN_OPTIONS_WITH_VALUE = (
+    "-o", "--output-format", "--nodes", "--executor", "--scheduler", "--resume", "--rerun", "--max-parallel-nodes",
+)
 
 
 def _looks_like_workflow(word: str) -> bool:
@@ -206,6 +208,13 @@ def _errors(
     help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
     "else a local cluster). Implies --executor dask when no --executor is given.",
 )
+@click.option(
+    "--max-parallel-nodes",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Nodes of independent branches running at once (default: the workflow's "
+    "max_parallel_nodes, 4); 1 runs one node at a time.",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -221,6 +230,7 @@ def run(
     rerun: tuple[str, ...],
     executor: str | None,
     scheduler: str | None,
+    max_parallel_nodes: int | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -249,6 +259,7 @@ def run(
             rerun=rerun,
             cache=cache or "default",
             scheduler=scheduler,
+            max_parallel_nodes=max_parallel_nodes,
         )
     sys.exit(code)
 

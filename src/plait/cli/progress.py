@@ -6,7 +6,8 @@ rich's refresh thread on a terminal, a ticker thread otherwise — reading the
 counters as they are.
 
 * On a terminal (rich, imported only then): a line per finished node, and a
-  live bar for the running batch with done/total, failures, rate and ETA.
+  live row per running node (several when branches run at once), a bar for
+  a batch with done/total, failures, rate and ETA.
 * Elsewhere (a pipe, a CI log): no control codes; one line per node, and for a
   long batch a summary line every few seconds
   (``e: 4200/10000 items, 3 failed, 850/s, ETA 7s``).
@@ -80,19 +81,34 @@ class Rate:
 
 
 class Tracker:
-    """The subscriber: counts items of the running top-level node."""
+    """The subscriber: counts items of the running top-level nodes (several at once
+    when independent branches run side by side)."""
 
     def __init__(self, display: Display) -> None:
         self.display = display
-        self.node: NodeProgress | None = None
+        #: the running top-level nodes by id, in the order they started
+        self.running: dict[str, NodeProgress] = {}
+        # item events find their node by the identity of their location (one
+        # Location object per node and level), a dict look-up per item
+        self._by_loc: dict[int, NodeProgress] = {}
+
+    @property
+    def node(self) -> NodeProgress | None:
+        """The running node started last (None when none runs)."""
+        return next(reversed(self.running.values()), None)
+
+    def nodes(self) -> list[NodeProgress]:
+        """The running nodes, oldest first (a copy: the drawing threads read it)."""
+        return list(self.running.values())
 
     def __call__(self, ev: Event) -> None:
         kind = type(ev)
         if kind is ItemStarted:
             return
-        node = self.node
         if kind is ItemFinished or kind is ItemFailed or kind is ItemRetried:
-            if node is not None and ev.loc is node.loc:  # type: ignore[attr-defined]
+            loc = ev.loc  # type: ignore[attr-defined]
+            node = self._by_loc.get(id(loc))
+            if node is not None and node.loc is loc:
                 if kind is ItemRetried:
                     node.retries += 1
                 else:
@@ -108,16 +124,22 @@ class Tracker:
         if loc is None or not loc.top_level:  # run events, and the insides of sub-workflows
             return
         if isinstance(ev, NodeStarted):
-            self.node = NodeProgress(loc.node_id, ev.type, ev.batch, loc)
-            self.display.node_started(self.node)
+            node = NodeProgress(loc.node_id, ev.type, ev.batch, loc)
+            self.running.pop(loc.node_id, None)
+            self.running[loc.node_id] = node
+            self._by_loc[id(loc)] = node
+            self.display.node_started(node)
         elif isinstance(ev, BatchStarted):
-            if node is not None and node.id == loc.node_id:
+            node = self.running.get(loc.node_id)
+            if node is not None:
                 node.total = ev.total
                 node.started = time.monotonic()
         elif isinstance(ev, NodeFinished):
-            if node is None or node.id != loc.node_id:
+            node = self.running.pop(loc.node_id, None)
+            if node is None:
                 node = NodeProgress(loc.node_id, "", False, loc)
-            self.node = None
+            else:
+                self._by_loc.pop(id(node.loc), None)
             self.display.node_finished(node, ev)
 
 
@@ -263,22 +285,25 @@ class PlainDisplay(Display):
                 pass
 
     def _tick(self) -> None:
-        rate = Rate()
-        current: NodeProgress | None = None
-        last = time.monotonic()
+        # per running node: its rate, and when its last summary was written
+        seen: dict[int, tuple[NodeProgress, Rate, list[float]]] = {}
         while not self._stop.wait(min(self.every, 1.0)):
-            node = self.tracker.node if self.tracker else None
-            if node is not current:
-                current = node
-                rate.reset()
-                last = time.monotonic()
-            if node is None or not node.batch or node.total is None:
-                continue
-            r = rate.sample(node)
-            now = time.monotonic()
-            if now - last >= self.every and now - node.started >= self.every:
-                last = now
-                self._write(summary(node, r))
+            nodes = self.tracker.nodes() if self.tracker else []
+            alive = {id(n) for n in nodes}
+            for key in [k for k in seen if k not in alive]:
+                del seen[key]
+            for node in nodes:
+                entry = seen.get(id(node))
+                if entry is None or entry[0] is not node:
+                    entry = seen[id(node)] = (node, Rate(), [time.monotonic()])
+                if not node.batch or node.total is None:
+                    continue
+                _, rate, last = entry
+                r = rate.sample(node)
+                now = time.monotonic()
+                if now - last[0] >= self.every and now - node.started >= self.every:
+                    last[0] = now
+                    self._write(summary(node, r))
 
     def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None:
         mark, node_id, details = node_line(node, ev, self.marks, self.cancelled)
@@ -302,8 +327,7 @@ class LiveDisplay(Display):
         self.console = Console(file=stream, highlight=False)
         self.cancelled = cancelled
         self.marks = _marks(stream)
-        self._rate = Rate()
-        self._node: NodeProgress | None = None
+        self._rates: dict[int, tuple[NodeProgress, Rate]] = {}
         self._spinner: Any = None
         self.live = Live(
             console=self.console,
@@ -318,8 +342,8 @@ class LiveDisplay(Display):
     def node_started(self, node: NodeProgress) -> None:
         from rich.spinner import Spinner
 
-        self._spinner = Spinner("dots", style="cyan")
-        self._rate.reset()
+        if self._spinner is None:
+            self._spinner = Spinner("dots", style="cyan")
 
     def node_finished(self, node: NodeProgress, ev: NodeFinished) -> None:
         from rich.text import Text
@@ -337,45 +361,53 @@ class LiveDisplay(Display):
 
         self.console.print(Text(text, style="yellow"))
 
+    def _rate_of(self, node: NodeProgress) -> Rate:
+        entry = self._rates.get(id(node))
+        if entry is None or entry[0] is not node:
+            entry = self._rates[id(node)] = (node, Rate())
+        return entry[1]
+
     def _render(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
-        node = self.tracker.node if self.tracker else None
-        if node is None or self._spinner is None:
+        nodes = self.tracker.nodes() if self.tracker else []
+        if not nodes or self._spinner is None:
+            self._rates.clear()
             return Text("")
-        elapsed = (time.monotonic() - node.started) * 1000.0
-        row: list[Any] = [self._spinner, Text(node.id, style="bold")]
+        alive = {id(n) for n in nodes}
+        for key in [k for k in self._rates if k not in alive]:
+            del self._rates[key]
         grid = Table.grid(padding=(0, 1))
-        if node.batch and node.total is not None:
-            rate = self._rate.sample(node)
+        for _ in range(4):
             grid.add_column()
-            grid.add_column()
-            grid.add_column(width=32)
-            grid.add_column()
-            width = len(str(node.total))
-            row.append(ProgressBar(total=max(node.total, 1), completed=node.done, width=32))
-            info = Text(f"{node.done:>{width}}/{node.total}")
-            if node.failed:
-                info.append(f"  {node.failed} failed", style="bold red")
-            if node.retries:
-                info.append(f"  {node.retries} retried", style="yellow")
-            if rate:
-                info.append(f"  {fmt_rate(rate)}", style="cyan")
-                if node.done < node.total:
-                    info.append(f"  ETA {fmt_eta((node.total - node.done) / rate)}", style="magenta")
-            info.append(f"  {fmt_duration(elapsed)}", style="dim")
-            row.append(info)
-        else:
-            grid.add_column()
-            grid.add_column()
-            grid.add_column()
-            row.append(Text(fmt_duration(elapsed), style="dim"))
-        grid.add_row(*row)
+        name_width = max(len(n.id) for n in nodes)
+        for node in nodes:
+            elapsed = (time.monotonic() - node.started) * 1000.0
+            row: list[Any] = [self._spinner, Text(node.id.ljust(name_width), style="bold")]
+            if node.batch and node.total is not None:
+                rate = self._rate_of(node).sample(node)
+                width = len(str(node.total))
+                row.append(ProgressBar(total=max(node.total, 1), completed=node.done, width=32))
+                info = Text(f"{node.done:>{width}}/{node.total}")
+                if node.failed:
+                    info.append(f"  {node.failed} failed", style="bold red")
+                if node.retries:
+                    info.append(f"  {node.retries} retried", style="yellow")
+                if rate:
+                    info.append(f"  {fmt_rate(rate)}", style="cyan")
+                    if node.done < node.total:
+                        info.append(f"  ETA {fmt_eta((node.total - node.done) / rate)}", style="magenta")
+                info.append(f"  {fmt_duration(elapsed)}", style="dim")
+                row.append(info)
+            else:
+                row.append(Text(fmt_duration(elapsed), style="dim"))
+                row.append(Text(""))
+            grid.add_row(*row)
         if self.cancelled is not None and self.cancelled.is_set():
             grid.add_row(
-                "", Text("stopping: no new items start; waiting for those in flight", style="yellow")
+                "", Text("stopping: no new items start; waiting for those in flight", style="yellow"), "", ""
             )
         return grid
 

@@ -33,6 +33,7 @@ def run_command(
     resumed: dict[str, Any] | None = None,
     cache: str = "default",
     scheduler: str | None = None,
+    max_parallel_nodes: int | None = None,
 ) -> int:
     if scheduler:
         # The dask executor reads its scheduler from the environment (as its
@@ -95,7 +96,7 @@ def run_command(
     result: RunResult | None = None
     stopped = "failed"  # what the record says if the run raises: an internal error
     try:
-        result = Runner(compiled, services, executor=executor).run(values)
+        result = Runner(compiled, services, executor=executor, max_parallel_nodes=max_parallel_nodes).run(values)
     except KeyboardInterrupt:  # a second Ctrl-C: stop now, but still say how far it got
         stopped = "interrupted"
     finally:

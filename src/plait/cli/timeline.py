@@ -36,6 +36,7 @@ def timeline_data(records: Records, run: dict[str, Any]) -> dict[str, Any]:
     limit = 40 if many else 120
     preview_list: list[str] = []
     end = run.get("ended") or 0.0
+    width: dict[int, int] = {}  # lanes each node's attempts use: its highest slot + 1
     for row in records.items(run):
         node = index.get(row["node_id"])
         if node is None:
@@ -45,7 +46,10 @@ def timeline_data(records: Records, run: dict[str, Any]) -> dict[str, Any]:
         cols["n"].append(node)
         cols["i"].append(row["idx"])
         cols["a"].append(row["attempt"])
-        cols["s"].append(row["slot"] or 0)
+        slot = row["slot"] or 0
+        cols["s"].append(slot)
+        if slot >= width.get(node, 0):
+            width[node] = slot + 1
         cols["t0"].append(round((start - t0) * 1000.0, 3))
         cols["t1"].append(round((stop - t0) * 1000.0, 3))
         cols["st"].append(STATUS_CODES.get(row["status"], 3))
@@ -79,8 +83,13 @@ def timeline_data(records: Records, run: dict[str, Any]) -> dict[str, Any]:
                 "e": round(((n["ended"] or end) - t0) * 1000.0, 3),
                 "mc": (batch.get("max_concurrent") if batch.get("parallel") else 1) if batch else 1,
                 "batch": bool(batch),
+                "w": width.get(index[n["node_id"]], 1),
             }
         )
+    # Items point at their node by its place in `nodes`; the page's list skips never-started ones.
+    shown = {index[n["id"]]: k for k, n in enumerate(out_nodes)}
+    cols["n"] = [shown.get(i, i) for i in cols["n"]]
+    place_lanes(out_nodes)
     return {
         "run": {
             "id": run["run_id"],
@@ -92,6 +101,32 @@ def timeline_data(records: Records, run: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "previews": preview_list,
     }
+
+
+def place_lanes(nodes: list[dict[str, Any]]) -> None:
+    """Give nodes that ran at the same time lanes and header rows of their own.
+
+    Each node gets ``l`` (its first lane: an attempt in slot ``s`` is drawn in
+    lane ``l + s``), ``r`` (the row of its name chip) and ``alone`` (no other
+    node overlaps it: its band spans every lane, as when nodes run one at a
+    time). Greedy in order of start, so a run without concurrent nodes keeps
+    every node at lane 0 and row 0.
+    """
+    placed: list[dict[str, Any]] = []
+    for n in sorted(nodes, key=lambda n: (n["s"], n["e"])):
+        during = [p for p in placed if p["s"] < n["e"] and n["s"] < p["e"]]
+        lane = 0
+        for p in sorted(during, key=lambda p: p["l"]):
+            if lane < p["l"] + p["w"] and p["l"] < lane + n["w"]:
+                lane = p["l"] + p["w"]
+        rows = {p["r"] for p in during}
+        row = 0
+        while row in rows:
+            row += 1
+        n["l"], n["r"], n["alone"] = lane, row, not during
+        for p in during:
+            p["alone"] = False
+        placed.append(n)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -151,6 +151,9 @@ TOP = Fields(
     Field("edges", "array", None, doc="`{from, to, action?}`; without edges nodes run in the listed order"),
     Field("start_node", "string", None, doc="the first node; default: the first listed"),
     Field("executor", "string", "auto", extension=True, doc="the executor for this workflow's batches"),
+    Field("max_parallel_nodes", "integer", 4, minimum=1, extension=True,
+          doc="nodes of independent branches that run at the same time; 1 runs one node at a time",
+          hint="1 runs the nodes one after another; plait run --max-parallel-nodes N overrides it"),
     Field("fail_on_item_errors", "boolean", False, extension=True,
           doc="a run whose batch items failed (status `partial`) exits 1, as with `--strict`"),
 )

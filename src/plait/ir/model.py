@@ -122,6 +122,7 @@ class Workflow:
     file: str | None = None
     executor: str = TOP.default("executor")
     fail_on_item_errors: bool = TOP.default("fail_on_item_errors")
+    max_parallel_nodes: int = TOP.default("max_parallel_nodes")
     raw: Any = None  # the plain data the workflow was built from
 
     def node(self, node_id: str) -> NodeSpec:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plait.ir.format import BATCH, COMPAT_TOP, RETRY, Field, Fields
+from plait.ir.format import BATCH, COMPAT_TOP, RETRY, TOP, Field, Fields
 from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
 from plait.ir.validate import NODE_ID_RE
 
@@ -130,6 +130,7 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "$schema": {"type": "string"},
             "ir_version": {"type": "string", "pattern": r"^[01]\.\d+(\.\d+)?", "default": "0.1.0"},
             "executor": {"type": "string", "default": "auto"},
+            "max_parallel_nodes": _field_schema(TOP["max_parallel_nodes"]),
             "description": {"type": "string"},
             "inputs": {"type": "object", "additionalProperties": input_spec},
             "outputs": {

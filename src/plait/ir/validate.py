@@ -160,6 +160,7 @@ def build_workflow(
     outputs = _outputs(raw.get("outputs", {}), c)
 
     fail_on_item_errors = _field(raw, TOP["fail_on_item_errors"], "", "", "", c)
+    max_parallel_nodes = _field(raw, TOP["max_parallel_nodes"], "", "", "", c)
     executor = raw.get("executor", TOP.default("executor"))
     if not isinstance(executor, str) or not executor:
         c.add(f"executor must be the name of an executor, not {executor!r}", "executor")
@@ -187,6 +188,7 @@ def build_workflow(
         file=file,
         executor=executor,
         fail_on_item_errors=fail_on_item_errors,
+        max_parallel_nodes=max_parallel_nodes,
         raw=raw,
     )
     return wf, c.problems

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +119,14 @@ def coerce_inputs(
 class Runner:
     """Runs one compiled workflow once (the top-level run, or a sub-workflow)."""
 
-    def __init__(self, compiled: CompiledWorkflow, services: RunServices, *, executor: str | None = None) -> None:
+    def __init__(
+        self,
+        compiled: CompiledWorkflow,
+        services: RunServices,
+        *,
+        executor: str | None = None,
+        max_parallel_nodes: int | None = None,
+    ) -> None:
         self.compiled = compiled
         self.services = services
         self.bus = services.bus
@@ -125,6 +134,17 @@ class Runner:
         self.executor = executor
         if executor is not None and services.parent is None:
             services.executor_choice = executor
+        if max_parallel_nodes is not None and max_parallel_nodes < 1:
+            raise UsageError(
+                f"max_parallel_nodes must be at least 1, not {max_parallel_nodes}",
+                hint="1 runs the nodes one after another",
+            )
+        if max_parallel_nodes is not None and services.parent is None:
+            services.max_parallel_nodes = max_parallel_nodes
+        # A run-wide choice (the command line's) holds in sub-workflows too;
+        # without one each workflow brings its own.
+        chosen = max_parallel_nodes if max_parallel_nodes is not None else services.root.max_parallel_nodes
+        self.max_parallel_nodes: int = chosen if chosen is not None else compiled.workflow.max_parallel_nodes
 
     def run(self, inputs: dict[str, Any]) -> RunResult:
         cw = self.compiled
@@ -149,48 +169,9 @@ class Runner:
             )
         if services.parent is None:
             services.warm_up({cn.cls for cn in cw.nodes.values()})
-        status = "success"
-        last: str | None = None
-        pending = [cw.start]
-        reach = _reachability(cw)
-        while pending:
-            if services.cancelled.is_set():
-                status = "interrupted"
-                break
-            node_id = _pick(pending, reach, cw.order)
-            pending.remove(node_id)
-            cn = cw.nodes[node_id]
-            res = results[node_id]
-            res.visits += 1
-            if res.visits > MAX_VISITS:
-                errors.append(
-                    {
-                        "node_id": node_id,
-                        "message": f"reached {MAX_VISITS} times, the loop limit",
-                        "hint": "check the actions that lead back to it",
-                    }
-                )
-                status = "failed"
-                break
-            action, ok, error, index = self._run_node(cn, base, res)
-            last = node_id
-            if not ok:
-                if error == "interrupted" or services.cancelled.is_set():
-                    status = "interrupted"
-                    errors.append({"node_id": node_id, "message": "interrupted"})
-                    break
-                targets = [t for a, t in cw.edges_from.get(node_id, ()) if a == "error"]
-                if not targets:
-                    entry: dict[str, Any] = {"node_id": node_id, "message": error}
-                    if index is not None:
-                        entry["index"] = index
-                    errors.append(entry)
-                    status = "failed"
-                    break
-                action = "error"
-            for a, target in cw.edges_from.get(node_id, ()):
-                if a == action and target not in pending:
-                    pending.append(target)
+        sched = _Schedule(self, base, results, errors)
+        sched.run()
+        status, last = sched.status, sched.last
         outputs: dict[str, Any] = {}
         primary: Any = None
         if status == "success":
@@ -319,16 +300,206 @@ def _reachability(cw: CompiledWorkflow) -> Reachability:
     return Reachability(cw.order, succ)
 
 
-def _pick(pending: list[str], reach: Reachability, order: list[str]) -> str:
-    """The next node to run: one that no other pending node could still lead to.
+#: how often the scheduler looks up from waiting for a node (signals, Ctrl-C)
+_WAIT_S = 0.2
 
-    That makes a join wait for every activated predecessor. Inside a loop every
-    node can lead to every other; then the earliest activated wins.
+
+@dataclass
+class _Done:
+    """A node's visit that ended, handed back to the scheduler."""
+
+    node_id: str
+    seq: int
+    action: str = "default"
+    ok: bool = True
+    error: str | None = None
+    index: int | None = None
+    crash: BaseException | None = None  # an error of plait's own, raised again in the run's thread
+    view: dict[str, Any] | None = None  # the outputs as the node saw them, its own added
+
+
+class _Schedule:
+    """One run's walk over the graph (SPEC §3), with independent branches at once.
+
+    A node may start when no pending or running node can still lead to it (so
+    a join waits for every branch that reaches it), and, inside a loop, when it
+    cannot lead to a running node either (the nodes of one loop take turns, as
+    they do one at a time). Up to ``max_parallel_nodes`` nodes run at once.
+    When a single node can start and nothing runs, it runs in the run's own
+    thread, exactly as with one node at a time (signals reach it there); nodes
+    that start together run in threads of their own, each reading a copy of
+    the outputs taken at its start, and their outputs are merged back here.
+
+    Fail-fast: once a node fails without an error edge (or the run is
+    interrupted, or a loop reaches its limit) nothing new starts; the nodes
+    already running finish (an interrupt stops them as it stops any node).
     """
-    for candidate in pending:
-        if not any(
-            other != candidate and reach.leads_to(other, candidate) and not reach.leads_to(candidate, other)
-            for other in pending
-        ):
-            return candidate
-    return pending[0]
+
+    def __init__(
+        self, runner: Runner, base: dict[str, Any], results: dict[str, NodeResult], errors: list[dict[str, Any]]
+    ) -> None:
+        self.runner = runner
+        self.cw = runner.compiled
+        self.services = runner.services
+        self.base = base
+        self.results = results
+        self.errors = errors
+        self.limit = runner.max_parallel_nodes
+        self.reach = _reachability(self.cw)
+        self.pending: list[str] = [self.cw.start]
+        self.running: dict[str, int] = {}  # node id -> its launch number
+        self.done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
+        self.status = "success"
+        self.stopping = False
+        self.last: str | None = None
+        self._last_seq = -1
+        self._seq = 0
+        self._crash: BaseException | None = None
+
+    def run(self) -> None:
+        cancelled = self.services.cancelled
+        while self.pending or self.running:
+            if not self.stopping and cancelled.is_set():
+                self._stop("interrupted")
+            if not self.stopping:
+                ready = self._ready()
+                if ready and not self.running and len(ready) == 1:
+                    node_id = ready[0]
+                    if self._visit(node_id):
+                        self._finish(self._run_here(node_id))
+                    continue
+                for node_id in ready:
+                    if self._visit(node_id):
+                        self._launch(node_id)
+                    if self.stopping:
+                        break
+            if not self.running:
+                if self.stopping or not self.pending:
+                    break
+                continue
+            try:
+                finished = self.done.get(timeout=_WAIT_S)
+            except queue.Empty:
+                continue
+            self._finish(finished)
+        if self._crash is not None:
+            raise self._crash
+
+    # -- choosing
+
+    def _ready(self) -> list[str]:
+        """The pending nodes that may start now, in the order they were activated."""
+        room = self.limit - len(self.running)
+        if room <= 0:
+            return []
+        pending, running, reach = self.pending, self.running, self.reach
+        ready: list[str] = []
+        for candidate in pending:
+            if any(
+                other != candidate and reach.leads_to(other, candidate) and not reach.leads_to(candidate, other)
+                for other in pending
+            ):
+                continue  # a join, or a later step, still waits for another branch
+            if any(reach.leads_to(r, candidate) or reach.leads_to(candidate, r) for r in running):
+                continue
+            if any(reach.leads_to(r, candidate) or reach.leads_to(candidate, r) for r in ready):
+                continue  # two nodes of one loop: one at a time
+            ready.append(candidate)
+            if len(ready) == room:
+                break
+        if not ready and not running and pending:
+            # Inside a loop every node can lead to every other: the earliest activated goes.
+            ready.append(pending[0])
+        return ready
+
+    def _visit(self, node_id: str) -> bool:
+        """Count a visit; False (and the run stops) past the loop limit."""
+        self.pending.remove(node_id)
+        res = self.results[node_id]
+        res.visits += 1
+        if res.visits > MAX_VISITS:
+            self.errors.append(
+                {
+                    "node_id": node_id,
+                    "message": f"reached {MAX_VISITS} times, the loop limit",
+                    "hint": "check the actions that lead back to it",
+                }
+            )
+            self._stop("failed")
+            return False
+        return True
+
+    # -- running
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _run_here(self, node_id: str, seq: int | None = None) -> _Done:
+        seq = self._next_seq() if seq is None else seq
+        cn = self.cw.nodes[node_id]
+        action, ok, error, index = self.runner._run_node(cn, self.base, self.results[node_id])
+        return _Done(node_id, seq, action, ok, error, index)
+
+    def _launch(self, node_id: str) -> None:
+        seq = self._next_seq()
+        cn = self.cw.nodes[node_id]
+        res = self.results[node_id]
+        view = dict(self.base)  # a consistent view: later merges do not reach a node already started
+        runner, done = self.runner, self.done
+
+        def work() -> None:
+            try:
+                action, ok, error, index = runner._run_node(cn, view, res)
+                done.put(_Done(node_id, seq, action, ok, error, index, view=view))
+            except BaseException as exc:  # handed to the run's thread, which raises it when the others end
+                done.put(_Done(node_id, seq, ok=False, error=f"{type(exc).__name__}: {exc}", crash=exc))
+
+        self.running[node_id] = seq
+        thread = threading.Thread(target=work, name=f"plait-node-{node_id}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread": run it here instead
+            del self.running[node_id]
+            self._finish(self._run_here(node_id, seq))
+
+    # -- finishing
+
+    def _stop(self, status: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.status = status
+
+    def _finish(self, d: _Done) -> None:
+        self.running.pop(d.node_id, None)
+        if d.view is not None and d.node_id in d.view:
+            self.base[d.node_id] = d.view[d.node_id]
+        if d.seq > self._last_seq:
+            # The last node is the last one started among those that ended, so
+            # the result does not hang on which of two branches ended first.
+            self._last_seq, self.last = d.seq, d.node_id
+        if d.crash is not None:
+            if self._crash is None:
+                self._crash = d.crash
+            self._stop("failed")
+            return
+        action = d.action
+        if not d.ok:
+            if d.error == "interrupted" or self.services.cancelled.is_set():
+                self.errors.append({"node_id": d.node_id, "message": "interrupted"})
+                self._stop("interrupted")
+                return
+            targets = [t for a, t in self.cw.edges_from.get(d.node_id, ()) if a == "error"]
+            if not targets:
+                entry: dict[str, Any] = {"node_id": d.node_id, "message": d.error}
+                if d.index is not None:
+                    entry["index"] = d.index
+                self.errors.append(entry)
+                self._stop("failed")
+                return
+            action = "error"
+        if self.stopping:
+            return
+        for a, target in self.cw.edges_from.get(d.node_id, ()):
+            if a == action and target not in self.pending:
+                self.pending.append(target)

@@ -119,6 +119,8 @@ class RunServices(Services):
         self._loop: RunLoop | None = None
         #: the run's choice of executor (--executor), for sub-workflows too, root only
         self.executor_choice: str | None = None
+        #: the run's --max-parallel-nodes, for sub-workflows too, root only (None: each workflow's own)
+        self.max_parallel_nodes: int | None = None
         #: the run being resumed (its recorded results are reused), root only
         self.resumed_from: str | None = None
         self.reuse: Any = None  # a ReuseSource (runtime/resume.py) when resuming

@@ -31,12 +31,19 @@ function niceStep(span, target) {
 }
 function color(n) { return PALETTE[n % PALETTE.length]; }
 
-// lanes: one per concurrency slot, attempts sorted by start within each
-var lanes = 1;
-for (var k = 0; k < K; k++) if (I.s[k] + 1 > lanes) lanes = I.s[k] + 1;
+// lanes: one per concurrency slot, attempts sorted by start within each; nodes
+// that ran at the same time (concurrent branches) have lanes of their own
+function laneOf(k) { return (NODES[I.n[k]].l || 0) + I.s[k]; }
+var lanes = 1, chipRows = 1, together = false;
+for (var k = 0; k < K; k++) if (laneOf(k) + 1 > lanes) lanes = laneOf(k) + 1;
+NODES.forEach(function (n) {
+  if ((n.l || 0) + (n.w || 1) > lanes) lanes = (n.l || 0) + (n.w || 1);
+  if ((n.r || 0) + 1 > chipRows) chipRows = (n.r || 0) + 1;
+  if (n.alone === false) together = true;
+});
 var byLane = [];
 for (var l = 0; l < lanes; l++) byLane.push([]);
-for (k = 0; k < K; k++) byLane[I.s[k]].push(k);
+for (k = 0; k < K; k++) byLane[laneOf(k)].push(k);
 byLane.forEach(function (arr) { arr.sort(function (a, b) { return I.t0[a] - I.t0[b]; }); });
 var peakCap = 1;
 NODES.forEach(function (n) { if (n.mc > peakCap) peakCap = n.mc; });
@@ -61,7 +68,7 @@ function attemptsOf(k) {
 var geo = null;
 function render() {
   var W = Math.max(chart.clientWidth, 480);
-  var L = 64, Rp = 14, top = 30;
+  var L = 64, Rp = 14, top = 30 + (chipRows - 1) * 24;
   var laneH = Math.max(2, Math.min(22, Math.floor(440 / lanes)));
   var lanesH = laneH * lanes;
   var axisY = top + lanesH, flightTop = axisY + 44, flightH = 74, H = flightTop + flightH + 22;
@@ -79,7 +86,7 @@ function render() {
   }
   var every = laneH >= 12 ? 1 : Math.ceil(12 / laneH);
   for (l = 0; l < lanes; l += every) {
-    out.push('<text class="lanelabel" x="' + (L - 8) + '" y="' + (top + l * laneH + Math.min(laneH, 12) / 2 + 4) + '" text-anchor="end">slot ' + l + '</text>');
+    out.push('<text class="lanelabel" x="' + (L - 8) + '" y="' + (top + l * laneH + Math.min(laneH, 12) / 2 + 4) + '" text-anchor="end">' + (together ? 'lane ' : 'slot ') + l + '</text>');
   }
   // grid and axis
   var step = niceStep(span, Math.max(3, Math.floor(pw / 110)));
@@ -95,14 +102,17 @@ function render() {
   // node bands, behind the bars, with a header chip
   NODES.forEach(function (n, i) {
     var x0 = x(n.s), x1 = Math.max(x(n.e), x0 + 2), c = color(i);
-    out.push('<rect class="band" data-node="' + i + '" x="' + x0.toFixed(1) + '" y="' + top + '" width="' + (x1 - x0).toFixed(1) + '" height="' + lanesH + '" fill="' + c + '" fill-opacity="0.07"/>');
-    out.push('<line x1="' + x0.toFixed(1) + '" x2="' + x0.toFixed(1) + '" y1="4" y2="' + (flightTop + flightH) + '" stroke="' + c + '" stroke-opacity="0.55" stroke-width="1.5"/>');
-    out.push('<g class="bandhead"><rect data-node="' + i + '" x="' + x0.toFixed(1) + '" y="4" width="' + (x1 - x0).toFixed(1) + '" height="20" rx="4" fill="' + c + '"/>');
+    // a node alone in its time spans every lane; beside others, only its own
+    var by = n.alone === false ? top + (n.l || 0) * laneH : top, bh = n.alone === false ? (n.w || 1) * laneH : lanesH;
+    var cy = 4 + (n.r || 0) * 24;
+    out.push('<rect class="band" data-node="' + i + '" x="' + x0.toFixed(1) + '" y="' + by + '" width="' + (x1 - x0).toFixed(1) + '" height="' + bh + '" fill="' + c + '" fill-opacity="' + (n.alone === false ? '0.12' : '0.07') + '"/>');
+    out.push('<line x1="' + x0.toFixed(1) + '" x2="' + x0.toFixed(1) + '" y1="' + cy + '" y2="' + (flightTop + flightH) + '" stroke="' + c + '" stroke-opacity="0.55" stroke-width="1.5"/>');
+    out.push('<g class="bandhead"><rect data-node="' + i + '" x="' + x0.toFixed(1) + '" y="' + cy + '" width="' + (x1 - x0).toFixed(1) + '" height="20" rx="4" fill="' + c + '"/>');
     var label = n.id + (n.batch ? '' : '');
     if (x1 - x0 > 26) {
       var maxChars = Math.floor((x1 - x0 - 12) / 6.4);
       if (maxChars < label.length) label = label.slice(0, Math.max(1, maxChars - 1)) + '…';
-      out.push('<text x="' + (x0 + 7).toFixed(1) + '" y="18">' + esc(label) + '</text>');
+      out.push('<text x="' + (x0 + 7).toFixed(1) + '" y="' + (cy + 14) + '">' + esc(label) + '</text>');
     }
     out.push('</g>');
   });
@@ -212,7 +222,7 @@ function highlight(k) {
   var parts = [], span = geo.span;
   attemptsOf(k).forEach(function (j) {
     var x0 = geo.L + (I.t0[j] - view[0]) / span * geo.pw, x1 = geo.L + (I.t1[j] - view[0]) / span * geo.pw;
-    parts.push('<rect class="hl" x="' + (x0 - 1).toFixed(1) + '" y="' + (geo.top + I.s[j] * geo.laneH - 0.5).toFixed(1) + '" width="' + (Math.max(x1 - x0, 1.5) + 2).toFixed(1) + '" height="' + (geo.laneH + 1) + '" rx="2"/>');
+    parts.push('<rect class="hl" x="' + (x0 - 1).toFixed(1) + '" y="' + (geo.top + laneOf(j) * geo.laneH - 0.5).toFixed(1) + '" width="' + (Math.max(x1 - x0, 1.5) + 2).toFixed(1) + '" height="' + (geo.laneH + 1) + '" rx="2"/>');
   });
   g.innerHTML = parts.join('');
 }
@@ -294,7 +304,7 @@ function openHash() {
   render();
   var last = all[all.length - 1], r = chart.getBoundingClientRect();
   var bx = r.left + geo.L + (I.t1[last] - view[0]) / geo.span * geo.pw;
-  var by = r.top + geo.top + (I.s[last] + 1) * geo.laneH;
+  var by = r.top + geo.top + (laneOf(last) + 1) * geo.laneH;
   showTip(itemTip(last, 1), {clientX: bx, clientY: by});
   highlight(last);
 }
