@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ class ReuseSource:
             conn.close()
         self.fingerprints: dict[str, str | None] = {r[0]: r[1] for r in rows if "/" not in r[0]}
         self.reused = 0
+        self.lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self._db), timeout=30.0, check_same_thread=False)
@@ -205,7 +207,8 @@ class NodeReuse:
         else:
             out.error = row[_ERROR] or "failed"
             out.retryable = False
-        self.source.reused += 1
+        with self.source.lock:  # concurrent branches resume their batches at once
+            self.source.reused += 1
         return out
 
     # the driver's check (runtime/driver.py: ItemCheck)
