@@ -143,7 +143,7 @@ INTEGER = [
     Shape("if((${item} > 0)); then echo pos; fi", "integer", lambda v: "pos\n"),
     Shape("i=0; while((i<${item})); do i=$((i+1)); done; echo $i", "integer", lambda v: "7\n"),
     Shape("for((i=0;i<${item};i++)); do :; done; echo $i", "integer", lambda v: "7\n"),
-    Shape("a=(x y z); echo \"[${a[${item}]}]\"", "integer", lambda v: "[]\n"),
+    Shape("a=(x y z); echo \"[$${a[${item}]}]\"", "integer", lambda v: "[]\n"),
     Shape("a[${item}]=z; echo $${a[7]}", "integer", lambda v: "z\n"),
     Shape("a=(x); a+=([${item}]=z); echo $${a[7]}", "integer", lambda v: "z\n"),
     Shape("unset a[${item}]; echo ok", "integer", lambda v: "ok\n"),
