@@ -243,6 +243,9 @@ def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | N
     if node.batch is not None:
         return BATCH_OUTPUTS + ALWAYS_OUTPUTS
     cls = node_types.get(node.type)
+    mapped = getattr(cls, "mapped_outputs", None)
+    if mapped is not None and mapped(node.params) is not None:  # a workflow node's output_mapping
+        return tuple(mapped(node.params)) + ALWAYS_OUTPUTS
     if cls is None or cls.open_params or not cls.output_specs or getattr(cls, "dynamic_outputs", False):
         return None
     return tuple(o.name for o in cls.output_specs) + ALWAYS_OUTPUTS
