@@ -77,6 +77,10 @@ DATA = [
     Shape("printf '%s' $'[${item}]'", "data", lambda v: f"[{v}]"),
     Shape("printf '%s' \"<${item}>\" '<${item}>' [${item}]", "data", lambda v: f"<{v}><{v}>[{v}]"),
     Shape("printf '%s' ${item}${item}", "data", lambda v: v + v),
+    # pflow's nested index template: one value, whatever the item holds (gen.result is the items)
+    Shape("printf '%s' ${gen.result[${__index__}]}", "data"),
+    Shape("printf '%s' \"<${gen.result[${__index__}]}>\" x${gen.result[${__index__}]}", "data",
+          lambda v: f"<{v}>x{v}"),
     Shape("x=${item}; printf '%s' \"$x\"", "data"),
     Shape("x=${item} y=1; printf '%s' \"$x\"", "data"),
     Shape("f() { local x=${item}; printf '%s' \"$x\"; }; f", "data"),
