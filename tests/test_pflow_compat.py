@@ -74,6 +74,7 @@ def _pflow_workflow() -> dict[str, Any]:
             "pick": {"source": "${pick.results}"},
             "inline": {"source": "${inline.result}"},
             "said": {"source": "${sub.said}"},
+            "sub_all": {"source": "${sub}"},
             "inline_sub": {"source": "${inline_sub.greeting}"},
             "written": {"source": "${bin.written}"},
         },
@@ -94,6 +95,7 @@ def test_a_pflow_workflow_runs_with_its_templates_params_and_saved_child(
     assert (tmp_path / "bin.dat").read_bytes() == BINARY
     assert out["written"] == len(BINARY)
     assert out["said"] == "hi v-c"
+    assert out["sub_all"] == {"said": "hi v-c"}  # with output_mapping: the mapped names only
     assert out["inline_sub"] == "hi inline"
 
 

@@ -196,8 +196,10 @@ def _index(step: Ref, base: Base, local: Local, outer: Ref) -> int:
     value = lookup(step, base, local)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    index = local.get("__index__")
+    at_item = f" (batch item {index})" if index is not None else ""
     raise TemplateError(
-        f"template {outer.text}: the index {step.text} is {_describe(value)}, not a whole number",
+        f"template {outer.text}{at_item}: the index {step.text} is {_describe(value)}, not a whole number",
         template=outer.text,
         hint="an index template must give a position in the list, such as ${__index__}",
     )
