@@ -167,7 +167,7 @@ def test_pflow_fields_plait_does_not_do_are_refused_by_name(plait: Any, workflow
         "storage_mode 'shared' is not supported",
         "storage_mode 'scoped' is not supported",
         "'inputs' or in 'param_mapping' (pflow's name), not both",
-        "not workflow and workflow_ref",
+        "not both (workflow and workflow_ref)",
         "output_mapping maps 'r' to 'not a name'",
         "${g.r}: node 'g' (workflow) has no output 'r'",
         "${ a.stdout }: param 'command' of node 'h' holds a template plait cannot read",

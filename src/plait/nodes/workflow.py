@@ -103,7 +103,7 @@ class WorkflowNode(PlaitNode):
             problems.append(
                 (
                     "give exactly one of 'workflow' (a path, pflow's 'workflow_ref') or 'workflow_ir' "
-                    "(an inline workflow)" + (f", not {' and '.join(sources)}" if sources else ""),
+                    "(an inline workflow)" + (f", not both ({' and '.join(sources)})" if sources else ""),
                     None,
                 )
             )
