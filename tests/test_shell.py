@@ -198,7 +198,7 @@ ARITHMETIC = [
     "echo $(( ${v} + 1 ))",
     'echo $(( "${v}" + 1 ))',
     "(( ${v} > 1 )); echo done",
-    "a=(x y z); echo ${a[${v}]}",
+    "a=(x y z); echo $${a[${v}]}",
     "s=abcdef; echo ${s:${v}}",
     "[[ ${v} -eq 1 ]]; echo done",
     '[[ 1 -lt "${v}" ]]; echo done',
@@ -226,7 +226,7 @@ def test_arithmetic_refuses_a_value_that_is_not_an_integer(
     [
         ("echo $(( ${v} + 1 ))", "3"),
         ("(( ${v} > 1 )) && echo big", "big"),
-        ("a=(x y z); echo ${a[${v}]}", "z"),
+        ("a=(x y z); echo $${a[${v}]}", "z"),
         ("s=abcdef; echo ${s:${v}}", "cdef"),
         ("[[ ${v} -eq 2 ]] && echo two", "two"),
         ("[[ ${v} == 2 ]] && echo string-compare", "string-compare"),

@@ -248,3 +248,102 @@ def test_an_escaped_template_inside_a_static_object_or_list_is_unescaped():
     compiled = compile_value({"top": "$${x}", "nested": {"b": "$${x}"}, "list": ["$${y}", 1]})
     assert compiled.static
     assert compiled.resolve({}, {}) == {"top": "${x}", "nested": {"b": "${x}"}, "list": ["${y}", 1]}
+
+
+# -- pflow's nested index templates: the inner template is resolved first ------------
+
+NESTED_BASE: dict[str, Any] = {
+    "sh": {"results": [{"stdout": "zero"}, {"stdout": "one"}]},
+    "rows": ["a", "b", "c"],
+    "pick": {"i": 2, "s": "2", "flag": True},
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "local", "expected"),
+    [
+        ("${sh.results[${__index__}].stdout}", {"__index__": 1}, "one"),
+        ("${rows[${item.i}]}", {"item": {"i": 0}}, "a"),
+        ("${rows[${pick.i}]}", {}, "c"),
+        ("<${rows[${__index__}]}|${rows[${pick.i}]}>", {"__index__": 0}, "<a|c>"),
+        ("${sh.results[${__index__}]}", {"__index__": 0}, {"stdout": "zero"}),
+    ],
+)
+def test_a_nested_index_template_resolves_inner_first(template: str, local: dict[str, Any], expected: Any) -> None:
+    assert resolve(template, local, NESTED_BASE) == expected
+
+
+@pytest.mark.parametrize(
+    ("local", "words"),
+    [
+        ({"__index__": 5}, ["index [5] is out of range", "a list of 3 items"]),
+        ({"__index__": "1"}, ["the index ${__index__} is a string ('1')", "not a whole number"]),
+        ({"__index__": True}, ["a boolean (true)", "not a whole number"]),
+        ({}, ["'__index__' has no value"]),
+    ],
+)
+def test_a_nested_index_that_cannot_be_used_names_the_whole_template(local: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(TemplateError) as info:
+        compile_value("x ${rows[${__index__}]}").resolve(NESTED_BASE, local)
+    assert "${rows[${__index__}]}" in info.value.message or "${__index__}" in info.value.message
+    for w in words:
+        assert w in info.value.message
+
+
+def test_the_refs_of_a_nested_template_include_the_inner_one() -> None:
+    refs = compile_value("${sh.results[${__index__}].stdout}").refs
+    assert [r.root for r in refs] == ["sh", "__index__"]
+    assert refs[0].steps[0] == "results" and refs[0].steps[2] == "stdout"
+
+
+def test_escaped_outer_braces_keep_bash_array_syntax_but_resolve_the_index() -> None:
+    assert resolve("echo $${a[${pick.i}]} $${plain}", {}, NESTED_BASE) == "echo ${a[2]} ${plain}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["${a[${b[${c}]}]}", "${item.0}", "${ item }", "${rows[${i} ]}", "${x.y }"],
+)
+def test_text_that_reads_as_a_template_but_is_not_one_is_found(text: str) -> None:
+    from plait.templates import broken_templates
+
+    assert broken_templates(f"echo {text} ok") == [text]
+
+
+@pytest.mark.parametrize(
+    "text", ["${VAR:-x}", "${#arr[@]}", "${arr[@]}", "${arr[$i]}", "$${item.0}", "${s:${n}:2}", "${ok[${i}].x}"]
+)
+def test_shell_syntax_and_valid_templates_are_not_called_broken(text: str) -> None:
+    from plait.templates import broken_templates
+
+    assert broken_templates(text) == []
+
+
+# -- pflow's JSON text inside an inline object or list ---------------------------------
+
+JSON_BASE: dict[str, Any] = {
+    "cmd": {"stdout": '{"items": [1, 2]}\n', "num": "1458059302022549698", "bad": "{not json", "text": "[x"},
+}
+
+
+def test_json_text_from_a_whole_template_inside_an_object_or_list_is_parsed() -> None:
+    value = {
+        "data": "${cmd.stdout}",
+        "list": ["${cmd.stdout}", "n: ${cmd.stdout}"],
+        "deep": {"x": ["${cmd.stdout}"]},
+        "id": "${cmd.num}",
+        "bad": "${cmd.bad}",
+    }
+    out = resolve(value, {}, JSON_BASE)
+    assert out["data"] == {"items": [1, 2]}
+    assert out["list"][0] == {"items": [1, 2]}
+    assert out["list"][1] == 'n: {"items": [1, 2]}\n'  # text around it keeps it text
+    assert out["deep"] == {"x": [{"items": [1, 2]}]}
+    assert out["id"] == "1458059302022549698"  # a number in text stays text
+    assert out["bad"] == "{not json"
+    out["data"]["items"].append(3)  # each resolution is its own copy
+    assert resolve(value, {}, JSON_BASE)["data"] == {"items": [1, 2]}
+
+
+def test_json_text_from_a_whole_template_at_the_top_of_a_param_stays_text() -> None:
+    assert resolve("${cmd.stdout}", {}, JSON_BASE) == '{"items": [1, 2]}\n'

@@ -139,8 +139,21 @@ RETRY = Fields(
           doc="`exponential` doubles the wait each retry, with jitter and a cap of 60 s"),
 )
 
-# pflow fields accepted for compatibility; they change nothing here.
+# pflow's top-level fields. `$schema`, `name` and `metadata` are descriptive and
+# change nothing. The other three are read (ir/validate.py): the value that is
+# plait's own behaviour is accepted, any other is refused as not supported.
 COMPAT_TOP = ("mappings", "enable_namespacing", "template_resolution_mode", "$schema", "name", "metadata")
+# A node's `parameters` is pflow's other name for `params` (both given: an error).
+COMPAT_NODE = ("parameters",)
+# Node fields pflow users write (or its markdown lifts out of params) that plait
+# does not do yet: each is refused by name, with what to write instead.
+UNSUPPORTED_NODE = {
+    "loop": "loop with an edge whose action is not 'default' back to an earlier node (it stops at a "
+    "visit limit), or run the node once per item with 'batch'",
+    "approval": "split the workflow in two at the point of approval and run the second part after review",
+    "prompt_cache": "remove it; an llm node keeps its answers across runs with 'cache' (docs/format.md)",
+    "prewarm": "remove it; plait opens what a node needs when the node first runs",
+}
 
 TOP = Fields(
     Field("ir_version", "string", "0.1.0", doc="semver; majors 0 and 1 are read"),

@@ -142,7 +142,41 @@ def load_file(path: str | Path) -> Any:
             file=str(p),
         )
     text = read_workflow_text(p)
-    return load_text(text, "yaml" if suffix in (".yaml", ".yml") else "json", file=str(p))
+    raw = load_text(text, "yaml" if suffix in (".yaml", ".yml") else "json", file=str(p))
+    if suffix == ".json":
+        raw = unwrap_saved(raw)
+    return pflow_aliases(raw)
+
+
+def unwrap_saved(raw: Any) -> Any:
+    """The IR inside a workflow pflow saved (``~/.pflow/workflows/NAME.json``):
+    ``{"name", "description", "ir": {...}, "created_at", ...}``. The wrapper's
+    description is the workflow's when the IR has none; its other fields are
+    pflow's bookkeeping (dates, version, search metadata)."""
+    if not (isinstance(raw, dict) and "nodes" not in raw and isinstance(raw.get("ir"), dict)):
+        return raw
+    ir = dict(raw["ir"])
+    if "description" not in ir and isinstance(raw.get("description"), str) and raw["description"]:
+        ir["description"] = raw["description"]
+    return ir
+
+
+def pflow_aliases(raw: Any) -> Any:
+    """Nodes that write pflow's ``parameters`` get ``params``, so everything after
+    the loader (convert included) sees one name. Both given stays as written:
+    validation reports it."""
+    nodes = raw.get("nodes") if isinstance(raw, dict) else None
+    if not isinstance(nodes, list) or not any(
+        isinstance(n, dict) and "parameters" in n and "params" not in n for n in nodes
+    ):
+        return raw
+    renamed = [
+        {("params" if k == "parameters" else k): v for k, v in n.items()}
+        if isinstance(n, dict) and "parameters" in n and "params" not in n
+        else n
+        for n in nodes
+    ]
+    return {**raw, "nodes": renamed}
 
 
 def read_workflow_text(p: Path) -> str:

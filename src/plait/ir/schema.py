@@ -12,6 +12,13 @@ from plait.ir.format import BATCH, COMPAT_TOP, RETRY, TOP, Field, Fields
 from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
 from plait.ir.validate import NODE_ID_RE
 
+# pflow's switches: only the setting that is plait's behaviour validates (docs/pflow-compat.md)
+_PFLOW_SWITCHES: dict[str, Any] = {
+    "template_resolution_mode": {"enum": ["strict"], "description": "pflow's; 'permissive' is not supported"},
+    "enable_namespacing": {"const": True, "description": "pflow's; false is not supported"},
+    "mappings": {"type": "object", "maxProperties": 0, "description": "pflow's proxy mappings: not supported yet"},
+}
+
 _JSON_TYPES = {
     "string": {"type": "string"},
     "integer": {"type": "integer"},
@@ -103,6 +110,7 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "type": {"enum": sorted(d["type"] for d in node_types)},
             "purpose": {"type": "string"},
             "params": {"type": "object"},
+            "parameters": {"type": "object", "description": "pflow's other name for params"},
             "batch": batch,
             "retry": _object_schema(RETRY, {}),
         },
@@ -164,7 +172,8 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             **{
                 name: {"description": "accepted for pflow compatibility; unused"}
                 for name in COMPAT_TOP
-                if name != "$schema"
+                if name not in ("$schema", *_PFLOW_SWITCHES)
             },
+            **_PFLOW_SWITCHES,
         },
     }

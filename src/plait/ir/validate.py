@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from plait.errors import Problem, did_you_mean
 from plait.ir.format import (
     BATCH,
+    COMPAT_NODE,
     COMPAT_TOP,
     EDGE,
     INPUT,
@@ -20,6 +21,7 @@ from plait.ir.format import (
     OUTPUT,
     RETRY,
     TOP,
+    UNSUPPORTED_NODE,
     Field,
 )
 from plait.ir.model import (
@@ -40,9 +42,9 @@ SUPPORTED_MAJORS = (0, 1)  # pflow's planner writes 1.0.0
 NODE_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_COMPAT_TOP = COMPAT_TOP
+_COMPAT_TOP = (*COMPAT_TOP, *COMPAT_NODE, *UNSUPPORTED_NODE)  # accepted, but not offered in hints
 TOP_FIELDS = (*TOP.names, *COMPAT_TOP)
-NODE_FIELDS = NODE.names
+NODE_FIELDS = (*NODE.names, *COMPAT_NODE, *UNSUPPORTED_NODE)
 EDGE_FIELDS = EDGE.names
 INPUT_FIELDS = INPUT.names
 OUTPUT_FIELDS = OUTPUT.names
@@ -124,6 +126,8 @@ def build_workflow(
             "upgrade plait, or write the workflow for ir_version 0.x or 1.x",
         )
 
+    _pflow_top(raw, c)
+
     description = raw.get("description", "")
     if not isinstance(description, str):
         c.add("description must be a string", "description")
@@ -192,6 +196,48 @@ def build_workflow(
         raw=raw,
     )
     return wf, c.problems
+
+
+def _pflow_top(raw: dict[str, Any], c: _Collector) -> None:
+    """pflow's top-level switches: the setting that is plait's own behaviour is
+    accepted; any other would change what the workflow means, so it is refused."""
+    if "template_resolution_mode" in raw:
+        mode = raw["template_resolution_mode"]
+        if mode == "permissive":
+            c.add(
+                "template_resolution_mode 'permissive' is not supported: plait resolves every template "
+                "strictly, and one that cannot be resolved fails its node instead of reaching it as text",
+                "template_resolution_mode",
+                "remove the field (or write 'strict'); to pass the text ${...} on as it is, write $${...}",
+            )
+        elif mode != "strict":
+            c.add(
+                f"template_resolution_mode must be 'strict' or 'permissive', not {mode!r}",
+                "template_resolution_mode",
+                "plait supports 'strict', pflow's default",
+            )
+    if "enable_namespacing" in raw:
+        value = raw["enable_namespacing"]
+        if value is False:
+            c.add(
+                "enable_namespacing false is not supported: plait always keeps each node's outputs "
+                "under its id, and there is no flat shared store to write into",
+                "enable_namespacing",
+                "remove the field and read outputs as ${node_id.output}",
+            )
+        elif value is not True:
+            c.add(f"enable_namespacing must be true or false, not {value!r}", "enable_namespacing")
+    if "mappings" in raw:
+        value = raw["mappings"]
+        if not isinstance(value, dict):
+            c.add(f"mappings must be an object, not {value_type(value)}", "mappings")
+        elif value:
+            c.add(
+                "mappings (pflow's proxy mappings of node inputs and outputs) are not supported yet",
+                "mappings",
+                "remove 'mappings' and pass each value with a template, e.g. "
+                '"params": {"content": "${fetch.stdout}"}',
+            )
 
 
 def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:
@@ -345,7 +391,22 @@ def _nodes(raw: Any, node_types: Mapping[str, NodeTypeInfo], c: _Collector) -> l
             )
         else:
             info = node_types[type_]
-        params = node.get("params", {})
+        if "parameters" in node and "params" in node:
+            c.add(
+                "the node has both 'params' and 'parameters'",
+                f"{path}.parameters",
+                "keep one: 'parameters' is pflow's other name for 'params'",
+                node_id=node_id,
+            )
+        params = node.get("params", node.get("parameters", {}))
+        for name, instead in UNSUPPORTED_NODE.items():
+            if name in node:
+                c.add(
+                    f"'{name}' on a node is not supported yet (node '{node_id}')",
+                    f"{path}.{name}",
+                    instead,
+                    node_id=node_id,
+                )
         if not isinstance(params, dict):
             c.add(f"params must be an object, not {value_type(params)}", f"{path}.params", node_id=node_id)
             params = {}

@@ -193,6 +193,12 @@ class WriteFileNode(PlaitNode):
         ),
         Param("create_dirs", "boolean", default=True, description="create missing parent folders"),
         Param("encoding", "string", default="utf-8", description="text encoding"),
+        Param(
+            "content_is_binary",
+            "boolean",
+            default=False,
+            description="content is base64 text, written as the bytes it encodes (pflow's param)",
+        ),
     )
     output_specs = (
         Output("written", "integer", "bytes written"),
@@ -203,18 +209,10 @@ class WriteFileNode(PlaitNode):
     def exec(self, p: dict[str, Any]) -> dict[str, Any]:
         path = Path(p["file_path"])
         content = p["content"]
-        if isinstance(content, dict | list):
-            text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
-        elif content is None:
-            text = ""
-        elif isinstance(content, bool):
-            text = "true" if content else "false"
+        if p.get("content_is_binary"):
+            data = _base64_bytes(content)
         else:
-            text = str(content)
-        try:
-            data = text.encode(p["encoding"])
-        except LookupError:
-            raise NodeError(f"unknown encoding '{p['encoding']}'", retryable=False)
+            data = _text_bytes(content, p["encoding"])
         if p["create_dirs"]:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.parent.exists():
@@ -253,6 +251,43 @@ class WriteFileNode(PlaitNode):
                 retryable=False,
             )
         return {"written": len(data), "path": str(path.resolve())}
+
+
+def _text_bytes(content: Any, encoding: str) -> bytes:
+    if isinstance(content, dict | list):
+        text = json.dumps(content, indent=2, ensure_ascii=False) + "\n"
+    elif content is None:
+        text = ""
+    elif isinstance(content, bool):
+        text = "true" if content else "false"
+    else:
+        text = str(content)
+    try:
+        return text.encode(encoding)
+    except LookupError:
+        raise NodeError(f"unknown encoding '{encoding}'", retryable=False)
+
+
+def _base64_bytes(content: Any) -> bytes:
+    """The bytes that base64 text stands for; whitespace and line breaks inside are
+    allowed (as `base64` prints them), any other stray character is an error."""
+    import base64
+    import binascii
+
+    if not isinstance(content, str):
+        raise NodeError(
+            f"content_is_binary needs base64 text as the content, not {type(content).__name__}",
+            retryable=False,
+        )
+    compact = "".join(content.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        shown = compact if len(compact) <= 40 else compact[:37] + "..."
+        raise NodeError(
+            f"content_is_binary is set but the content is not valid base64 ({exc}): {shown!r}",
+            retryable=False,
+        )
 
 
 def _write_in_place(path: Path, data: bytes, *, append: bool) -> None:

@@ -180,29 +180,24 @@ def _literals_of_raw(command: str) -> tuple[tuple[str, ...], list[str], list[tup
     Returns the literals, the template texts, and anchors (skeleton offset, raw
     offset) to turn a skeleton position back into one in the text as written.
     """
-    from plait.templates import TEMPLATE_RE
+    from plait.templates import scan
 
     literals = [""]
     templates: list[str] = []
     anchors: list[tuple[int, int]] = [(0, 0)]
     skel = 0
-    pos = 0
-    for m in TEMPLATE_RE.finditer(command):
-        chunk = command[pos : m.start()]
-        literals[-1] += chunk
-        skel += len(chunk)
-        if m.group(1):
-            literals[-1] += m.group(0)[1:]
-            skel += len(m.group(0)) - 1
-            anchors.append((skel, m.end()))
+    for start, end, piece in scan(command):
+        if isinstance(piece, str):
+            literals[-1] += piece
+            skel += len(piece)
+            if len(piece) != end - start:  # an escape: one '$' fewer than written
+                anchors.append((skel, end))
         else:
-            anchors.append((skel, m.start()))
-            templates.append(m.group(0))
+            anchors.append((skel, start))
+            templates.append(piece.text)
             literals.append("")
             skel += len(f"${{{syntax.VAR}{len(templates) - 1}}}")
-            anchors.append((skel, m.end()))
-        pos = m.end()
-    literals[-1] += command[pos:]
+            anchors.append((skel, end))
     return tuple(literals), templates, anchors
 
 

@@ -22,7 +22,7 @@ from plait.ir.validate import document_order
 from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
 from plait.runtime.keys import node_fingerprint
-from plait.templates import Base, Compiled, Local, compile_value, fresh
+from plait.templates import Base, Compiled, Local, TemplateError, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
 
@@ -60,7 +60,11 @@ class CompiledNode:
         for name in self.static_containers:
             params[name] = fresh(params[name])
         for name, resolve, coerce in self.templated:
-            params[name] = coerce(resolve(base, local), name)
+            try:
+                value = resolve(base, local)
+            except TemplateError as exc:  # say which param, beside the node the error is filed under
+                raise TemplateError(f"param '{name}': {exc.message}", template=exc.template, hint=exc.hint) from None
+            params[name] = coerce(value, name)
         return params
 
 

@@ -20,10 +20,20 @@ from typing import Any
 from plait.nodes.base import TemplatedText
 
 NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
-PATH = rf"{NAME}(?:\.{NAME}|\[\d+\])*"
+# The path inside an index template: one level of nesting, as in pflow.
+INNER_PATH = rf"{NAME}(?:\.{NAME}|\[\d+\])*"
+# An index is a number or one template resolved first: ${results[${__index__}].stdout}.
+PATH = rf"{NAME}(?:\.{NAME}|\[\d+\]|\[\$\{{{INNER_PATH}\}}\])*"
 # An optional extra '$' in front makes `$${x}` the literal text `${x}`.
 TEMPLATE_RE = re.compile(rf"(\$?)\$\{{({PATH})\}}")
-_STEP_RE = re.compile(rf"\.({NAME})|\[(\d+)\]")
+_STEP_RE = re.compile(rf"\.({NAME})|\[(\d+)\]|\[\$\{{({INNER_PATH})\}}\]")
+# What reads as a template but is not one: the start of a path that goes on with
+# an index template nested deeper than one level (or not closed), a step such as
+# `.0`, or spaces inside the braces. Shell syntax (`${VAR:-x}`, `${#a[@]}`) never matches.
+_BROKEN_RE = re.compile(
+    rf"(?<!\$)\$\{{(?:\s+{NAME}|{NAME}(?:\.{NAME}|\[\d+\]|\[\$\{{{INNER_PATH}\}}\])*"
+    rf"(?:\[\$\{{|\.(?![A-Za-z_])|\s+\}}))"
+)
 
 Base = Mapping[str, Any]
 Local = Mapping[str, Any]
@@ -45,29 +55,69 @@ class Ref:
 
     text: str  # as written, e.g. ${fetch.stdout.items[0]}
     root: str
-    steps: tuple[str | int, ...]
+    # a Ref among the steps is an index template, resolved before the step is taken
+    steps: tuple[str | int | Ref, ...]
+
+    def with_inner(self) -> list[Ref]:
+        """This reference and the index templates inside it (each is checked and resolved)."""
+        return [self, *(s for s in self.steps if isinstance(s, Ref))]
 
 
-def parse_path(path: str) -> tuple[str, tuple[str | int, ...]]:
+def parse_path(path: str) -> tuple[str, tuple[str | int | Ref, ...]]:
     root_end = len(path)
     for i, ch in enumerate(path):
         if ch in ".[":
             root_end = i
             break
-    steps: list[str | int] = []
+    steps: list[str | int | Ref] = []
     for m in _STEP_RE.finditer(path, root_end):
-        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        if m.group(1) is not None:
+            steps.append(m.group(1))
+        elif m.group(2) is not None:
+            steps.append(int(m.group(2)))
+        else:
+            inner_root, inner_steps = parse_path(m.group(3))
+            steps.append(Ref(f"${{{m.group(3)}}}", inner_root, inner_steps))
     return path[:root_end], tuple(steps)
 
 
 def find_refs(text: str) -> list[Ref]:
+    """Every reference in ``text``, index templates inside others included."""
     refs = []
     for m in TEMPLATE_RE.finditer(text):
         if m.group(1):
             continue
         root, steps = parse_path(m.group(2))
-        refs.append(Ref(m.group(0), root, steps))
+        refs += Ref(m.group(0), root, steps).with_inner()
     return refs
+
+
+def broken_templates(text: str) -> list[str]:
+    """The ``${...}`` in ``text`` that look like templates but cannot be read as one.
+
+    Each would otherwise reach the node as literal text (half resolved, when a
+    template inside it is resolved), so the static checks refuse them.
+    """
+    spans = [m.span() for m in TEMPLATE_RE.finditer(text)]
+    found = []
+    for m in _BROKEN_RE.finditer(text):
+        if any(start <= m.start() < end for start, end in spans):
+            continue
+        found.append(_braced(text, m.start()))
+    return found
+
+
+def _braced(text: str, start: int) -> str:
+    """The ``${...}`` starting at ``start``, up to its matching brace (or 60 characters)."""
+    depth = 0
+    for i in range(start + 1, min(len(text), start + 200)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    return text[start : start + 60]
 
 
 def has_template(value: Any) -> bool:
@@ -135,6 +185,26 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__} ({value!r})"
 
 
+def _step_text(step: str | int | Ref) -> str:
+    if isinstance(step, Ref):
+        return f"[{step.text}]"
+    return f"[{step}]" if isinstance(step, int) else f".{step}"
+
+
+def _index(step: Ref, base: Base, local: Local, outer: Ref) -> int:
+    """The value of an index template: a whole number, as pflow requires."""
+    value = lookup(step, base, local)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    index = local.get("__index__")
+    at_item = f" (batch item {index})" if index is not None else ""
+    raise TemplateError(
+        f"template {outer.text}{at_item}: the index {step.text} is {_describe(value)}, not a whole number",
+        template=outer.text,
+        hint="an index template must give a position in the list, such as ${__index__}",
+    )
+
+
 def _step(value: Any, step: str | int, ref: Ref, done: int, local: Local) -> Any:
     if isinstance(value, str):
         stripped = value.strip()
@@ -145,7 +215,7 @@ def _step(value: Any, step: str | int, ref: Ref, done: int, local: Local) -> Any
                 pass
     if isinstance(step, int):
         if isinstance(value, list):
-            if step < len(value):
+            if 0 <= step < len(value):
                 return value[step]
             problem = f"index [{step}] is out of range ({_describe(value)})"
         else:
@@ -157,7 +227,7 @@ def _step(value: Any, step: str | int, ref: Ref, done: int, local: Local) -> Any
             problem = f"'{step}' is missing; the value is {_describe(value)}"
         else:
             problem = f"cannot take '.{step}' of {_describe(value)}"
-    where = ref.root + "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in ref.steps[:done])
+    where = ref.root + "".join(_step_text(s) for s in ref.steps[:done])
     index = local.get("__index__")
     at_item = f" (batch item {index})" if index is not None else ""
     raise TemplateError(f"template {ref.text}{at_item}: at {where}, {problem}", template=ref.text)
@@ -182,8 +252,8 @@ def lookup(ref: Ref, base: Base, local: Local) -> Any:
                 hint=f"export {name}=... before running, or use a workflow input instead",
             )
         value = os.environ[name]
-        for i, step in enumerate(ref.steps[1:], 2):
-            value = _step(value, step, ref, i - 1, local)
+        for i, step in enumerate(ref.steps[1:], 1):
+            value = _step(value, _index(step, base, local, ref) if isinstance(step, Ref) else step, ref, i, local)
         return value
     else:
         raise TemplateError(
@@ -192,7 +262,7 @@ def lookup(ref: Ref, base: Base, local: Local) -> Any:
             template=ref.text,
         )
     for i, step in enumerate(ref.steps):
-        value = _step(value, step, ref, i, local)
+        value = _step(value, _index(step, base, local, ref) if isinstance(step, Ref) else step, ref, i, local)
     return value
 
 
@@ -208,13 +278,19 @@ class Compiled:
         self.resolve: Callable[[Base, Local], Any] = resolve or (lambda base, local: value)
 
 
-def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) -> Compiled:
+def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True, inline: bool = False) -> Compiled:
     """Compile a param value. ``copy=False`` hands out the referenced values
-    themselves instead of fresh copies (for batch items, which are only read)."""
+    themselves instead of fresh copies (for batch items, which are only read).
+
+    Inside an object or list (``inline``), a string that is exactly one template
+    and resolves to text holding a JSON object or list becomes that object or
+    list, as pflow does: ``{"data": "${cmd.stdout}"}`` carries the parsed data.
+    Text around the template (``"x ${cmd.stdout}"``) keeps it a string.
+    """
     if isinstance(value, str):
-        return _compile_str(value, keep_parts, copy)
+        return _compile_str(value, keep_parts, copy, inline)
     if isinstance(value, dict):
-        items = {k: compile_value(v) for k, v in value.items()}
+        items = {k: compile_value(v, inline=True) for k, v in value.items()}
         refs = [r for c in items.values() for r in c.refs]
         if all(c.static for c in items.values()):
             # rebuilt only when an escape ($${x}) inside changed something
@@ -224,7 +300,7 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) ->
         pairs = [(k, c.resolve) for k, c in items.items()]
         return Compiled(value, refs, lambda base, local: {k: f(base, local) for k, f in pairs})
     if isinstance(value, list):
-        elems = [compile_value(v) for v in value]
+        elems = [compile_value(v, inline=True) for v in value]
         refs = [r for c in elems for r in c.refs]
         if all(c.static for c in elems):
             if any(c.value is not v for c, v in zip(elems, value, strict=True)):
@@ -235,30 +311,82 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) ->
     return Compiled(value, [], None)
 
 
-def _compile_str(text: str, keep_parts: bool, copy: bool = True) -> Compiled:
+def parse_json_container(value: Any) -> Any:
+    """``value`` parsed when it is text holding a JSON object or list, else ``value``
+    itself (a number in text stays text: ids such as "1458059302022549698")."""
+    if not isinstance(value, str):
+        return value
+    stripped = value.strip()
+    if stripped[:1] not in ("{", "["):
+        return value
+    try:
+        return fresh(_parse_json_text(stripped))
+    except ValueError:
+        return value
+
+
+def scan(text: str) -> list[tuple[int, int, str | Ref]]:
+    """``text`` cut into literal text and templates, with their offsets as written.
+
+    ``$${x}`` is the literal ``${x}``. An escaped path with index templates,
+    ``$${a[${i}]}``, escapes only its outer braces: the index templates are
+    still resolved, so bash receives ``${a[7]}`` (its own array syntax).
+    """
+    out: list[tuple[int, int, str | Ref]] = []
+    pos = 0
+    for m in TEMPLATE_RE.finditer(text):
+        if m.start() > pos:
+            out.append((pos, m.start(), text[pos : m.start()]))
+        root, steps = parse_path(m.group(2))
+        if not m.group(1):
+            out.append((m.start(), m.end(), Ref(m.group(0), root, steps)))
+        elif not any(isinstance(s, Ref) for s in steps):
+            out.append((m.start(), m.end(), m.group(0)[1:]))
+        else:
+            at = m.start(2)
+            for inner in _STEP_RE.finditer(m.group(2), len(root)):
+                if inner.group(3) is None:
+                    continue
+                start = m.start(2) + inner.start() + 1  # past the '['
+                end = m.start(2) + inner.end() - 1
+                lead = text[at:start] if at > m.start(2) else "${" + text[at:start]
+                out.append((m.start() if at == m.start(2) else at, start, lead))
+                inner_root, inner_steps = parse_path(inner.group(3))
+                out.append((start, end, Ref(text[start:end], inner_root, inner_steps)))
+                at = end
+            out.append((at, m.end(), text[at : m.end()]))
+        pos = m.end()
+    if pos < len(text):
+        out.append((pos, len(text), text[pos:]))
+    return out
+
+
+def _compile_str(text: str, keep_parts: bool, copy: bool = True, inline: bool = False) -> Compiled:
     if "${" not in text:
         return Compiled(text, [], None)
     pieces: list[str | Ref] = []
     refs: list[Ref] = []
-    pos = 0
-    for m in TEMPLATE_RE.finditer(text):
-        literal = text[pos : m.start()]
-        if m.group(1):  # $${x}: the literal text ${x}
-            literal += m.group(0)[1:]
-            _append_literal(pieces, literal)
+    for _, _, piece in scan(text):
+        if isinstance(piece, str):
+            _append_literal(pieces, piece)
         else:
-            _append_literal(pieces, literal)
-            root, steps = parse_path(m.group(2))
-            ref = Ref(m.group(0), root, steps)
-            refs.append(ref)
-            pieces.append(ref)
-        pos = m.end()
-    _append_literal(pieces, text[pos:])
+            refs += piece.with_inner()
+            pieces.append(piece)
     if not refs:
         unescaped = "".join(p for p in pieces if isinstance(p, str))
         return Compiled(unescaped, [], None)
     if len(pieces) == 1 and not keep_parts:
-        only = refs[0]
+        only = pieces[0]
+        assert isinstance(only, Ref)
+        if inline:
+
+            def resolve_inline(base: Base, local: Local) -> Any:
+                value = lookup(only, base, local)
+                if isinstance(value, str):
+                    return parse_json_container(value)
+                return fresh(value) if copy and isinstance(value, _CONTAINERS) else value
+
+            return Compiled(text, refs, resolve_inline)
         if not copy:
             return Compiled(text, refs, lambda base, local: lookup(only, base, local))
 

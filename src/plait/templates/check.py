@@ -9,7 +9,7 @@ from typing import Any
 from plait.errors import Problem, did_you_mean
 from plait.ir.graph import RunOrder, unreachable
 from plait.ir.model import Workflow, fits, value_type
-from plait.templates import TEMPLATE_RE, Ref, compile_value
+from plait.templates import TEMPLATE_RE, Ref, broken_templates, compile_value
 
 BATCH_OUTPUTS = ("results", "count", "success_count", "error_count", "errors", "batch_metadata")
 # Every node may carry these besides its declared outputs.
@@ -121,6 +121,25 @@ def check_workflow(
                     )
                 )
 
+    def check_broken(value: Any, path: str, node_id: str | None, param: str | None = None) -> None:
+        for text in _strings(value):
+            for bad in broken_templates(text):
+                what = f"param '{param}' of node '{node_id}'" if param and node_id else path
+                problems.append(
+                    Problem(
+                        f"{bad}: {what} holds a template plait cannot read, so it would reach the node "
+                        "as literal text",
+                        path=path,
+                        node_id=node_id,
+                        param=param,
+                        hint=(
+                            "a path is name(.name | [number] | [${name.path}])*, with no spaces; an index "
+                            "template goes one level deep, as in ${node.results[${__index__}].stdout}; "
+                            "$${...} keeps the text as it is"
+                        ),
+                    )
+                )
+
     for n in wf.nodes:
         npath = f"nodes[{n.position}]"
         # every node's attempt has these; a batch item also its alias and index
@@ -133,6 +152,7 @@ def check_workflow(
                     check_ref(ref, f"{npath}.batch.results", n.id, ())
             for ref in items_c.refs:
                 check_ref(ref, f"{npath}.batch.items", n.id, ())
+            check_broken(n.batch.items, f"{npath}.batch.items", n.id)
             if isinstance(n.batch.items, dict):
                 pass  # a source object: checked with the sources (runtime/sources.py)
             elif items_c.static and not isinstance(n.batch.items, list | str) and n.batch.items is not None:
@@ -174,6 +194,7 @@ def check_workflow(
             compiled = compile_value(value)
             for ref in compiled.refs:
                 check_ref(ref, ppath, n.id, local)
+            check_broken(value, ppath, n.id, key)
             if spec is None or not compiled.static:
                 continue
             if not fits(value, spec.type):
@@ -190,9 +211,20 @@ def check_workflow(
     for name, out in wf.outputs.items():
         for ref in compile_value(out.source).refs:
             check_ref(ref, f"outputs.{name}.source", None, ())
+        check_broken(out.source, f"outputs.{name}.source", None)
         if isinstance(out.source, str) and not TEMPLATE_RE.search(out.source):
             warnings.append(f"output '{name}' has no template in its source; it is the fixed text {out.source!r}")
     return problems, warnings
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value] if "${" in value else []
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _json_list(text: str) -> bool:
@@ -211,6 +243,9 @@ def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | N
     if node.batch is not None:
         return BATCH_OUTPUTS + ALWAYS_OUTPUTS
     cls = node_types.get(node.type)
+    mapped = getattr(cls, "mapped_outputs", None)
+    if mapped is not None and mapped(node.params) is not None:  # a workflow node's output_mapping
+        return tuple(mapped(node.params)) + ALWAYS_OUTPUTS
     if cls is None or cls.open_params or not cls.output_specs or getattr(cls, "dynamic_outputs", False):
         return None
     return tuple(o.name for o in cls.output_specs) + ALWAYS_OUTPUTS
