@@ -201,6 +201,12 @@ def _errors(
     "(a batch's own 'executor' field still wins).",
 )
 @click.option(
+    "--items",
+    "items",
+    metavar="FILE",
+    help='The items of the batch that reads standard input ({"from": "-"}), from FILE instead.',
+)
+@click.option(
     "--scheduler",
     metavar="ADDRESS",
     help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
@@ -221,6 +227,7 @@ def run(
     rerun: tuple[str, ...],
     executor: str | None,
     scheduler: str | None,
+    items: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -249,6 +256,7 @@ def run(
             rerun=rerun,
             cache=cache or "default",
             scheduler=scheduler,
+            items=items,
         )
     sys.exit(code)
 
@@ -288,6 +296,7 @@ def _is_number(word: str) -> bool:
 @click.option("--rerun", multiple=True, metavar="NODE", help="Run NODE again in full (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 when batch items failed (a 'partial' run).")
 @click.option("--executor", metavar="NAME", help="Where batch items run (see `plait run --help`).")
+@click.option("--items", "items", metavar="FILE", help="The items of the batch that reads standard input, from FILE.")
 @_nodes_option
 @_debug_option
 def resume(
@@ -300,6 +309,7 @@ def resume(
     rerun: tuple[str, ...],
     strict: bool,
     executor: str | None,
+    items: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -335,6 +345,7 @@ def resume(
             only_unfinished=only_unfinished,
             rerun=rerun,
             cache=cache or "default",
+            items=items,
         )
     sys.exit(code)
 
