@@ -419,3 +419,22 @@ def test_groups_map_back_fail_per_group_and_resume_per_group(plait, workflow, tm
     assert [x["value"] for x in mapped_out] == [{"n": i} for i in range(10)]
     shared_out = r.json["outputs"]["shared"]["results"]
     assert [x["first"] for x in shared_out] == [0, 0, 0, 0, 4, 4, 4, 4, 8, 8]
+
+
+def test_the_python_api_takes_items_as_a_path_or_an_open_file(workflow, tmp_path):
+    import io
+
+    import pytest
+
+    import plait
+    from plait.errors import UsageError
+
+    wf = workflow({"nodes": [batch_node("s", {"from": "-"})], "outputs": {"s": {"source": "${s.results}"}}})
+    (tmp_path / "given.jsonl").write_text('{"n": 1}\n{"n": 2}\n')
+    by_path = plait.run(wf, items=tmp_path / "given.jsonl")  # the extension gives the format
+    assert by_path.ok and [r["got"] for r in by_path.outputs["s"]] == [{"n": 1}, {"n": 2}]
+    by_file = plait.run(wf, items=io.BytesIO(b"a\nb\n"))
+    assert by_file.ok and [r["got"] for r in by_file.outputs["s"]] == ["a", "b"]
+    plain = workflow({"nodes": [batch_node("p", [1])]})
+    with pytest.raises(UsageError, match="no batch of this workflow reads its items from standard input"):
+        plait.run(plain, items=io.BytesIO(b"a\n"))
