@@ -301,6 +301,13 @@ def test_input_and_completion_order_and_a_slow_head_holds_launches(plait, workfl
         held("inorder", "few.jsonl", "input"),
         held("asdone", "few.jsonl", "completion"),
     ]
+    # groups of two are held back by the first item they would hold: the group
+    # of items 998 and 999 is the last one launched while the head group waits
+    jsonl(tmp_path / "pairs.jsonl", [{"n": i, "until": "end 998" if i == 0 else ""} for i in range(n)])
+    grouped = held("grouped", "pairs.jsonl", "input")
+    grouped["params"]["until_line"] = "${item[0].until}"
+    grouped["batch"]["group"] = 2
+    nodes.append(grouped)
     wf = workflow({"nodes": nodes, "outputs": {n["id"]: {"source": "${" + n["id"] + "}"} for n in nodes}})
     r = plait("run", wf, "--nodes", nodes_file, "-o", "json", "-q")
     assert r.code == 0, r
@@ -310,6 +317,12 @@ def test_input_and_completion_order_and_a_slow_head_holds_launches(plait, workfl
     assert [x["index"] for x in first] == list(range(n))
     assert first[0]["launched"] <= 1000
     log = (tmp_path / "bounded.log").read_text().splitlines()
+    assert log.index("start 1000") > log.index("end 0")
+    pairs = rows(tmp_path / "grouped.jsonl")
+    assert [x["index"] for x in pairs] == list(range(n))
+    assert pairs[0]["value"] == {"n": 0, "until": "end 998"}
+    assert pairs[0]["launched"] <= 500
+    log = (tmp_path / "grouped.log").read_text().splitlines()
     assert log.index("start 1000") > log.index("end 0")
     assert [x["index"] for x in rows(tmp_path / "inorder.jsonl")] == list(range(8))
     done = [x["index"] for x in rows(tmp_path / "asdone.jsonl")]
