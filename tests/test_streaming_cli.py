@@ -451,3 +451,27 @@ def test_the_python_api_takes_items_as_a_path_or_an_open_file(workflow, tmp_path
     plain = workflow({"nodes": [batch_node("p", [1])]})
     with pytest.raises(UsageError, match="no batch of this workflow reads its items from standard input"):
         plait.run(plain, items=io.BytesIO(b"a\n"))
+
+
+def test_a_batch_reading_standard_input_resumes_from_the_same_items_piped_again(plait, workflow, tmp_path):
+    nodes_file = write_nodes(tmp_path)
+    flag = tmp_path / "refuse"
+    flag.write_text("")
+    node = {
+        "id": "h",
+        "type": "hold",
+        "params": {"value": "${item}", "log": str(tmp_path / "h.log"), "fail_while": str(flag), "fail_on": [5]},
+        "batch": {"items": {"from": "-", "format": "jsonl"}, "results": {"to": "h.jsonl"}},
+    }
+    wf = workflow({"nodes": [node], "outputs": {"h": {"source": "${h.results}"}}})
+    text = "".join(json.dumps({"n": i}) + "\n" for i in range(9))
+    r = plait("run", wf, "--nodes", nodes_file, "-q", input=text)
+    assert r.code == 1 and "refused 5" in r.stderr, r
+    assert [x["index"] for x in rows(tmp_path / "h.jsonl.partial")] == [0, 1, 2, 3, 4, 5]
+    flag.unlink()
+    r = plait("resume", "last", "--nodes", nodes_file, "-o", "json", "-q", input=text)
+    assert r.code == 0, r
+    final = rows(tmp_path / "h.jsonl")
+    assert [x["value"] for x in final] == [{"n": i} for i in range(9)] and "error" not in final[5]
+    starts = (tmp_path / "h.log").read_text().splitlines()
+    assert [s for s in starts if s.startswith("start")][6:] == [f"start {i}" for i in range(5, 9)]
