@@ -224,7 +224,7 @@ def test_resume_in_input_order_cuts_back_to_the_complete_prefix(tmp_path):
     for i in (0, 1, 2, 5, 6):
         sink.write(i, failed(i) if i == 1 else ok(i))
     sink.close(success=False)  # 5 and 6 are written after the gap
-    sink = ResultSink({"to": "out.jsonl"}, base_dir=str(tmp_path), resume=True)
+    sink = ResultSink({"to": "out.jsonl"}, base_dir=str(tmp_path), resume=True, keep_failed=True)
     assert sink.done.runs() == [(0, 3)]
     assert (sink.count, sink.error_count) == (3, 1)
     assert sink.resumed_errors == [{"index": 1, "error": "boom", "item": "item1", "attempts": 3}]
@@ -317,7 +317,7 @@ def test_a_csv_sink_resumes_after_a_row_torn_inside_a_quoted_field(tmp_path):
     partial = tmp_path / "out.csv.partial"
     with open(partial, "a") as f:
         f.write('2,c,"three\n')  # the kill came after the newline inside the field
-    sink = ResultSink(spec, base_dir=str(tmp_path), resume=True)
+    sink = ResultSink(spec, base_dir=str(tmp_path), resume=True, keep_failed=True)
     assert sink.done.runs() == [(0, 2)]
     assert sink.resumed_errors == [{"index": "1", "item": "b", "text": "", "error": "bad"}]
     sink.write(2, {"index": 2, "item": "c", "text": "three\nfour"})
@@ -400,3 +400,32 @@ def test_validation_names_every_problem_with_its_path_and_a_hint():
     assert validate_sink({"to": "r.txt", "format": "jsonl", "order": "completion", "errors": "e.csv"}) == []
     with pytest.raises(SinkError, match=r"batch.results.to: cannot tell the results format"):
         ResultSink({"to": "out.txt"})
+
+
+def test_a_resume_runs_failed_items_again_in_either_order(tmp_path):
+    # input order: the file is cut back to before the first failure
+    sink = ResultSink({"to": "in.jsonl"}, base_dir=str(tmp_path))
+    for i in range(5):
+        sink.write(i, failed(i) if i == 2 else ok(i))
+    sink.close(success=False)
+    sink = ResultSink({"to": "in.jsonl"}, base_dir=str(tmp_path), resume=True)
+    assert sink.done.runs() == [(0, 2)] and (sink.count, sink.error_count) == (2, 0)
+    for i in range(2, 5):
+        sink.write(i, ok(i))
+    sink.close(success=True)
+    assert [r.get("error") for r in lines(tmp_path / "in.jsonl")] == [None] * 5
+    # completion order: the failed rows leave the file, every other row stays
+    spec = {"to": "c.csv", "order": "completion", "fields": ["item"]}
+    sink = ResultSink(spec, base_dir=str(tmp_path))
+    for i in (3, 0, 4, 1):
+        sink.write(i, failed(i) if i in (0, 4) else ok(i))
+    sink.close(success=False)
+    sink = ResultSink(spec, base_dir=str(tmp_path), resume=True)
+    assert sink.done.runs() == [(1, 2), (3, 4)] and sink.count == 2
+    for i in (0, 2, 4):
+        sink.write(i, ok(i))
+    sink.close(success=True)
+    with open(tmp_path / "c.csv", newline="") as f:
+        got = list(csv.reader(f))
+    assert got[0] == ["index", "item", "error"]
+    assert sorted(int(r[0]) for r in got[1:]) == [0, 1, 2, 3, 4] and all(r[2] == "" for r in got[1:])

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from plait.errors import Problem, WorkflowInvalid
 from plait.runtime.engine import NodeResult, RunResult
@@ -82,6 +82,7 @@ def run(
     on_event: Callable[[Any], None] | None = None,
     cancel: threading.Event | None = None,
     max_parallel_nodes: int | None = None,
+    items: str | os.PathLike[str] | IO[Any] | None = None,
 ) -> RunResult:
     """Validate, then run a workflow.
 
@@ -92,7 +93,9 @@ def run(
     every typed event (:mod:`plait.runtime.events`). Setting ``cancel`` stops
     the run as Ctrl-C does. ``max_parallel_nodes`` bounds the nodes of
     independent branches running at once (as ``--max-parallel-nodes``; default:
-    the workflow's own field).
+    the workflow's own field). ``items`` feeds the batch that reads standard
+    input (``{"from": "-"}``): a path (opened when the batch starts) or an open
+    file (binary or text); without it that batch reads ``sys.stdin``.
     """
     from plait.runtime.engine import Runner, coerce_inputs
     from plait.runtime.events import EventBus
@@ -108,11 +111,13 @@ def run(
         if wrong is not None:
             raise UsageError(wrong)
     values = coerce_inputs(compiled, dict(inputs or {}), source="plait.run(inputs=...)")
+    stdin = _items(compiled, items)
     bus = EventBus()
     if on_event is not None:
         bus.subscribe(on_event)
     directory = compiled.directory or str(Path.cwd())
     services = RunServices(registry, bus, directory, cancelled=cancel)
+    services.stdin = stdin
     recorder = None
     if record:
         from plait.runtime.records.writer import RunRecorder
@@ -127,6 +132,27 @@ def run(
         services.close()
         if recorder is not None:
             recorder.close(status="failed" if result is None else result.status)
+
+
+def _items(compiled: Any, items: str | os.PathLike[str] | IO[Any] | None) -> Any:
+    """What the batch reading ``-`` reads, as ``plait run --items`` has it."""
+    import sys
+
+    from plait.cli.inputs import items_stream
+
+    if items is None or isinstance(items, str | os.PathLike):
+        return items_stream(
+            compiled, None if items is None else os.fspath(items), sys.stdin, option="items", workflow="flow.json"
+        )
+    from plait.cli.inputs import stdin_batch
+    from plait.errors import UsageError
+
+    if stdin_batch(compiled) is None:
+        raise UsageError(
+            "items: no batch of this workflow reads its items from standard input",
+            hint='a batch takes them when its items are {"from": "-"}',
+        )
+    return items
 
 
 __all__ = ["NodeResult", "RunResult", "Validation", "run", "validate"]

@@ -81,6 +81,20 @@ _nodes_option = click.option(
 )
 _debug_option = click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 
+_scheduler_option = click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
+    "else a local cluster). Implies --executor dask when no --executor is given.",
+)
+_max_parallel_option = click.option(
+    "--max-parallel-nodes",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Nodes of independent branches running at once (default: the workflow's "
+    "max_parallel_nodes, 4); 1 runs one node at a time.",
+)
+
 
 def _registry(nodes_paths: tuple[str, ...]) -> Any:
     from plait.nodes.registry import Registry
@@ -203,18 +217,13 @@ def _errors(
     "(a batch's own 'executor' field still wins).",
 )
 @click.option(
-    "--scheduler",
-    metavar="ADDRESS",
-    help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
-    "else a local cluster). Implies --executor dask when no --executor is given.",
+    "--items",
+    "items",
+    metavar="FILE",
+    help='The items of the batch that reads standard input ({"from": "-"}), from FILE instead.',
 )
-@click.option(
-    "--max-parallel-nodes",
-    type=click.IntRange(min=1),
-    metavar="N",
-    help="Nodes of independent branches running at once (default: the workflow's "
-    "max_parallel_nodes, 4); 1 runs one node at a time.",
-)
+@_scheduler_option
+@_max_parallel_option
 @_nodes_option
 @_debug_option
 def run(
@@ -231,6 +240,7 @@ def run(
     executor: str | None,
     scheduler: str | None,
     max_parallel_nodes: int | None,
+    items: str | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -260,6 +270,7 @@ def run(
             cache=cache or "default",
             scheduler=scheduler,
             max_parallel_nodes=max_parallel_nodes,
+            items=items,
         )
     sys.exit(code)
 
@@ -299,6 +310,9 @@ def _is_number(word: str) -> bool:
 @click.option("--rerun", multiple=True, metavar="NODE", help="Run NODE again in full (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 when batch items failed (a 'partial' run).")
 @click.option("--executor", metavar="NAME", help="Where batch items run (see `plait run --help`).")
+@click.option("--items", "items", metavar="FILE", help="The items of the batch that reads standard input, from FILE.")
+@_scheduler_option
+@_max_parallel_option
 @_nodes_option
 @_debug_option
 def resume(
@@ -311,6 +325,9 @@ def resume(
     rerun: tuple[str, ...],
     strict: bool,
     executor: str | None,
+    items: str | None,
+    scheduler: str | None,
+    max_parallel_nodes: int | None,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -346,6 +363,9 @@ def resume(
             only_unfinished=only_unfinished,
             rerun=rerun,
             cache=cache or "default",
+            items=items,
+            scheduler=scheduler,
+            max_parallel_nodes=max_parallel_nodes,
         )
     sys.exit(code)
 

@@ -44,3 +44,68 @@ def stdin_input(specs: dict[str, InputSpec]) -> str | None:
         if spec.stdin:
             return name
     return None
+
+
+def stdin_batch(compiled: Any) -> str | None:
+    """The node whose batch reads its items from standard input (``{"from": "-"}``).
+
+    Validation allows one such batch at most, so the first one found is the one.
+    """
+    for node_id, cn in compiled.nodes.items():
+        spec = cn.batch
+        if spec is not None and isinstance(spec.items, dict) and spec.items.get("from") == "-":
+            return str(node_id)
+    return None
+
+
+def items_stream(
+    compiled: Any, items: str | None, stream: Any, *, option: str = "--items", workflow: str = "WORKFLOW"
+) -> Any:
+    """What the batch reading ``-`` reads: the file given with ``--items`` (opened
+    only when the batch starts), else the binary standard input; None when no batch reads it.
+
+    Refused before anything runs: ``--items`` for a workflow with no such batch, a
+    file that is not there, and a terminal on standard input (the run would wait
+    for typing).
+    """
+    import os
+
+    from plait.runtime.sources import ItemsFile
+
+    reader = stdin_batch(compiled)
+    if items is not None and items != "-":
+        if reader is None:
+            raise UsageError(
+                f"{option} {items}: no batch of this workflow reads its items from standard input",
+                hint='a batch takes the file when its items are {"from": "-"}; '
+                "otherwise give the file in the workflow",
+            )
+        path = os.path.expanduser(items)
+        if not os.path.exists(path):
+            raise UsageError(f"{option}: file not found: {items}", hint="the path is taken from the current directory")
+        if os.path.isdir(path):
+            raise UsageError(
+                f"{option}: {items} is a folder, not a file",
+                hint=f'to read a folder\'s files, use a glob in the workflow: {{"from": "{items.rstrip("/")}/*.jsonl"}}',
+            )
+        return ItemsFile(os.path.abspath(path), items)
+    if reader is None:
+        if items == "-":
+            raise UsageError(
+                f"{option} -: no batch of this workflow reads its items from standard input",
+                hint='a batch reads standard input when its items are {"from": "-"}',
+            )
+        return None
+    if stream is None:
+        raise UsageError(
+            f"batch '{reader}' reads its items from standard input, but this process has none",
+            hint=f"give them in a file: {option} items.jsonl",
+        )
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        raise UsageError(
+            f"batch '{reader}' reads its items from standard input, which is a terminal",
+            hint=f"pipe them in (cat items.jsonl | plait run {workflow}, or plait run {workflow} < items.jsonl), "
+            f"or give a file: {option} items.jsonl",
+        )
+    return getattr(stream, "buffer", stream)

@@ -7,7 +7,7 @@ import signal
 import sys
 from typing import Any
 
-from plait.cli.inputs import add_piped, parse_args
+from plait.cli.inputs import add_piped, items_stream, parse_args
 from plait.cli.render import error_block, json_text, print_value, write_out
 from plait.errors import Interrupted, PlaitError, RunFailed
 from plait.nodes.registry import Registry
@@ -34,6 +34,7 @@ def run_command(
     cache: str = "default",
     scheduler: str | None = None,
     max_parallel_nodes: int | None = None,
+    items: str | None = None,
 ) -> int:
     if scheduler:
         # The dask executor reads its scheduler from the environment (as its
@@ -67,7 +68,11 @@ def run_command(
     services.warm_up({cn.cls for cn in compiled.nodes.values()})
     specs = compiled.workflow.inputs
     given = parse_args(words, specs)
-    add_piped(given, specs, sys.stdin)
+    # A batch reading {"from": "-"} takes standard input (or --items FILE);
+    # validation has made sure no input is marked stdin: true beside it.
+    services.stdin = items_stream(compiled, items, sys.stdin, workflow=workflow)
+    if services.stdin is None:
+        add_piped(given, specs, sys.stdin)
     if old_run is not None:
         given = _resumed_inputs(old_run, given, specs)
     values = coerce_inputs(compiled, given)
@@ -172,7 +177,9 @@ def _learn_secrets(redactor: Any, compiled: Any, result: RunResult) -> None:
         if cn is None:
             continue
         if cn.batch is not None and isinstance(value, dict):
-            redactor.learn_from((value.get("results") or [])[:_RESULTS_SCANNED])
+            results = value.get("results")
+            if isinstance(results, list):  # else a reference to a results file, which is not read back
+                redactor.learn_from(results[:_RESULTS_SCANNED])
         else:
             redactor.learn_from(value)
 

@@ -125,7 +125,7 @@ class Timing:
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
-        b = 0 if seconds <= self._FLOOR else int(math.log(seconds / self._FLOOR, self._RATIO)) + 1
+        b = 0 if seconds <= self._FLOOR else int(math.log(seconds * _INV_FLOOR) * _INV_LOG_RATIO) + 1
         self._buckets[b] = self._buckets.get(b, 0) + 1
 
     def percentile(self, q: float) -> float:
@@ -150,6 +150,11 @@ class Timing:
         }
 
 
+# one log per item instead of math.log(x, base)'s two
+_INV_FLOOR = 1.0 / Timing._FLOOR
+_INV_LOG_RATIO = 1.0 / math.log(Timing._RATIO)
+
+
 class _Groups:
     """``batch.group``: consecutive items handed over as one list; remembers which
     items each group holds, to give every item its own result again."""
@@ -159,7 +164,8 @@ class _Groups:
         self.size = size
         self.max_bytes = max_bytes
         self.members: dict[int, list[tuple[int, Any]]] = {}  # group index -> (item index, item)
-        self._pending: tuple[int, Any] | None = None
+        #: the item index the next group starts at (a results file's buffer admits by item)
+        self.next_item = 0
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         gi = 0
@@ -171,6 +177,7 @@ class _Groups:
                     yield self._close(gi, group)
                     gi, group, used = gi + 1, [], 0
                 self.members[gi] = [(index, item)]
+                self.next_item = index + 1
                 yield gi, item
                 gi += 1
                 continue
@@ -185,6 +192,7 @@ class _Groups:
 
     def _close(self, gi: int, group: list[tuple[int, Any]]) -> tuple[int, Any]:
         self.members[gi] = group
+        self.next_item = group[-1][0] + 1
         return gi, [item for _, item in group]
 
     def spread(self, out: Outcome, primary: str | None) -> list[tuple[int, Any, dict[str, Any] | None]]:
@@ -255,6 +263,11 @@ def run_batch(
         groups = _Groups(items, spec.group, spec.group_bytes) if spec.group else None
         stop, collected = _drive(cn, base, services, executor, workflow, iter(groups) if groups else items,
                                  total, sink, groups)
+        if stop is None and total is None and spec.max_failure_rate is not None and collected.error_count:
+            # A stream's length is known once it ends: the rate now has its usual meaning.
+            stop = FailurePolicy(False, collected.finished, None, spec.max_failure_rate).check(
+                collected.error_count, collected.finished
+            )
     except BaseException:
         if sink is not None:
             sink.close(success=False)
@@ -277,12 +290,16 @@ def _open_sink(cn: CompiledNode, base: Base, services: RunServices) -> Any:
     except TemplateError as exc:
         raise BatchFailed(f"batch.results: {exc.message}", None, {}) from None
     fields = ["item", "attempts", *(o.name for o in cn.cls.output_specs)]
+    reuse = services.root.reuse if services.parent is None else None
+    # --rerun NODE starts its results over; --only-unfinished keeps failures failed
+    resume = reuse is not None and cn.id not in getattr(reuse, "rerun", ())
     try:
         return ResultSink(
             resolved,
             base_dir=services.workflow_dir,
-            resume=services.root.reuse is not None,
+            resume=resume,
             default_fields=fields,
+            keep_failed=bool(getattr(reuse, "only_unfinished", False)),
         )
     except NodeError as exc:
         raise BatchFailed(exc.message, None, {}) from None
@@ -329,7 +346,9 @@ class _Collected:
         spec = self.cn.batch
         assert spec is not None
         self.errors.sort(key=lambda e: e["index"])
-        count = total if total is not None else self.finished
+        # A batch that ran to the end has as many items as it read: a count made
+        # first is an estimate for a malformed file (a JSON array stops at its error).
+        count = self.finished if stop is None or total is None else total
         if self.sink is not None:
             results: Any = self.sink.close(success=stop is None)
         elif self.by_index:
@@ -398,7 +417,7 @@ def _drive(
         failures=policy,
         on_final=on_final,
         check=_check(reuse, cache),
-        admit=(sink.can_accept if sink is not None and groups is None else None),
+        admit=_admit(sink, groups),
     )
     try:
         stop = driver.run(items)
@@ -406,6 +425,17 @@ def _drive(
         if reuse is not None:
             reuse.close()
     return stop, collected
+
+
+def _admit(sink: Any, groups: _Groups | None) -> Any:
+    """The driver's "may the next one start?": the results file's bounded buffer
+    decides, by item index (a group by the first item it would hold)."""
+    if sink is None:
+        return None
+    if groups is None:
+        return sink.can_accept
+    can_accept = sink.can_accept
+    return lambda _group: can_accept(groups.next_item)
 
 
 def _raise_for(stop: Stop | None, errors: list[dict[str, Any]], output: dict[str, Any]) -> None:

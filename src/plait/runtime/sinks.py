@@ -443,6 +443,24 @@ class _File:
         return self.fmt == "csv" and (not os.path.exists(self.partial) or os.path.getsize(self.partial) == 0)
 
 
+def _drop_rows(path: str, starts: list[int], dropped: set[int]) -> None:
+    """Rewrite ``path`` without the rows that start at the ``dropped`` offsets
+    (``starts``: where every row starts, in file order; a CSV header before them stays)."""
+    size = os.path.getsize(path)
+    ends = [*starts[1:], size]
+    tmp = path + ".tmp"
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        out.write(src.read(starts[0]) if starts else b"")
+        for start, end in zip(starts, ends, strict=True):
+            src.seek(start)
+            data = src.read(end - start)
+            if start not in dropped:
+                out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
 def _not_ours(path: str, lineno: int) -> SinkError:
     return SinkError(
         f"cannot resume {path}: line {lineno} is not a result line written by plait",
@@ -500,9 +518,10 @@ class ResultSink:
 
     ``resume=True`` reopens the partial files of an earlier run of the same
     batch: a torn last line is cut, and :attr:`done` holds the indexes they
-    already have (the driver skips those). In input order the files are cut
-    back to the longest complete prefix 0..k-1, so they stay in order; in
-    completion order every row is kept.
+    already have (the driver skips those). A failed row counts as not done,
+    so the item runs again, unless ``keep_failed``. In input order the files
+    are cut back to the longest complete prefix 0..k-1 (up to the first failed
+    row), so they stay in order; in completion order every other row is kept.
     """
 
     def __init__(
@@ -515,6 +534,7 @@ class ResultSink:
         flush_interval: float = FLUSH_INTERVAL_S,
         default_fields: list[str] | None = None,
         keep_errors: int = KEEP_ERRORS,
+        keep_failed: bool = False,
     ) -> None:
         problems = _problems(spec, static=False)
         if problems:
@@ -557,6 +577,8 @@ class ResultSink:
         self.resumed_errors: list[dict[str, Any]] = []
         self.error_count = 0
         self._keep_errors = keep_errors
+        #: a resume keeps the failed rows it finds (--only-unfinished) instead of running them again
+        self._keep_failed = keep_failed
         self._input = self.order == "input"
         self._head = 0
         self._buffer: dict[int, Mapping[str, Any]] = {}
@@ -724,6 +746,8 @@ class ResultSink:
                         break
                     row = heads[j]
                     assert row is not None
+                    if row.failed and not self._keep_failed:
+                        break  # a failed item runs again, and so does what follows it
                     self._files[j].count += 1
                     self._count_failure(row, kept)
                     expected += 1
@@ -736,12 +760,20 @@ class ResultSink:
                 self._head = expected
             else:
                 for f, s in zip(self._files, scans, strict=True):
+                    dropped: list[int] = []  # offsets of the failed rows that run again
+                    starts: list[int] = []
                     for row in s:
+                        starts.append(row.offset)
                         if row.index in self.done:
                             continue  # never written twice by plait; ignore if found
+                        if row.failed and not self._keep_failed:
+                            dropped.append(row.offset)
+                            continue
                         self.done.add(row.index)
                         f.count += 1
                         self._count_failure(row, kept)
+                    if dropped:
+                        _drop_rows(f.partial, starts, set(dropped))
         finally:
             close_scans()
 

@@ -68,6 +68,21 @@ class SourceError(NodeError):
         self.hint = hint
 
 
+class ItemsFile:
+    """A file standing in for standard input (``plait run --items FILE``): opened
+    only when the batch reads it, counted first like any file, and named in
+    errors as it was given."""
+
+    __slots__ = ("name", "path")
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        self.path = path
+        self.name = name or path
+
+    def __repr__(self) -> str:
+        return f"ItemsFile({self.name!r})"
+
+
 class BadItem:
     """A record that could not be read. Its index is an item failure with ``message``."""
 
@@ -198,14 +213,16 @@ def open_source(
     spec: dict[str, Any],
     *,
     base_dir: str | None = None,
-    stdin: TextIO | BinaryIO | IO[Any] | None = None,
+    stdin: TextIO | BinaryIO | IO[Any] | ItemsFile | None = None,
     start_at: int = 0,
 ) -> ItemSource:
     """Open a source object whose ``from`` is resolved (no template left in it).
 
     ``from`` may also be a results reference from an earlier streaming batch
     (``{"path": ..., "format": ...}``). Relative paths are taken from
-    ``base_dir`` (the workflow's folder). ``start_at`` resumes: the items before
+    ``base_dir`` (the workflow's folder). ``from: "-"`` reads ``stdin``: a
+    stream, or an :class:`ItemsFile` read as a file (its format, when the
+    source gives none, from its name). ``start_at`` resumes: the items before
     that index are passed over without being parsed where the format allows,
     and the indexes of the rest are unchanged.
 
@@ -225,14 +242,18 @@ def open_source(
     limit = spec.get("limit")
     if limit is not None:
         limit = max(0, limit - start_at)
-    if src == STDIN:
+    if src == STDIN and not isinstance(stdin, ItemsFile):
         return _stdin_source(stdin, fmt or "lines", skip, limit, start_at)
-    path = os.path.expanduser(src)
-    full = path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
-    if is_glob(path) and not os.path.isfile(full):
+    if src == STDIN:
+        assert isinstance(stdin, ItemsFile)
+        full, path, src = stdin.path, stdin.name, stdin.name
+    else:
+        path = os.path.expanduser(src)
+        full = path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path)
+    if spec["from"] != STDIN and is_glob(path) and not os.path.isfile(full):
         return _glob_source(path, full, base_dir, spec.get("items") or "paths", fmt, skip, limit, start_at)
     fmt = fmt or format_for(path)
-    st = _stat(full, src, base_dir)
+    st = _stat(full, src, None if spec["from"] == STDIN else base_dir)
     total = None
     if stat.S_ISREG(st.st_mode):  # a FIFO or a device would be consumed by counting
         total = _apply(_count_file(full, src, fmt), spec.get("skip", 0), spec.get("limit"))
