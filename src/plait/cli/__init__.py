@@ -206,6 +206,12 @@ def _errors(
     help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
     "else a local cluster). Implies --executor dask when no --executor is given.",
 )
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Run nothing: count the items, show sample prompts, and estimate tokens, cost "
+    "(low/expected/high) and wall time from the limits and past runs (docs/limits.md).",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -221,6 +227,7 @@ def run(
     rerun: tuple[str, ...],
     executor: str | None,
     scheduler: str | None,
+    estimate: bool,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -233,6 +240,10 @@ def run(
     code = 1
     with _errors(output_format, debug):
         _refuse_unknown_options(workflow, params)
+        if estimate:
+            from plait.cli.running import estimate_command
+
+            sys.exit(estimate_command(workflow, params, output_format=output_format, nodes_paths=nodes_paths))
         from plait.cli.running import run_command
 
         code = run_command(

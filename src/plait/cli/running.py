@@ -158,6 +158,33 @@ def run_command(
     return 0
 
 
+def estimate_command(
+    workflow: str, words: tuple[str, ...], *, output_format: str, nodes_paths: tuple[str, ...]
+) -> int:
+    """`plait run WF --estimate`: what a run would ask of paid services, calling none."""
+    from plait.cli.estimate import estimate, render
+
+    registry = Registry()
+    for path in nodes_paths:
+        registry.load_path(path)
+    compiled = load_and_compile(workflow, registry)
+    specs = compiled.workflow.inputs
+    given = parse_args(words, specs)
+    add_piped(given, specs, sys.stdin)
+    values = coerce_inputs(compiled, given)
+    services = RunServices(registry, EventBus(), compiled.directory)
+    services.stdin = sys.stdin
+    try:
+        report = estimate(compiled, values, services)
+    finally:
+        services.close()
+    if output_format == "json":
+        write_out(json_text(report) + "\n")
+    else:
+        write_out(render(report))
+    return 0
+
+
 #: a batch's results looked at for secrets a node obtained (its first ones; the
 #: rest are masked by name wherever they are written)
 _RESULTS_SCANNED = 100

@@ -16,7 +16,7 @@ from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStar
 from plait.runtime.executors import AUTO, make_executor
 from plait.runtime.executors.local import SequentialExecutor
 from plait.runtime.services import RunServices
-from plait.runtime.status import FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
+from plait.runtime.status import BUDGET, FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
 from plait.templates import TemplateError
 
 MAX_VISITS = 100  # per node, for loops through non-default actions
@@ -149,6 +149,7 @@ class Runner:
             )
         if services.parent is None:
             services.warm_up({cn.cls for cn in cw.nodes.values()})
+        services.configure_limits(cw)
         status = "success"
         last: str | None = None
         pending = [cw.start]
@@ -178,6 +179,10 @@ class Runner:
                 if error == "interrupted" or services.cancelled.is_set():
                     status = "interrupted"
                     errors.append({"node_id": node_id, "message": "interrupted"})
+                    break
+                if res.status == BUDGET:  # resumable: nothing failed, the money ran out
+                    status = BUDGET
+                    errors.append({"node_id": node_id, "message": error})
                     break
                 targets = [t for a, t in cw.edges_from.get(node_id, ()) if a == "error"]
                 if not targets:
@@ -291,6 +296,8 @@ class Runner:
             res.status = PARTIAL if res.items is not None and res.items[2] else SUCCESS
         elif error == "interrupted" or services.cancelled.is_set():
             res.status = INTERRUPTED
+        elif services.root.budget_stop is not None:
+            res.status = BUDGET
         else:
             res.status = FAILED
         if bus.active:
