@@ -175,7 +175,8 @@ def _node(compiled: CompiledWorkflow, cn: CompiledNode, base: dict[str, Any], se
     }
     if price is None:
         out["cost_usd"] = None
-        out["note"] = (out.get("note") + "; " if out.get("note") else "") + (
+        earlier = out.get("note")
+        out["note"] = (f"{earlier}; " if earlier else "") + (
             f"model '{model}' has no known price" if model else "no model known"
         )
     else:
