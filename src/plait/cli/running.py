@@ -145,6 +145,10 @@ def run_command(
         first: dict[str, Any] = result.errors[0] if result.errors else {"message": "the run failed"}
         node_id = first.get("node_id")
         message = f"node '{node_id}' failed: {first['message']}" if node_id else first["message"]
+        if result.status == "budget":  # nothing failed: the money ran out (docs/limits.md)
+            message = f"stopped by the budget in '{node_id}': {first['message']}"
+            first = {**first, "hint": "the items that did not run are kept for `plait resume` "
+                     "(raise budget.usd in the workflow first to give them more room)"}
         error_block(
             RunFailed(
                 redactor.text(message),
