@@ -335,3 +335,31 @@ def test_estimate_of_a_workflow_without_paid_calls_says_so(plait, workflow):
 
     assert result.code == 0, result
     assert "no node of this workflow calls a paid or rate-limited service" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# http: one default limiter per host
+
+
+def test_an_http_429_pauses_the_hosts_limiter_and_is_not_a_failure(plait, workflow):
+    from servers import LocalServer
+
+    with LocalServer() as host:
+        ir = {
+            "inputs": {"base": {"type": "string"}},
+            "nodes": [{
+                "id": "get", "type": "http",
+                "params": {"url": "${base}/flaky/${item}?fail=1&status=429&retry_after=0.3"},
+                "batch": {"items": ["a", "b", "c"], "parallel": True},
+            }],
+            "outputs": {"meta": {"source": "${get.batch_metadata}"}, "errors": {"source": "${get.error_count}"}},
+        }
+
+        result = plait("run", workflow(ir), f"base={host.base_url}", "-o", "json", "-q")
+
+        assert result.code == 0, result
+        assert result.json["outputs"]["errors"] == 0  # max_retries is 1: the 429s were not attempts
+        assert result.json["outputs"]["meta"]["throttled"] == 3
+        for key in "abc":
+            first, second = host.requests_to(f"/flaky/{key}")
+            assert second.time - first.time >= 0.25
