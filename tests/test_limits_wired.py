@@ -247,6 +247,8 @@ def test_a_node_budget_counts_inside_the_runs(server, run):
         ({"budget": {"usd": 5}, "model": "no-such-model"}, "nodes[0].params.model", "has no known price"),
         ({"node": {"budget": {"usd": 1}}, "model": "unpriced-x"}, "nodes[0].params.model", "price it in the workflow"),
         ({"prices": {"models": {"house": {"input": 1}}}}, "prices.models.house", "needs 'output'"),
+        ({"budget": {"usd": 5}, "node": {"batch": {"items": [1], "executor": "dask"}}},
+         "nodes[0].batch.executor", "cannot share this run's budget"),
     ],
 )
 def test_bad_limits_budgets_and_prices_are_refused_at_validation(plait, workflow, change, path, words):
@@ -363,3 +365,30 @@ def test_an_http_429_pauses_the_hosts_limiter_and_is_not_a_failure(plait, workfl
         for key in "abc":
             first, second = host.requests_to(f"/flaky/{key}")
             assert second.time - first.time >= 0.25
+
+
+def test_sub_workflows_spend_from_the_runs_budget(server, run):
+    child = {
+        "inputs": {"x": {"type": "integer"}},
+        "nodes": [{"id": "ask", "type": "llm", "cache": False,
+                   "params": {"prompt": "item ${x}", "model": "local-test", "max_tokens": 20}}],
+        "outputs": {"answer": {"source": "${ask.response}"}},
+    }
+    ir = {
+        "budget": {"usd": 0.2},
+        "prices": PRICES,
+        "nodes": [{
+            "id": "each", "type": "workflow",
+            "params": {"workflow_ir": child, "inputs": {"x": "${item}"}},
+            "batch": {"items": list(range(30)), "parallel": True, "max_concurrent": 5, "error_handling": "continue"},
+        }],
+    }
+
+    result = run(ir)
+
+    assert result.json["status"] == "budget", result
+    assert 0 < server.ok_count < 30
+    assert server.ok_count * CALL_USD <= 0.2
+    with records() as conn:
+        failed = conn.execute("SELECT count(*) FROM items WHERE node_id = 'each' AND status = 'failed'").fetchone()[0]
+    assert failed == 0

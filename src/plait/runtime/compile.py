@@ -137,6 +137,16 @@ def _budget_problems(wf: Workflow, types: Mapping[str, type[PlaitNode]]) -> list
     paying = [n for n in wf.nodes if n.type in types and types[n.type].demand is not PlaitNode.demand]
     if not paying:
         return []
+    far = [n for n in paying if n.batch is not None and (n.batch.executor == "dask" or (
+        n.batch.executor == "auto" and wf.executor == "dask"))]
+    if far:
+        n = far[0]
+        return [Problem(
+            f"node '{n.id}' runs on the dask executor, whose workers cannot share this run's budget",
+            f"nodes[{n.position}].batch.executor",
+            "run it on threads or async (the budget is kept in this process), or drop the budget",
+            node_id=n.id,
+        )]
     import os
 
     from plait.errors import PlaitError
