@@ -1084,6 +1084,8 @@ class Budget:
         self._ended: threading.Condition = (
             parent._ended if parent is not None else threading.Condition(self._lock)
         )
+        # how many wait in reserve_wait: settling notifies only when someone does
+        self._sleepers: list[int] = parent._sleepers if parent is not None else [0]
         self._limit = _to_units(self.usd, up=False)
         self._spent = 0
         self._reserved = 0
@@ -1103,6 +1105,12 @@ class Budget:
             raise ValueError(f"budget '{self.name}': cannot reserve {worst_case_usd!r}")
         units = _to_units(worst_case_usd, up=True)
         with self._lock:
+            if self.parent is None:  # the common case, without building the chain
+                if self._spent + self._reserved + units > self._limit:
+                    self.refused += 1
+                    return None
+                self._reserved += units
+                return BudgetTicket(self, units)
             chain = list(self._chain())
             if any(b._spent + b._reserved + units > b._limit for b in chain):
                 self.refused += 1
@@ -1134,7 +1142,11 @@ class Budget:
                 ):
                     self.refused += 1
                     return None
-                self._ended.wait(CANCEL_POLL)
+                self._sleepers[0] += 1
+                try:
+                    self._ended.wait(CANCEL_POLL)
+                finally:
+                    self._sleepers[0] -= 1
 
     def pending(self) -> bool:
         """Whether reservations in flight could, once settled, make room."""
@@ -1149,12 +1161,16 @@ class Budget:
             if ticket.settled:
                 return
             ticket.settled = True
-            for b in ticket.budget._chain():
-                b._reserved -= ticket.units
+            units = ticket.units
+            b: Budget | None = ticket.budget
+            while b is not None:
+                b._reserved -= units
                 b._spent += actual
-                if actual > ticket.units:
-                    b.overrun_usd += (actual - ticket.units) / _NANO
-            self._ended.notify_all()
+                if actual > units:
+                    b.overrun_usd += (actual - units) / _NANO
+                b = b.parent
+            if self._sleepers[0]:
+                self._ended.notify_all()
 
     def release(self, ticket: BudgetTicket) -> None:
         """The call was not made: drop its reservation."""
@@ -1164,7 +1180,8 @@ class Budget:
             ticket.settled = True
             for b in ticket.budget._chain():
                 b._reserved -= ticket.units
-            self._ended.notify_all()
+            if self._sleepers[0]:
+                self._ended.notify_all()
 
     @property
     def spent(self) -> float:
