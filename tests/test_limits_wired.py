@@ -392,3 +392,28 @@ def test_sub_workflows_spend_from_the_runs_budget(server, run):
     with records() as conn:
         failed = conn.execute("SELECT count(*) FROM items WHERE node_id = 'each' AND status = 'failed'").fetchone()[0]
     assert failed == 0
+
+
+@pytest.mark.parametrize("executor", ["threads", "async"])
+def test_ctrl_c_wakes_calls_waiting_for_their_limiter(server, workflow, llm_home, tmp_path, executor):
+    import signal
+    import time
+
+    from conftest import popen_cli
+
+    # one call a minute: the first goes, the other three wait for a minute
+    node = ask_batch(4, parallel=4, rate="slow")
+    node["batch"]["executor"] = executor
+    path = workflow({"limits": {"slow": {"rpm": 1}}, "nodes": [node]})
+    proc = popen_cli("run", path, "-q", "-o", "json", cwd=tmp_path, env={"LLM_USER_PATH": str(llm_home)})
+    try:
+        deadline = time.monotonic() + 30
+        while server.request_count < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the others are queued in the limiter by now
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)  # far less than the minute they would wait
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert server.request_count == 1  # the waiting ones never started

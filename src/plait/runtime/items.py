@@ -211,6 +211,8 @@ def run_attempt(
                 if call.ticket is None:  # Ctrl-C while it waited: it does not start
                     services.close_call(ctx, call, None, started=False)
                     raise Interrupt
+            # the item's time is its call's, not its wait for the limiter or the budget
+            out.started, t0 = time.time(), time.perf_counter()
         try:
             if in_main:
                 _MainExec.depth += 1
@@ -271,6 +273,7 @@ async def run_attempt_async(
                 if call.ticket is None:
                     services.close_call(ctx, call, None, started=False)
                     raise asyncio.CancelledError
+            out.started, t0 = time.time(), time.perf_counter()
         try:
             if run_sync is None:
                 exec_res = await node.exec_async(prep_res)
