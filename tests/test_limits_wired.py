@@ -266,6 +266,15 @@ def test_bad_limits_budgets_and_prices_are_refused_at_validation(plait, workflow
     assert any(words in p for p in problems), result.json["errors"]
 
 
+def test_a_budget_is_refused_on_the_dask_executor_from_the_command_line(plait, workflow):
+    ir = {"budget": {"usd": 1}, "nodes": [{"id": "a", "type": "llm", "params": {"prompt": "hi", "model": "gpt-4o"}}]}
+
+    result = plait("run", workflow(ir), "--executor", "dask")
+
+    assert result.code == 2, result
+    assert "dask executor's workers cannot share" in result.stderr
+
+
 def test_rate_false_and_a_priced_model_under_a_budget_are_valid(plait, workflow):
     ir = {
         "budget": {"usd": 5},

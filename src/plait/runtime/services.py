@@ -287,6 +287,14 @@ class RunServices(Services):
             if self is root and wf.budget_usd is not None and root.budget is None:
                 from plait.runtime.limits import Budget
 
+                if root.executor_choice == "dask":
+                    from plait.errors import UsageError
+
+                    raise UsageError(
+                        "this workflow has a budget, which the dask executor's workers cannot share",
+                        hint="run it without --executor dask (threads or async keep the budget exact)",
+                    )
+
                 root.budget = Budget(wf.budget_usd, name="run")
         if wf.prices is not None:
             from plait.runtime.prices import PriceTable
