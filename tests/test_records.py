@@ -79,7 +79,7 @@ def test_a_successful_run_gets_an_id_and_is_listed(plait: Plait, workflow: Workf
     listing = plait("runs")
     assert listing.code == 0, listing
     header, row = listing.stdout.splitlines()[:2]
-    assert header.split() == ["ID", "STARTED", "WORKFLOW", "STATUS", "DURATION", "ITEMS"]
+    assert header.split() == ["ID", "STARTED", "WORKFLOW", "STATUS", "DURATION", "COST", "ITEMS"]
     assert row.startswith(run_id)
     assert "four.json" in row and "success" in row and "4 ok" in row
 

@@ -224,6 +224,12 @@ def _errors(
 )
 @_scheduler_option
 @_max_parallel_option
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Run nothing: count the items, show sample prompts, and estimate tokens, cost "
+    "(low/expected/high) and wall time from the limits and past runs (docs/limits.md).",
+)
 @_nodes_option
 @_debug_option
 def run(
@@ -241,6 +247,7 @@ def run(
     scheduler: str | None,
     max_parallel_nodes: int | None,
     items: str | None,
+    estimate: bool,
     nodes_paths: tuple[str, ...],
     debug: bool,
 ) -> None:
@@ -253,6 +260,10 @@ def run(
     code = 1
     with _errors(output_format, debug):
         _refuse_unknown_options(workflow, params)
+        if estimate:
+            from plait.cli.running import estimate_command
+
+            sys.exit(estimate_command(workflow, params, output_format=output_format, nodes_paths=nodes_paths))
         from plait.cli.running import run_command
 
         code = run_command(

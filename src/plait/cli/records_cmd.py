@@ -17,6 +17,7 @@ _STATUS_STYLE = {
     "partial": "33",
     "failed": "31",
     "interrupted": "33",
+    "budget": "33",
     "running": "36",
     "died": "35",
     "not_run": "2",
@@ -26,6 +27,7 @@ _MARKS = {
     "partial": "⚠",
     "failed": "✗",
     "interrupted": "⏹",
+    "budget": "$",
     "running": "…",
     "died": "†",
     "not_run": "·",
@@ -59,6 +61,12 @@ def _items(run: dict[str, Any]) -> str:
     return f"{ok} ok" + (f", {failed} failed" if failed else "")
 
 
+def _cost(usd: float | None) -> str:
+    if usd is None:
+        return "-"
+    return f"${usd:.4f}" if usd < 100 else f"${usd:,.2f}"
+
+
 def _table(rows: list[list[str]], stream: TextIO, statuses: list[str] | None = None, col: int = -1) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
@@ -80,16 +88,17 @@ def runs_command(limit: int, as_json: bool, stream: TextIO | None = None) -> int
         records.close()
     if as_json:
         keys = ("run_id", "workflow", "status", "started", "ended", "duration_ms", "items_ok",
-                "items_failed", "error")
+                "items_failed", "cost_usd", "error")
         stream.write(json.dumps([{k: r.get(k) for k in keys} for r in runs], indent=2) + "\n")
         return 0
     if not runs:
         stream.write("no runs recorded yet\n")
         return 0
-    rows = [["ID", "STARTED", "WORKFLOW", "STATUS", "DURATION", "ITEMS"]]
+    rows = [["ID", "STARTED", "WORKFLOW", "STATUS", "DURATION", "COST", "ITEMS"]]
     for r in runs:
         rows.append(
-            [r["run_id"], _when(r["started"]), r["workflow"] or "-", r["status"], _duration(r), _items(r)]
+            [r["run_id"], _when(r["started"]), r["workflow"] or "-", r["status"], _duration(r),
+             _cost(r.get("cost_usd")), _items(r)]
         )
     _table(rows, stream, [r["status"] for r in runs], col=3)
     return 0
@@ -130,7 +139,8 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
             (
                 "llm",
                 f"{run['llm_calls']} calls, {run['input_tokens']} tokens in, "
-                f"{run['output_tokens']} out",
+                f"{run['output_tokens']} out"
+                + (f", {_cost(run['cost_usd'])}" if run.get("cost_usd") is not None else ""),
             )
         )
     if run.get("error") and status not in ("success", "interrupted"):
@@ -152,11 +162,14 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
                 details.append(f"{n['items_failed']} failed")
         if n["retries"]:
             details.append(f"{n['retries']} retried")
+        if n.get("throttled"):
+            details.append(f"{n['throttled']} rate-limited")
         if n.get("visits", 0) > 1:
             details.append(f"{n['visits']} visits")
         if n.get("llm_calls"):
-            details.append(f"{n['llm_calls']} llm calls, {n['input_tokens']}+{n['output_tokens']} tokens")
-        if n["status"] == "failed" and n.get("error"):
+            details.append(f"{n['llm_calls']} llm calls, {n['input_tokens']}+{n['output_tokens']} tokens"
+                           + (f", {_cost(n['cost_usd'])}" if n.get("cost_usd") is not None else ""))
+        if n["status"] in ("failed", "budget") and n.get("error"):
             details.append(n["error"])
         shown = status_shown(n["status"])
         rows.append(

@@ -151,6 +151,10 @@ def run_command(
         first: dict[str, Any] = result.errors[0] if result.errors else {"message": "the run failed"}
         node_id = first.get("node_id")
         message = f"node '{node_id}' failed: {first['message']}" if node_id else first["message"]
+        if result.status == "budget":  # nothing failed: the money ran out (docs/limits.md)
+            message = f"stopped by the budget in '{node_id}': {first['message']}"
+            first = {**first, "hint": "the items that did not run are kept for `plait resume` "
+                     "(raise budget.usd in the workflow first to give them more room)"}
         error_block(
             RunFailed(
                 redactor.text(message),
@@ -161,6 +165,33 @@ def run_command(
         )
         sys.stderr.write(details)
         return 1
+    return 0
+
+
+def estimate_command(
+    workflow: str, words: tuple[str, ...], *, output_format: str, nodes_paths: tuple[str, ...]
+) -> int:
+    """`plait run WF --estimate`: what a run would ask of paid services, calling none."""
+    from plait.cli.estimate import estimate, render
+
+    registry = Registry()
+    for path in nodes_paths:
+        registry.load_path(path)
+    compiled = load_and_compile(workflow, registry)
+    specs = compiled.workflow.inputs
+    given = parse_args(words, specs)
+    add_piped(given, specs, sys.stdin)
+    values = coerce_inputs(compiled, given)
+    services = RunServices(registry, EventBus(), compiled.directory)
+    services.stdin = sys.stdin
+    try:
+        report = estimate(compiled, values, services)
+    finally:
+        services.close()
+    if output_format == "json":
+        write_out(json_text(report) + "\n")
+    else:
+        write_out(render(report))
     return 0
 
 

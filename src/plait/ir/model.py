@@ -101,6 +101,10 @@ class NodeSpec:
     retry: RetrySpec | None = None
     cache: bool | None = None  # None: the node type's default
     cache_ttl: float | None = None
+    #: the limiter of the node's calls: a name from the workflow's limits, False for
+    #: none, None for the default one (per model, per host)
+    rate: str | bool | None = None
+    budget_usd: float | None = None
 
 
 @dataclass
@@ -123,6 +127,9 @@ class Workflow:
     executor: str = TOP.default("executor")
     fail_on_item_errors: bool = TOP.default("fail_on_item_errors")
     max_parallel_nodes: int = TOP.default("max_parallel_nodes")
+    limits: dict[str, Any] | None = None  # {name: {rps, rpm, tpm, concurrency, burst}}
+    budget_usd: float | None = None
+    prices: dict[str, Any] | None = None  # prices.json's shape, over the user's table
     raw: Any = None  # the plain data the workflow was built from
 
     def node(self, node_id: str) -> NodeSpec:

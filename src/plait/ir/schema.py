@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plait.ir.format import BATCH, COMPAT_TOP, RETRY, TOP, Field, Fields
+from plait.ir.format import BATCH, COMPAT_TOP, LIMITS, RETRY, TOP, Field, Fields
 from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
 from plait.ir.validate import NODE_ID_RE
 
@@ -73,6 +73,15 @@ def _object_schema(fields: Fields, special: dict[str, dict[str, Any]]) -> dict[s
     return out
 
 
+_BUDGET = {
+    "type": "object",
+    "description": "the most to spend, in dollars",
+    "required": ["usd"],
+    "additionalProperties": False,
+    "properties": {"usd": {"type": "number", "exclusiveMinimum": 0}},
+}
+
+
 def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
     batch = _object_schema(
         BATCH,
@@ -113,6 +122,9 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "parameters": {"type": "object", "description": "pflow's other name for params"},
             "batch": batch,
             "retry": _object_schema(RETRY, {}),
+            "rate": {"description": "a limiter named in 'limits', or false for none",
+                     "anyOf": [{"type": "string"}, {"const": False}]},
+            "budget": _BUDGET,
         },
         "allOf": per_type,
     }
@@ -169,6 +181,15 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             },
             "start_node": {"type": "string"},
+            "limits": {
+                "type": "object",
+                "description": "named rate limiters shared by the whole run (docs/limits.md)",
+                "additionalProperties": _object_schema(LIMITS, {
+                    "concurrency": {"type": "integer", "exclusiveMinimum": 0},
+                }),
+            },
+            "budget": _BUDGET,
+            "prices": {"type": "object", "description": "price overrides, in the shape of prices.json"},
             **{
                 name: {"description": "accepted for pflow compatibility; unused"}
                 for name in COMPAT_TOP

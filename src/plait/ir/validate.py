@@ -181,6 +181,7 @@ def build_workflow(
                 "start_node",
                 did_you_mean(start, node_ids) or f"nodes: {', '.join(sorted(node_ids))}",
             )
+    limits, budget_usd, prices = _limit_fields(raw, nodes, c)
     wf = Workflow(
         nodes=nodes,
         edges=edges,
@@ -193,6 +194,9 @@ def build_workflow(
         executor=executor,
         fail_on_item_errors=fail_on_item_errors,
         max_parallel_nodes=max_parallel_nodes,
+        limits=limits,
+        budget_usd=budget_usd,
+        prices=prices,
         raw=raw,
     )
     return wf, c.problems
@@ -238,6 +242,66 @@ def _pflow_top(raw: dict[str, Any], c: _Collector) -> None:
                 "remove 'mappings' and pass each value with a template, e.g. "
                 '"params": {"content": "${fetch.stdout}"}',
             )
+
+
+def _limit_fields(
+    raw: dict[str, Any], nodes: list[NodeSpec], c: _Collector
+) -> tuple[dict[str, Any] | None, float | None, dict[str, Any] | None]:
+    """The top-level ``limits``, ``budget`` and ``prices``, and each node's ``rate``
+    against the declared limiters (docs/limits.md)."""
+    from plait.runtime.limits import validate_budget, validate_limits, validate_rate_name
+
+    limits = raw.get("limits")
+    if limits is not None:
+        problems = validate_limits(limits)
+        for message, path, hint in problems:
+            c.add(message, path, hint)
+        if problems:
+            limits = None
+    budget_usd = None
+    if raw.get("budget") is not None:
+        problems = validate_budget(raw["budget"])
+        for message, path, hint in problems:
+            c.add(message, path, hint)
+        if not problems:
+            budget_usd = float(raw["budget"]["usd"])
+    prices = raw.get("prices")
+    if prices is not None:
+        from plait.runtime.prices import default_table, validate_prices
+
+        try:
+            known = [p.model for p in default_table()]
+        except Exception:  # a broken user prices file is reported when a run loads it
+            known = None
+        problems = validate_prices(prices, known=known)
+        for message, path, hint in problems:
+            c.add(message, path, hint)
+        if problems:
+            prices = None
+    declared = raw.get("limits") if isinstance(raw.get("limits"), dict) else {}
+    for n in nodes:
+        node_raw = raw["nodes"][n.position]
+        path = f"nodes[{n.position}]"
+        if "rate" in node_raw and node_raw["rate"] is not None:
+            rate = node_raw["rate"]
+            if rate is False:
+                n.rate = False
+            elif rate is True:
+                c.add("'rate' must name a limiter from 'limits', or be false for none, not true", f"{path}.rate",
+                      "leave it out for the default limiter (one per model or host)", node_id=n.id)
+            else:
+                problems = validate_rate_name(rate, declared, f"{path}.rate")
+                for message, where, hint in problems:
+                    c.add(message, where, hint, node_id=n.id)
+                if not problems:
+                    n.rate = rate
+        if node_raw.get("budget") is not None:
+            problems = validate_budget(node_raw["budget"], f"{path}.budget")
+            for message, where, hint in problems:
+                c.add(message, where, hint, node_id=n.id)
+            if not problems:
+                n.budget_usd = float(node_raw["budget"]["usd"])
+    return limits, budget_usd, prices
 
 
 def _inputs(raw: Any, c: _Collector) -> dict[str, InputSpec]:

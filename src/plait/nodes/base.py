@@ -110,6 +110,9 @@ class Demand:
     model: str | None = None
     input_tokens: int = 0  # the prompt's estimated tokens
     max_output_tokens: int | None = None
+    #: a count the prompt's real tokens cannot exceed, for budget reservations that
+    #: must never be short (None: ``input_tokens`` is taken as the bound)
+    input_tokens_bound: int | None = None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
-from plait.nodes.base import ItemContext, NodeError, Output, Param, PlaitNode, Services
+from plait.nodes.base import Demand, ItemContext, NodeError, Output, Param, PlaitNode, Services
 
 DEFAULT_TIMEOUT = 30
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
@@ -289,6 +289,11 @@ class HttpNode(PlaitNode):
             services=services,
             cancelled=getattr(services, "cancelled", None),
         )
+
+    def demand(self, prep_res: PreparedRequest) -> Demand:
+        # One default limiter per host (with its port when not the scheme's own),
+        # so a 429 from a host backs off every call to it (docs/limits.md).
+        return Demand(key=_host_key(prep_res.url))
 
     def exec(self, prep_res: PreparedRequest) -> dict[str, Any]:
         from plait.nodes import http_sync
@@ -606,13 +611,30 @@ def finish(
         return outputs
     # 408 and 425 are 4xx whose definitions say "send it again"; other 4xx never improve.
     retryable = status in (408, 425, 429) or status >= 500
+    retry_after = _retry_after(headers.get("retry-after")) if retryable else None
+    # a rate-limit answer: the host's limiter pauses, the retry is not an attempt
+    throttled = status == 429 or (status == 503 and retry_after is not None)
     raise NodeError(
         f"HTTP {status}{_reason_phrase(status)} from {req.what}: "
         f"{body_preview(data, response, is_base64, headers)}",
         outputs=outputs,
         retryable=retryable,
-        retry_after=_retry_after(headers.get("retry-after")) if retryable else None,
+        retry_after=retry_after,
+        throttled=throttled,
+        headers={k: v for k, v in headers.items() if k.lower().startswith(("x-ratelimit-", "retry-after"))}
+        if throttled else None,
     )
+
+
+def _host_key(url: str) -> str:
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return f"http:{host}:{port}" if port is not None and port != default else f"http:{host}"
 
 
 def timed_out(req: PreparedRequest, phase: str) -> NodeError:

@@ -254,7 +254,8 @@ class LlmNode(PlaitNode):
             info = self._model(call)
         except NodeError:
             return None  # exec reports it
-        estimate = estimate_prompt_tokens(call.prompt, call.system) + _IMAGE_TOKENS * len(call.images)
+        images = _IMAGE_TOKENS * len(call.images)
+        estimate = estimate_prompt_tokens(call.prompt, call.system) + images
         cap = call.max_output_tokens
         return Demand(
             key=f"llm:{info.provider}/{info.id}",
@@ -262,6 +263,8 @@ class LlmNode(PlaitNode):
             model=info.id,
             input_tokens=estimate,
             max_output_tokens=cap,
+            # an image's real token count depends on its size: its estimate is no bound
+            input_tokens_bound=prompt_tokens_bound(call.prompt, call.system) + images * 2,
         )
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
@@ -755,7 +758,8 @@ def http_error(
     if status == 429:
         return NodeError(
             f"model '{model_id}' is rate limited (HTTP 429): {detail}{wait}. "
-            "Give the node a 'retry' (or the batch 'max_retries') to wait and try again",
+            "A run pauses the model's limiter and retries the call apart from 'max_retries'; "
+            "set 'limits' with the provider's rpm/tpm to stay under them (docs/limits.md)",
             retryable=True,
             retry_after=retry_after,
             throttled=True,
@@ -924,6 +928,15 @@ def estimate_prompt_tokens(prompt: str, system: str | None = None) -> int:
     total = estimate_tokens(prompt) + 4 + 3
     if system:
         total += estimate_tokens(system) + 4
+    return total
+
+
+def prompt_tokens_bound(prompt: str, system: str | None = None) -> int:
+    """A count the real prompt tokens cannot exceed: a token of a byte-level BPE
+    is at least one byte, plus a generous allowance for each message's framing."""
+    total = len(prompt.encode("utf-8")) + 16 + 3
+    if system:
+        total += len(system.encode("utf-8")) + 16
     return total
 
 

@@ -320,6 +320,7 @@ class _Collected:
         self.finished = (sink.count if sink is not None else 0)
         self.seen = 0
         self.reused = 0
+        self.throttled = 0
         self.timing = Timing()
 
     def add(self, i: int, item: Any, out: Outcome, outputs: dict[str, Any] | None) -> None:
@@ -370,7 +371,17 @@ class _Collected:
         if self.cache is not None:
             meta.update(self.cache.stats.metadata())
         meta["timing"] = self.timing.summary(total_ms)
-        meta["llm_usage"] = self.services.ledger.of(self.cn.id)
+        usage = self.services.ledger.of(self.cn.id)
+        meta["llm_usage"] = usage
+        if "cost_usd" in usage:
+            meta["cost_usd"] = usage["cost_usd"]
+        if self.throttled:
+            meta["throttled"] = self.throttled
+        extra: dict[str, Any] = {}
+        if stop is not None and stop.reason is StopReason.BUDGET:
+            meta["budget"] = stop.message
+            if self.by_index:
+                extra["not_run"] = [i for i, r in enumerate(self.results) if r is None]
         return {
             "results": results,
             "count": count,
@@ -378,6 +389,7 @@ class _Collected:
             "error_count": self.error_count,
             "errors": self.errors,
             "batch_metadata": meta,
+            **extra,
         }
 
 
@@ -424,6 +436,7 @@ def _drive(
     finally:
         if reuse is not None:
             reuse.close()
+        collected.throttled = driver.throttled
     return stop, collected
 
 
@@ -443,6 +456,10 @@ def _raise_for(stop: Stop | None, errors: list[dict[str, Any]], output: dict[str
         return
     if stop.reason is StopReason.INTERRUPTED:
         raise BatchFailed("interrupted", None, output)
+    if stop.reason is StopReason.BUDGET:
+        not_run = output.get("not_run")
+        left = f"; {len(not_run)} of {output['count']} items did not run" if not_run is not None else ""
+        raise BatchFailed(f"{stop.message}{left}", None, output)
     if stop.reason is StopReason.FAIL_FAST and errors:
         first = errors[0]
         raise BatchFailed(
@@ -502,6 +519,8 @@ def run_single(cn: CompiledNode, base: Base, services: RunServices, executor: Ex
     if not final:  # interrupted before it could finish
         out = Outcome(None, None, 1, 0, time.time())
         out.error = "interrupted" if stop is not None and stop.reason is StopReason.INTERRUPTED else "did not run"
+        if stop is not None and stop.reason is StopReason.BUDGET:
+            out.error = stop.message
         out.retryable = False
         return out
     return final[0]

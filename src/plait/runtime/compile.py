@@ -52,6 +52,11 @@ class CompiledNode:
     #: a param uses ${__item_key__} or ${__attempt__}: the key is taken from the
     #: params resolved without them (an item has one key, whatever the attempt)
     uses_item_key: bool = False
+    #: the type asks for room on a limiter / in a budget before each call (PlaitNode.demand)
+    demands: bool = False
+    #: the node's limiter: a declared name, False for none, None for the default
+    rate: str | bool | None = None
+    budget_usd: float | None = None
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
         # A fresh dict (and fresh lists and dicts inside it) for every item: no
@@ -106,7 +111,7 @@ def compile_raw(
     graph_in_doubt = any(p.path.startswith(("edges", "start_node")) for p in problems)
     types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
     more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
-    problems += more + _executor_problems(wf) + _stream_problems(wf)
+    problems += more + _executor_problems(wf) + _stream_problems(wf) + _budget_problems(wf, types)
     if problems:
         raise WorkflowInvalid(document_order(problems), file=file)
     nodes = {n.id: _compile_node(n, types[n.type]) for n in wf.nodes}
@@ -124,6 +129,77 @@ def compile_raw(
         file=file,
         warnings=warnings,
     )
+
+
+def _budget_problems(wf: Workflow, types: Mapping[str, type[PlaitNode]]) -> list[Problem]:
+    """Under a budget every paid call must have a price and an output bound, or its
+    worst case could not be reserved: a node whose model has no price is an error now,
+    not a surprise at the first item (docs/limits.md)."""
+    budgeted = wf.budget_usd is not None or any(n.budget_usd is not None for n in wf.nodes)
+    if not budgeted:
+        return []
+    paying = [n for n in wf.nodes if n.type in types and types[n.type].demand is not PlaitNode.demand]
+    if not paying:
+        return []
+    far = [n for n in paying if n.batch is not None and (n.batch.executor == "dask" or (
+        n.batch.executor == "auto" and wf.executor == "dask"))]
+    if far:
+        n = far[0]
+        return [Problem(
+            f"node '{n.id}' runs on the dask executor, whose workers cannot share this run's budget",
+            f"nodes[{n.position}].batch.executor",
+            "run it on threads or async (the budget is kept in this process), or drop the budget",
+            node_id=n.id,
+        )]
+    import os
+
+    from plait.errors import PlaitError
+    from plait.runtime.prices import PriceTable
+
+    try:
+        table = PriceTable.load(wf.prices)
+    except PlaitError as exc:
+        return [Problem(exc.message, "prices", exc.hint or "")]
+    problems = []
+    for n in paying:
+        if wf.budget_usd is None and n.budget_usd is None:
+            continue
+        declared = {p.name: p for p in types[n.type].param_specs}
+        if "model" not in declared:
+            continue
+        path = f"nodes[{n.position}].params.model"
+        model = n.params.get("model", declared["model"].default)
+        from_env = model is None and os.environ.get("PLAIT_LLM_MODEL")
+        if from_env:
+            model = from_env
+        if model is None:
+            problems.append(Problem(
+                f"node '{n.id}' runs under a budget but names no model, so its price is not known",
+                path, "give it a \"model\" (plait prices list shows the priced ones)", node_id=n.id,
+            ))
+            continue
+        if not isinstance(model, str) or "${" in model:
+            continue  # known per item: an unpriced one is refused then, before its call
+        price = table.resolve(model)
+        if price is None:
+            hint = table.suggest(model)
+            problems.append(Problem(
+                f"node '{n.id}' runs under a budget, but model '{model}' has no known price",
+                path,
+                (hint + "; or " if hint else "")
+                + f'price it in the workflow: "prices": {{"models": {{"{model}": {{"input": 1.0, "output": 4.0}}}}}} '
+                "(dollars per 1M tokens)",
+                node_id=n.id,
+            ))
+        elif price.max_output is None and "max_tokens" in declared and n.params.get("max_tokens") is None:
+            problems.append(Problem(
+                f"node '{n.id}' runs under a budget, but model '{model}' has no known output limit, "
+                "so the worst case of a call cannot be reserved",
+                f"nodes[{n.position}].params",
+                'give the node "max_tokens", or "max_output" to the model\'s entry in "prices"',
+                node_id=n.id,
+            ))
+    return problems
 
 
 def _executor_problems(wf: Workflow) -> list[Problem]:
@@ -250,6 +326,9 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         uses_item_key=any(
             r.root in ("__item_key__", "__attempt__") for v in spec.params.values() for r in compile_value(v).refs
         ),
+        demands=cls.demand is not PlaitNode.demand,
+        rate=spec.rate,
+        budget_usd=spec.budget_usd,
     )
 
 

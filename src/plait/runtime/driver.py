@@ -32,6 +32,12 @@ WINDOW_FACTOR = 2  # attempts in flight per slot: keeps workers fed without a fu
 STOP_GRACE_S = 0.75
 _WAKE_S = 0.5  # the longest the driver sleeps without looking at the cancel flag
 RATE_FLOOR = 100  # max_failure_rate of a stream without a known total: at least this many items
+#: rate-limit answers (429/503) an item may get before it fails: they are retried apart
+#: from max_retries, but a server that never stops refusing must not hold a batch forever
+MAX_THROTTLED_RETRIES = 20
+#: the wait before retrying a throttled call that said no Retry-After (its limiter,
+#: when it has one, pauses on its own terms)
+THROTTLE_WAIT_S = 1.0
 
 
 class StopReason(Enum):
@@ -39,6 +45,7 @@ class StopReason(Enum):
     MAX_FAILURES = "max_failures"
     MAX_FAILURE_RATE = "max_failure_rate"
     INTERRUPTED = "interrupted"
+    BUDGET = "budget"
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,11 @@ class BatchDriver:
         self._stopped_at: float | None = None
         self._parked: dict[tuple[int | None, int], Attempt] = {}  # waiting for an identical item in flight
         self._ready: deque[Attempt] = deque()  # parked ones to run after all
+        self._root = services.root
+        #: throttled retries per item still going (they do not count as attempts)
+        self._throttles: dict[int | None, int] = {}
+        self.throttled = 0  # throttled retries in all
+        self.not_launched = 0  # items the budget kept from starting
 
     # -- the loop
 
@@ -401,6 +413,8 @@ class BatchDriver:
                     )
                 )
             self.finished += 1
+            if self._throttles:
+                self._throttles.pop(out.index, None)
             self.on_final(out)
             self._settled(out)
             return
@@ -411,8 +425,36 @@ class BatchDriver:
                 self._halt(Stop(StopReason.INTERRUPTED, "interrupted"))
             self._emit_interrupted(out.index, out.attempt, out.slot, out.duration * 1000.0)
             return
+        if self._root.budget_stop is not None:  # set by the first item the budget refused
+            # Not launched (or cut short once the budget stopped the run): no failure;
+            # the record marks it cancelled and a resume runs it.
+            if self.stop is None:
+                self._halt(Stop(StopReason.BUDGET, self._root.budget_stop or out.error or "budget"))
+            self.not_launched += 1
+            self._throttles.pop(out.index, None)
+            self._emit_interrupted(out.index, out.attempt, out.slot, out.duration * 1000.0)
+            return
         error = out.error or "failed"
-        if out.retryable and out.attempt < self.retry.max_attempts and self.stop is None:
+        throttles = self._throttles.get(out.index, 0) if self._throttles else 0
+        if out.throttled and out.retryable and self.stop is None and throttles < MAX_THROTTLED_RETRIES:
+            self._throttles[out.index] = throttles + 1
+            self.throttled += 1
+            wait = min(out.retry_after, RETRY_AFTER_CAP_S) if out.retry_after is not None else THROTTLE_WAIT_S
+            if bus.wants(ItemRetried):
+                bus.emit(
+                    ItemRetried(
+                        self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0, error,
+                        wait_s=round(wait, 3), at=out.started + out.duration, throttled=True,
+                    )
+                )
+            self.retries.push(time.monotonic() + wait, Attempt(out.index, out.item, out.attempt + 1))
+            if self.check is not None:
+                self.check.retried(out)
+            return
+        if out.throttled and throttles >= MAX_THROTTLED_RETRIES:
+            error = f"{error} (still rate limited after {throttles} throttled retries)"
+            out.error = error
+        if out.retryable and out.attempt - throttles < self.retry.max_attempts and self.stop is None:
             wait = self.retry.delay(out.attempt, out.retry_after)
             if bus.wants(ItemRetried):
                 bus.emit(
@@ -435,6 +477,8 @@ class BatchDriver:
             )
         self.failed += 1
         self.finished += 1
+        if self._throttles:
+            self._throttles.pop(out.index, None)
         self.on_final(out)
         self._settled(out)
         if self.stop is None:

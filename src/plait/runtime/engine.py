@@ -18,7 +18,7 @@ from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStar
 from plait.runtime.executors import AUTO, make_executor
 from plait.runtime.executors.local import SequentialExecutor
 from plait.runtime.services import RunServices
-from plait.runtime.status import FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
+from plait.runtime.status import BUDGET, FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
 from plait.templates import TemplateError
 
 MAX_VISITS = 100  # per node, for loops through non-default actions
@@ -169,6 +169,7 @@ class Runner:
             )
         if services.parent is None:
             services.warm_up({cn.cls for cn in cw.nodes.values()})
+        services.configure_limits(cw)
         sched = _Schedule(self, base, results, errors)
         sched.run()
         status, last = sched.status, sched.last
@@ -272,6 +273,8 @@ class Runner:
             res.status = PARTIAL if res.items is not None and res.items[2] else SUCCESS
         elif error == "interrupted" or services.cancelled.is_set():
             res.status = INTERRUPTED
+        elif services.root.budget_stop is not None:
+            res.status = BUDGET
         else:
             res.status = FAILED
         if bus.active:
@@ -488,6 +491,10 @@ class _Schedule:
             if d.error == "interrupted" or self.services.cancelled.is_set():
                 self.errors.append({"node_id": d.node_id, "message": "interrupted"})
                 self._stop("interrupted")
+                return
+            if self.results[d.node_id].status == BUDGET:  # resumable: nothing failed, the money ran out
+                self.errors.append({"node_id": d.node_id, "message": d.error})
+                self._stop(BUDGET)
                 return
             targets = [t for a, t in self.cw.edges_from.get(d.node_id, ()) if a == "error"]
             if not targets:

@@ -174,6 +174,8 @@ class ItemRetried(Event):
     duration_ms: float
     error: str
     wait_s: float = 0.0
+    #: a rate-limit answer (429/503): retried apart from max_retries, not a failure
+    throttled: bool = False
 
 
 @dataclass(slots=True)

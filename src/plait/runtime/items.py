@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from plait.nodes.base import ItemContext, NodeError
 from plait.runtime.events import ItemStarted
 from plait.runtime.keys import item_key
+from plait.runtime.services import BudgetRefused
 from plait.templates import TemplateError
 
 if TYPE_CHECKING:
     from plait.runtime.compile import CompiledNode
-    from plait.runtime.services import RunServices
+    from plait.runtime.services import Call, RunServices
     from plait.templates import Base
 
 _EMPTY: dict[str, Any] = {}
@@ -74,6 +75,7 @@ class Outcome:
     __slots__ = (
         "action",
         "attempt",
+        "budget",
         "cached",
         "cancelled",
         "duration",
@@ -109,6 +111,7 @@ class Outcome:
         self.reused: str | None = None  # the run whose recorded result this is
         self.cached = False  # the result came from the item cache
         self.throttled = False  # a rate-limit answer (HTTP 429)
+        self.budget = False  # not launched: its worst-case cost did not fit the budget
 
     @classmethod
     def dropped(cls, attempt: Attempt, slot: int = 0) -> Outcome:
@@ -199,18 +202,38 @@ def run_attempt(
     try:
         ctx = _context(cn, base, services, attempt, out)
         prep_res = cn.node.prep(ctx)
-        if in_main:
-            _MainExec.depth += 1
-            try:
+        # One attribute for types without demand(); the rest only for those with one.
+        call = _open(cn, services, ctx, prep_res) if cn.demands else None
+        if call is not None:
+            services.reserve(cn, call)
+            if call.limiter is not None:
+                call.ticket = call.limiter.acquire(call.demand.tokens, services.cancelled)
+                if call.ticket is None:  # Ctrl-C while it waited: it does not start
+                    services.close_call(ctx, call, None, started=False)
+                    raise Interrupt
+            # the item's time is its call's, not its wait for the limiter or the budget
+            out.started, t0 = time.time(), time.perf_counter()
+        try:
+            if in_main:
+                _MainExec.depth += 1
+                try:
+                    exec_res = cn.node.exec(prep_res)
+                finally:
+                    _MainExec.depth -= 1
+            else:
                 exec_res = cn.node.exec(prep_res)
-            finally:
-                _MainExec.depth -= 1
-        else:
-            exec_res = cn.node.exec(prep_res)
+        except BaseException as exc:
+            if call is not None:
+                services.close_call(ctx, call, exc)
+            raise
+        if call is not None:
+            services.close_call(ctx, call, None)
         _post(out, cn, ctx, prep_res, exec_res)
     except Interrupt:
         out.error = "interrupted"
         out.retryable = False
+    except BudgetRefused as exc:
+        _refused(out, exc, services, ctx)
     except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
         # SystemExit too (a library calling sys.exit): in a worker thread it
         # would end the thread silently and leave the batch waiting forever.
@@ -238,18 +261,55 @@ async def run_attempt_async(
         ctx = _context(cn, base, services, attempt, out)
         node = cn.node
         prep_res = node.prep(ctx)
-        if run_sync is None:
-            exec_res = await node.exec_async(prep_res)
-        else:
-            exec_res = await run_sync(node.exec, prep_res)
+        call = _open(cn, services, ctx, prep_res) if cn.demands else None
+        if call is not None:
+            await services.reserve_async(cn, call)
+            if call.limiter is not None:
+                try:
+                    call.ticket = await call.limiter.acquire_async(call.demand.tokens, services.cancelled)
+                except BaseException:
+                    services.close_call(ctx, call, None, started=False)
+                    raise
+                if call.ticket is None:
+                    services.close_call(ctx, call, None, started=False)
+                    raise asyncio.CancelledError
+            out.started, t0 = time.time(), time.perf_counter()
+        try:
+            if run_sync is None:
+                exec_res = await node.exec_async(prep_res)
+            else:
+                exec_res = await run_sync(node.exec, prep_res)
+        except BaseException as exc:
+            if call is not None:
+                services.close_call(ctx, call, exc)
+            raise
+        if call is not None:
+            services.close_call(ctx, call, None)
         _post(out, cn, ctx, prep_res, exec_res)
     except asyncio.CancelledError:
         out.error = "interrupted"
         out.retryable = False
+    except BudgetRefused as exc:
+        _refused(out, exc, services, ctx)
     except (Exception, SystemExit) as exc:
         _failed(out, exc)
     out.duration = time.perf_counter() - t0
     return out
+
+
+def _open(cn: CompiledNode, services: RunServices, ctx: ItemContext, prep_res: Any) -> Call | None:
+    demand = cn.node.demand(prep_res)
+    if demand is None:
+        return None
+    return services.open_call(cn, ctx, demand)
+
+
+def _refused(out: Outcome, exc: BudgetRefused, services: RunServices, ctx: ItemContext) -> None:
+    """Not launched for the budget: no failure of the item; the batch stops."""
+    services.drop_call(ctx)
+    out.budget = True
+    out.error = exc.message
+    out.retryable = False
 
 
 def settle(out: Outcome, outputs: Any) -> None:

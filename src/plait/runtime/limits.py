@@ -108,6 +108,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
+from plait.ir.format import LIMITS as _FORMAT_LIMITS
+
 Outcome = Literal["ok", "error", "throttled"]
 #: (message, json_path, hint): the shape workflow validation collects
 LimitProblem = tuple[str, str, str]
@@ -122,13 +124,8 @@ CANCEL_POLL = 0.05
 #: the multiplicative decrease of the concurrency window on a throttle
 WINDOW_DECREASE = 0.5
 
-LIMIT_FIELDS: dict[str, str] = {
-    "rps": "requests per second",
-    "rpm": "requests per minute",
-    "tpm": "model tokens per minute (prompt estimate + max_tokens, reconciled after the call)",
-    "concurrency": "calls in flight at once (the ceiling of the adaptive window)",
-    "burst": "seconds of each rate that may be used at once (default 1)",
-}
+#: a limiter's fields and what they mean: declared once, in the workflow format's tables
+LIMIT_FIELDS: dict[str, str] = {f.name: f.doc for f in _FORMAT_LIMITS}
 
 _EPSILON = 1e-9
 _OUTCOMES = frozenset(("ok", "error", "throttled"))
@@ -270,7 +267,9 @@ class CancelSignal(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self._subscribers: dict[int, Callable[[], None]] = {}
-        self._sub_lock = threading.Lock()
+        # re-entrant: set() runs in the signal handler, on the main thread,
+        # which may be inside subscribe() when Ctrl-C arrives
+        self._sub_lock = threading.RLock()
         self._sub_seq = itertools.count()
 
     def set(self) -> None:
@@ -1081,6 +1080,12 @@ class Budget:
         self.parent = parent
         # one lock for a budget and all its parents: a reservation is one decision
         self._lock: threading.Lock = parent._lock if parent is not None else threading.Lock()
+        # woken whenever a reservation ends, for reserve_wait
+        self._ended: threading.Condition = (
+            parent._ended if parent is not None else threading.Condition(self._lock)
+        )
+        # how many wait in reserve_wait: settling notifies only when someone does
+        self._sleepers: list[int] = parent._sleepers if parent is not None else [0]
         self._limit = _to_units(self.usd, up=False)
         self._spent = 0
         self._reserved = 0
@@ -1100,6 +1105,12 @@ class Budget:
             raise ValueError(f"budget '{self.name}': cannot reserve {worst_case_usd!r}")
         units = _to_units(worst_case_usd, up=True)
         with self._lock:
+            if self.parent is None:  # the common case, without building the chain
+                if self._spent + self._reserved + units > self._limit:
+                    self.refused += 1
+                    return None
+                self._reserved += units
+                return BudgetTicket(self, units)
             chain = list(self._chain())
             if any(b._spent + b._reserved + units > b._limit for b in chain):
                 self.refused += 1
@@ -1107,6 +1118,40 @@ class Budget:
             for b in chain:
                 b._reserved += units
             return BudgetTicket(self, units)
+
+    def reserve_wait(
+        self, worst_case_usd: float, cancelled: threading.Event | None = None
+    ) -> BudgetTicket | None:
+        """:meth:`reserve`, but while calls in flight hold reservations that keep
+        this one out, wait for them to end (their real cost is usually far below
+        their worst case). None when it does not fit even with nothing in flight,
+        or when ``cancelled`` is set."""
+        if worst_case_usd is None or not math.isfinite(worst_case_usd) or worst_case_usd < 0:
+            raise ValueError(f"budget '{self.name}': cannot reserve {worst_case_usd!r}")
+        units = _to_units(worst_case_usd, up=True)
+        with self._ended:
+            chain = list(self._chain())
+            while True:
+                if all(b._spent + b._reserved + units <= b._limit for b in chain):
+                    for b in chain:
+                        b._reserved += units
+                    return BudgetTicket(self, units)
+                blocking = [b for b in chain if b._spent + b._reserved + units > b._limit]
+                if all(b._spent + units > b._limit for b in blocking) or (
+                    cancelled is not None and cancelled.is_set()
+                ):
+                    self.refused += 1
+                    return None
+                self._sleepers[0] += 1
+                try:
+                    self._ended.wait(CANCEL_POLL)
+                finally:
+                    self._sleepers[0] -= 1
+
+    def pending(self) -> bool:
+        """Whether reservations in flight could, once settled, make room."""
+        with self._lock:
+            return any(b._reserved > 0 for b in self._chain())
 
     def settle(self, ticket: BudgetTicket, actual_usd: float | None) -> None:
         """The call is over: its real cost replaces its reservation (None: the
@@ -1116,11 +1161,16 @@ class Budget:
             if ticket.settled:
                 return
             ticket.settled = True
-            for b in ticket.budget._chain():
-                b._reserved -= ticket.units
+            units = ticket.units
+            b: Budget | None = ticket.budget
+            while b is not None:
+                b._reserved -= units
                 b._spent += actual
-                if actual > ticket.units:
-                    b.overrun_usd += (actual - ticket.units) / _NANO
+                if actual > units:
+                    b.overrun_usd += (actual - units) / _NANO
+                b = b.parent
+            if self._sleepers[0]:
+                self._ended.notify_all()
 
     def release(self, ticket: BudgetTicket) -> None:
         """The call was not made: drop its reservation."""
@@ -1130,6 +1180,8 @@ class Budget:
             ticket.settled = True
             for b in ticket.budget._chain():
                 b._reserved -= ticket.units
+            if self._sleepers[0]:
+                self._ended.notify_all()
 
     @property
     def spent(self) -> float:
@@ -1203,6 +1255,19 @@ class LimiterSet:
     @property
     def declared(self) -> frozenset[str]:
         return self._declared
+
+    def declare(self, name: str, spec: Mapping[str, Any]) -> Limiter:
+        """Add a limiter a sub-workflow declares; a name the run has already keeps its
+        first declaration (one limiter per name for the whole run)."""
+        with self._lock:
+            limiter = self._limiters.get(name)
+            if name in self._declared and limiter is not None:
+                return limiter
+            if limiter is None:
+                limiter = Limiter.from_spec(name, spec, self.clock)
+                self._limiters[name] = limiter
+            self._declared = self._declared | {name}
+            return limiter
 
     def __contains__(self, name: object) -> bool:
         return name in self._limiters

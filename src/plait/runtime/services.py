@@ -14,13 +14,18 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from plait.nodes.base import ItemContext, NodeError, PlaitNode, Services, Usage
+from plait.nodes.base import Demand, ItemContext, NodeError, PlaitNode, Services, Usage
 from plait.runtime.events import EventBus, Location, Step, UsageRecorded
+from plait.runtime.limits import CancelSignal
 
 if TYPE_CHECKING:
     from plait.runtime.aio import RunLoop
+    from plait.runtime.compile import CompiledNode, CompiledWorkflow
+    from plait.runtime.limits import Budget, BudgetTicket, Limiter, LimiterSet, Ticket
+    from plait.runtime.prices import PriceTable
     from plait.runtime.subworkflows import SubWorkflows
 
 T = TypeVar("T")
@@ -75,6 +80,31 @@ class UsageLedger:
         return out
 
 
+class BudgetRefused(Exception):
+    """An item's worst-case cost does not fit its budget: it is not launched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Call:
+    """One paid or rate-limited call of an item, between its demand and its settling."""
+
+    __slots__ = ("budget", "budget_of", "demand", "headers", "limiter", "model", "ticket", "usage", "worst")
+
+    def __init__(self, demand: Demand) -> None:
+        self.demand = demand
+        self.model = demand.model
+        self.limiter: Limiter | None = None
+        self.ticket: Ticket | None = None
+        self.budget: BudgetTicket | None = None
+        self.budget_of: Budget | None = None  # the budget it must be reserved in
+        self.worst = 0.0  # its worst-case cost, in dollars
+        self.headers: Any = None  # the x-ratelimit-* headers of a successful answer
+        self.usage: list[Usage] = []
+
+
 class RunServices(Services):
     """Services for one run (``parent`` is None) or one sub-workflow run inside it."""
 
@@ -92,7 +122,8 @@ class RunServices(Services):
         self.registry = registry
         self.bus = bus if bus is not None else EventBus()
         self.workflow_dir = workflow_dir
-        self.cancelled = cancelled if cancelled is not None else threading.Event()
+        # A CancelSignal wakes limiter waits at once on Ctrl-C (a plain Event is polled).
+        self.cancelled = cancelled if cancelled is not None else CancelSignal()
         self.parent = parent
         self.ledger = UsageLedger()
         # The files of this workflow and the ones enclosing it, for cycle detection.
@@ -129,6 +160,15 @@ class RunServices(Services):
         #: the run's item cache: "default" (each node's own setting), "on", "off" or "refresh"
         self.cache_mode = "default"
         self._cache: Any = None
+        # Limits, budgets and prices (docs/limits.md): the root's serve every level.
+        self.limiters: LimiterSet | None = None
+        self.budget: Budget | None = None
+        self.prices: PriceTable | None = None  # this level's table (its workflow's prices over the user's)
+        self._node_budgets: dict[int, Budget] = {}
+        self._calls: dict[int, Call] = {}  # by id() of the ItemContext making the call
+        #: why the run stopped for its budget (the first refusal), root only
+        self.budget_stop: str | None = None
+        self._limits_lock = threading.Lock()
 
     @property
     def root(self) -> RunServices:
@@ -232,9 +272,198 @@ class RunServices(Services):
         if self._root is self and self._cache is not None:
             self._cache.flush()  # the hit counts it keeps in memory
 
+    # -- limits, budgets, prices
+
+    def configure_limits(self, compiled: CompiledWorkflow) -> None:
+        """Set up the limiters, budgets and prices of a workflow about to run here:
+        the root's are the run's; a sub-workflow adds the limiters it declares to
+        them and prices its calls with its own ``prices``."""
+        wf = compiled.workflow
+        root = self._root
+        with root._limits_lock:
+            if root.limiters is None:
+                from plait.runtime.limits import LimiterSet
+
+                root.limiters = LimiterSet(wf.limits)
+            elif wf.limits:
+                for name, spec in wf.limits.items():
+                    root.limiters.declare(name, spec)
+            if self is root and wf.budget_usd is not None and root.budget is None:
+                from plait.runtime.limits import Budget
+
+                if root.executor_choice == "dask":
+                    from plait.errors import UsageError
+
+                    raise UsageError(
+                        "this workflow has a budget, which the dask executor's workers cannot share",
+                        hint="run it without --executor dask (threads or async keep the budget exact)",
+                    )
+
+                root.budget = Budget(wf.budget_usd, name="run")
+        if wf.prices is not None:
+            from plait.runtime.prices import PriceTable
+
+            self.prices = PriceTable.load(wf.prices)
+        elif self.parent is not None:
+            self.prices = self.parent[0].price_table()
+
+    def price_table(self) -> PriceTable:
+        if self.prices is None:
+            from plait.runtime.prices import default_table
+
+            self.prices = default_table()
+        return self.prices
+
+    def _budget_for(self, cn: CompiledNode) -> Budget | None:
+        root = self._root
+        if cn.budget_usd is None:
+            return root.budget
+        budget = root._node_budgets.get(id(cn))
+        if budget is None:
+            from plait.runtime.limits import Budget
+
+            with root._limits_lock:
+                budget = root._node_budgets.get(id(cn))
+                if budget is None:
+                    budget = Budget(cn.budget_usd, name=cn.id, parent=root.budget)
+                    root._node_budgets[id(cn)] = budget
+        return budget
+
+    def open_call(self, cn: CompiledNode, ctx: ItemContext, demand: Demand) -> Call:
+        """Before a call: price its worst case for its budget and find its limiter.
+        The caller then reserves (:meth:`reserve` / :meth:`reserve_async`) and
+        acquires a limiter ticket, and always ends with :meth:`close_call`."""
+        root = self._root
+        call = Call(demand)
+        budget = self._budget_for(cn)
+        if budget is not None:
+            if root.budget_stop is not None:
+                raise BudgetRefused(root.budget_stop)
+            table = self.price_table()
+            model = demand.model or ""
+            bound = demand.input_tokens_bound if demand.input_tokens_bound is not None else demand.input_tokens
+            worst = table.worst_case_usd(model, bound, demand.max_output_tokens)
+            if worst is None:
+                why = (
+                    f"model '{model}' has no known price" if table.resolve(model) is None
+                    else f"model '{model}' has no known output limit (give the node max_tokens)"
+                )
+                raise NodeError(f"cannot reserve this call in budget '{budget.name}': {why}", retryable=False)
+            call.budget_of = budget
+            call.worst = worst
+        rate = cn.rate
+        if rate is not False:
+            limiters = root.limiters
+            if limiters is None:
+                from plait.runtime.limits import LimiterSet
+
+                with root._limits_lock:
+                    if root.limiters is None:
+                        root.limiters = LimiterSet()
+                limiters = root.limiters
+            assert limiters is not None
+            call.limiter = limiters.named(rate) if isinstance(rate, str) else limiters.get(demand.key)
+        self._calls[id(ctx)] = call
+        return call
+
+    def reserve(self, cn: CompiledNode, call: Call) -> None:
+        """Reserve the call's worst case, waiting while calls in flight hold the room
+        it needs; BudgetRefused when it cannot fit."""
+        budget = call.budget_of
+        if budget is None:
+            return
+        call.budget = budget.reserve_wait(call.worst, self.cancelled)
+        if call.budget is None:
+            self._refused(cn, call)
+
+    async def reserve_async(self, cn: CompiledNode, call: Call) -> None:
+        import asyncio
+
+        budget = call.budget_of
+        if budget is None:
+            return
+        while True:
+            call.budget = budget.reserve(call.worst)
+            if call.budget is not None:
+                return
+            if not budget.pending() or self.cancelled.is_set():
+                self._refused(cn, call)
+            await asyncio.sleep(0.005)  # calls in flight hold the room: wait for them
+
+    def _refused(self, cn: CompiledNode, call: Call) -> None:
+        root = self._root
+        budget = call.budget_of
+        assert budget is not None
+        if self.cancelled.is_set():
+            raise NodeError("interrupted", retryable=False)
+        whose = "the run" if budget.name == "run" else f"node '{cn.id}'"
+        message = (
+            f"budget reached: ${budget.usd:g} for {whose}, ${budget.spent:.6g} spent; "
+            f"the next call may cost up to ${call.worst:.6g}"
+        )
+        with root._limits_lock:
+            if root.budget_stop is None:
+                root.budget_stop = message
+        raise BudgetRefused(root.budget_stop or message)
+
+    def close_call(self, ctx: ItemContext, call: Call, exc: BaseException | None, started: bool = True) -> None:
+        """After a call (``exc``: how it failed, None when it did not): settle the
+        limiter ticket with the real usage and what the provider said, and the
+        budget with the real cost. ``started`` False: the call was never made."""
+        self._calls.pop(id(ctx), None)
+        ticket = call.ticket
+        cost: float | None = None
+        tokens: int | None = None
+        if call.usage:
+            tokens = sum(u.input_tokens + u.output_tokens for u in call.usage)
+            costs = [u.cost_usd for u in call.usage]
+            cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+        if ticket is not None and call.limiter is not None:
+            if not started:
+                call.limiter.release(ticket)
+            elif isinstance(exc, NodeError) and exc.throttled:
+                call.limiter.settle(ticket, actual_tokens=0, outcome="throttled",
+                                    retry_after=exc.retry_after, headers=exc.headers)
+            else:
+                headers = call.headers
+                if headers is None and isinstance(exc, NodeError):
+                    headers = exc.headers
+                outcome: Literal["ok", "error"] = "ok" if exc is None or call.usage else "error"
+                call.limiter.settle(ticket, actual_tokens=tokens, outcome=outcome, headers=headers)
+        if call.budget is not None:
+            budget = call.budget.budget
+            if not started or (not call.usage and isinstance(exc, NodeError) and (exc.throttled or not exc.retryable)):
+                # never made, refused by the provider, or refused before the call: nothing was paid
+                budget.release(call.budget)
+            elif not call.usage and exc is not None:
+                budget.settle(call.budget, None)  # it may have been paid: keep the worst case as spent
+            else:
+                budget.settle(call.budget, cost)
+
+    def drop_call(self, ctx: ItemContext) -> None:
+        """Forget a call that was refused before it held anything."""
+        self._calls.pop(id(ctx), None)
+
+    def observe_rate(self, ctx: ItemContext, headers: Any) -> None:
+        call = self._calls.get(id(ctx))
+        if call is not None:
+            call.headers = headers
+
+    def limiter_stats(self) -> dict[str, dict[str, Any]]:
+        limiters = self._root.limiters
+        return limiters.stats() if limiters is not None else {}
+
     # -- usage
 
     def record_usage(self, ctx: ItemContext, usage: Usage) -> Usage:
+        if usage.cost_usd is None and usage.model:
+            cost = self.price_table().cost_usd(usage.model, usage.input_tokens, usage.output_tokens,
+                                               usage.cached_tokens)
+            if cost is not None:
+                usage = replace(usage, cost_usd=cost)
+        call = self._calls.get(id(ctx))
+        if call is not None:
+            call.usage.append(usage)
         # One event, where the call happened; the usage is added at every level,
         # so the enclosing workflow node and the run count it too.
         self.bus.emit(
@@ -256,9 +485,6 @@ class RunServices(Services):
                 break
             services, ctx = services.parent
         return usage
-
-    def observe_rate(self, ctx: ItemContext, headers: Any) -> None:
-        return None
 
     # -- sub-workflows
 

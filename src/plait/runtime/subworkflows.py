@@ -101,6 +101,9 @@ class SubWorkflows:
         result = Runner(compiled, child, executor=services.root.executor_choice).run(values)
         if result.status == "interrupted":
             raise NodeError(f"sub-workflow {name} was interrupted", retryable=False)
+        if result.status == "budget":  # the run's driver sees the stop and ends the batch resumably
+            first = result.errors[0] if result.errors else {"message": "budget"}
+            raise NodeError(f"sub-workflow {name} stopped: {first['message']}", retryable=False)
         if result.status not in ("success", "partial"):
             first = result.errors[0] if result.errors else {"message": result.status}
             where = ""

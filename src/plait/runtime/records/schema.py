@@ -115,6 +115,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX items_node ON items(run, node_id, idx);
     CREATE INDEX items_key ON items(run, node_id, key, idx) WHERE key IS NOT NULL;
     """,
+    # 5: cost per run and node (items had cost_usd already), and the rate-limit
+    # retries of a node, counted apart from its retries
+    """
+    ALTER TABLE runs ADD COLUMN cost_usd REAL;
+    ALTER TABLE nodes ADD COLUMN cost_usd REAL;
+    ALTER TABLE nodes ADD COLUMN throttled INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

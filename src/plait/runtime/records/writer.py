@@ -104,7 +104,7 @@ class RunRecorder:
         self._backoff = FLUSH_S
         self._events: deque[Event] = deque()
         self._nodes: dict[str, _NodeState] = {}
-        self._tokens: dict[tuple[str, int | None], list[int]] = {}
+        self._tokens: dict[tuple[str, int | None], list[Any]] = {}
         self._items_ok = 0
         self._items_failed = 0
         # prepared, not yet committed (rows without their run column)
@@ -318,7 +318,7 @@ class RunRecorder:
         elif isinstance(ev, ItemFailed):
             self._final(ev, rows, "failed", ev.error, ev.item)
         elif isinstance(ev, ItemRetried):
-            self._final(ev, rows, "retried", ev.error, None)
+            self._final(ev, rows, "throttled" if ev.throttled else "retried", ev.error, None)
         elif isinstance(ev, ItemInterrupted):
             self._final(ev, rows, "interrupted" if ev.reason == "interrupted" else "cancelled", None, None)
         elif isinstance(ev, UsageRecorded):
@@ -414,6 +414,8 @@ class RunRecorder:
                 preview = self._preview(item)
         elif status == "retried":
             node.retries += 1
+        elif status == "throttled":
+            node.throttled += 1
         rows.append(
             (
                 node_id,
@@ -434,6 +436,7 @@ class RunRecorder:
                 (getattr(ev, "action", None) if getattr(ev, "action", "default") != "default" else None),
                 getattr(ev, "reused", None),
                 1 if getattr(ev, "cached", False) else None,
+                (round(used[3], 9) if used[3] is not None else None) if used else None,
             )
         )
 
@@ -470,8 +473,9 @@ class RunRecorder:
         keys = [(node_id, ev.index)]
         if not ev.loc.top_level:
             keys.append(ev.loc.top)
+        cost = ev.cost_usd
         for key in keys:
-            row = self._tokens.setdefault(key, [0, 0, 0])
+            row = self._tokens.setdefault(key, [0, 0, 0, None])
             row[0] += 1
             row[1] += inp
             row[2] += outp
@@ -479,6 +483,9 @@ class RunRecorder:
             node.llm[0] += 1
             node.llm[1] += inp
             node.llm[2] += outp
+            if cost is not None:
+                row[3] = (row[3] or 0.0) + cost
+                node.cost = (node.cost or 0.0) + cost
 
     def _end(self, ev: RunFinished) -> None:
         """The run's outcome; attempts and nodes still open were cut short."""
@@ -506,7 +513,7 @@ class RunRecorder:
         usage = ev.usage
         self._conn.execute(
             "UPDATE runs SET status = ?, ended = ?, updated = ?, duration_ms = ?, error = ?, llm_calls = ?,"
-            " input_tokens = ?, output_tokens = ? WHERE id = ?",
+            " input_tokens = ?, output_tokens = ?, cost_usd = ? WHERE id = ?",
             (
                 ev.status,
                 ended,
@@ -516,6 +523,7 @@ class RunRecorder:
                 usage.get("calls", 0),
                 usage.get("input_tokens", 0),
                 usage.get("output_tokens", 0),
+                usage.get("cost_usd"),
                 self._run,
             ),
         )
@@ -582,6 +590,7 @@ def _batch_summary(spec: Any) -> dict[str, Any]:
 
 class _NodeState:
     __slots__ = (
+        "cost",
         "dirty",
         "duration_ms",
         "ended",
@@ -594,6 +603,7 @@ class _NodeState:
         "retries",
         "started",
         "status",
+        "throttled",
         "total",
         "type",
         "visits",
@@ -613,7 +623,9 @@ class _NodeState:
         self.ok = 0
         self.failed = 0
         self.retries = 0
+        self.throttled = 0
         self.llm = [0, 0, 0]
+        self.cost: float | None = None
         self.dirty = True
 
     def row(self, run: int | None) -> tuple[Any, ...]:
@@ -633,6 +645,8 @@ class _NodeState:
             self.failed,
             self.retries,
             *self.llm,
+            None if self.cost is None else round(self.cost, 9),
+            self.throttled,
         )
 
 
@@ -644,14 +658,14 @@ _INSERT_OK_ITEM = (
 _INSERT_ITEM = (
     "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, error,"
     " input_tokens, output_tokens, preview, key, outputs, outputs_ref, outputs_masked, action,"
-    " reused_from, cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " reused_from, cached, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _NODE_COLUMNS = (
     "status, visits, started, ended, duration_ms, error, error_index, items_total, items_ok,"
-    " items_failed, retries, llm_calls, input_tokens, output_tokens"
+    " items_failed, retries, llm_calls, input_tokens, output_tokens, cost_usd, throttled"
 )
 _UPSERT_NODE = (
-    f"INSERT INTO nodes (run, node_id, type, {_NODE_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+    f"INSERT INTO nodes (run, node_id, type, {_NODE_COLUMNS}) VALUES ({', '.join('?' * 19)})"
     " ON CONFLICT (run, node_id) DO UPDATE SET type = coalesce(nodes.type, excluded.type), "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _NODE_COLUMNS.split(","))
 )
