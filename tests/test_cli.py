@@ -174,6 +174,19 @@ def test_schema_accepts_a_full_workflow(schema_validator: Any) -> None:
     assert list(schema_validator.iter_errors(yaml.safe_load(YAML_WORKFLOW))) == []
 
 
+def test_the_schema_names_every_declared_field_and_no_other(schema_validator: Any) -> None:
+    from plait.ir.format import COMPAT_TOP, NODE, TOP
+    from plait.ir.schema import workflow_schema
+
+    schema = workflow_schema([])
+    node = schema["properties"]["nodes"]["items"]
+    assert set(schema["properties"]) == {*TOP.names, *COMPAT_TOP}
+    assert set(node["properties"]) == {*NODE.names, "parameters"}  # pflow's other name for params
+    full = {"fail_on_item_errors": True, "max_parallel_nodes": 2,
+            "nodes": [{"id": "a", "type": "echo", "cache": {"ttl": "7d"}}, {"id": "b", "type": "echo", "cache": False}]}
+    assert [e.message for e in schema_validator.iter_errors(full)] == []
+
+
 @pytest.mark.parametrize(
     ("bad", "where"),
     [

@@ -76,7 +76,10 @@ def test_two_batches_sharing_a_declared_limiter_stay_under_the_servers_limit(ser
     server.enforce(rpm=600, burst_requests=3)
     ir = {
         "limits": {"local": {"rps": 8, "burst": 0.25}},
-        "nodes": [ask_batch(12, node_id="first", rate="local"), ask_batch(12, node_id="second", rate="local")],
+        # two branches from one start: the batches run at the same time (max_parallel_nodes)
+        "nodes": [{"id": "start", "type": "echo", "params": {}},
+                  ask_batch(12, node_id="first", rate="local"), ask_batch(12, node_id="second", rate="local")],
+        "edges": [{"from": "start", "to": "first"}, {"from": "start", "to": "second"}],
     }
 
     result = run(ir)
@@ -86,6 +89,11 @@ def test_two_batches_sharing_a_declared_limiter_stay_under_the_servers_limit(ser
     assert server.throttled_count == 0
     for node in ("first", "second"):
         assert result.json["nodes"][node]["items"] == {"count": 12, "succeeded": 12, "failed": 0}
+    with records() as conn:
+        spans = {r["node_id"]: (r["started"], r["ended"]) for r in conn.execute(
+            "SELECT node_id, started, ended FROM nodes WHERE node_id IN ('first', 'second')")}
+    (s1, e1), (s2, e2) = spans["first"], spans["second"]
+    assert min(e1, e2) > max(s1, s2), spans  # they drew on the limiter at the same time
 
 
 def test_a_default_limiter_learns_the_servers_limit_from_its_headers(server, run):

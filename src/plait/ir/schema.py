@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plait.ir.format import BATCH, COMPAT_TOP, LIMITS, RETRY, TOP, Field, Fields
+from plait.ir.format import BATCH, COMPAT_TOP, LIMITS, NODE, RETRY, TOP, Field, Fields
 from plait.ir.model import INPUT_TYPES, TYPE_ALIASES
 from plait.ir.validate import NODE_ID_RE
 
@@ -122,6 +122,14 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "parameters": {"type": "object", "description": "pflow's other name for params"},
             "batch": batch,
             "retry": _object_schema(RETRY, {}),
+            "cache": {
+                "description": NODE["cache"].doc,
+                "anyOf": [
+                    {"type": "boolean"},
+                    {"type": "object", "additionalProperties": False,
+                     "properties": {"ttl": {"type": ["string", "number"]}}},
+                ],
+            },
             "rate": {"description": "a limiter named in 'limits', or false for none",
                      "anyOf": [{"type": "string"}, {"const": False}]},
             "budget": _BUDGET,
@@ -151,6 +159,7 @@ def workflow_schema(node_types: list[dict[str, Any]]) -> dict[str, Any]:
             "ir_version": {"type": "string", "pattern": r"^[01]\.\d+(\.\d+)?", "default": "0.1.0"},
             "executor": {"type": "string", "default": "auto"},
             "max_parallel_nodes": _field_schema(TOP["max_parallel_nodes"]),
+            "fail_on_item_errors": _field_schema(TOP["fail_on_item_errors"]),
             "description": {"type": "string"},
             "inputs": {"type": "object", "additionalProperties": input_spec},
             "outputs": {
