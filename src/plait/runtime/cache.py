@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plait.ir.values import parse_duration
+from plait.runtime import blobs
 from plait.runtime.items import Attempt, Outcome
 from plait.runtime.keys import cache_key
 
@@ -133,9 +134,7 @@ class ItemCache:
         text = row[0]
         if text is None and row[1]:
             try:
-                text = (self.home / "cache-blobs" / row[1][:2] / row[1]).read_text(
-                    encoding="utf-8", errors="surrogatepass"
-                )
+                text = blobs.load(self.home / "cache-blobs", row[1])
             except OSError:
                 return None
         try:
@@ -153,7 +152,7 @@ class ItemCache:
             return False
         ref = None
         if len(text) > BLOB_CHARS:
-            ref = _blob(self.home, text)
+            ref = blobs.store(self.home / "cache-blobs", text)
         now = time.time()
         with self._lock:
             self._conn.execute(
@@ -227,22 +226,6 @@ class ItemCache:
         for path in folder.glob("*/*"):
             if path.name not in kept:
                 path.unlink(missing_ok=True)
-
-
-def _blob(home: Path, text: str) -> str:
-    import hashlib
-    import os
-
-    data = text.encode("utf-8", "surrogatepass")
-    name = hashlib.sha256(data).hexdigest()
-    folder = home / "cache-blobs" / name[:2]
-    path = folder / name
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        part = folder / f".{name}.{os.getpid()}.part"
-        part.write_bytes(data)
-        os.replace(part, path)
-    return name
 
 
 _open: dict[str, ItemCache] = {}

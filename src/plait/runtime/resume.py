@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plait.runtime import blobs
 from plait.runtime.items import Outcome
 from plait.runtime.keys import Occurrences
 
@@ -192,9 +193,8 @@ class NodeReuse:
         out.reused = self.source.run_id
         text = row[_OUTPUTS]
         if text is None and row[_REF]:
-            blob = self.source._db.parent / "blobs" / row[_REF][:2] / row[_REF]
             try:
-                text = blob.read_text(encoding="utf-8", errors="surrogatepass")
+                text = blobs.load(self.source._db.parent / "blobs", row[_REF])
             except OSError:
                 return None  # the blob is gone: run the item again
         try:
