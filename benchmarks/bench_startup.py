@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     opts = parser.parse_args()
     env = dict(os.environ)
+    # An installed plait has its .pyc files; without them every start compiles every module.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory() as tmp:
         wf = Path(tmp) / "hello.json"

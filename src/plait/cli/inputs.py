@@ -70,8 +70,6 @@ def items_stream(
     """
     import os
 
-    from plait.runtime.sources import ItemsFile
-
     reader = stdin_batch(compiled)
     if items is not None and items != "-":
         if reader is None:
@@ -88,6 +86,8 @@ def items_stream(
                 f"{option}: {items} is a folder, not a file",
                 hint=f'to read a folder\'s files, use a glob in the workflow: {{"from": "{items.rstrip("/")}/*.jsonl"}}',
             )
+        from plait.runtime.sources import ItemsFile
+
         return ItemsFile(os.path.abspath(path), items)
     if reader is None:
         if items == "-":

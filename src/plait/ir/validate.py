@@ -249,6 +249,11 @@ def _limit_fields(
 ) -> tuple[dict[str, Any] | None, float | None, dict[str, Any] | None]:
     """The top-level ``limits``, ``budget`` and ``prices``, and each node's ``rate``
     against the declared limiters (docs/limits.md)."""
+    if not any(raw.get(k) is not None for k in ("limits", "budget", "prices")) and not any(
+        isinstance(node, dict) and (node.get("rate") is not None or node.get("budget") is not None)
+        for node in raw.get("nodes") or ()
+    ):
+        return None, None, None  # the common case, without importing the limiters
     from plait.runtime.limits import validate_budget, validate_limits, validate_rate_name
 
     limits = raw.get("limits")

@@ -19,10 +19,8 @@ from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
-from plait.runtime.items import Outcome, run_attempt
+from plait.runtime.items import BadItem, Outcome, run_attempt
 from plait.runtime.services import RunServices
-from plait.runtime.sinks import ResultSink
-from plait.runtime.sources import BadItem, open_source
 from plait.templates import Base, TemplateError
 
 _EMPTY: dict[str, Any] = {}
@@ -230,6 +228,9 @@ def _open_items(cn: CompiledNode, base: Base, services: RunServices, start_at: i
         except TemplateError as exc:
             raise BatchFailed(f"batch.items: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""), None, {})
         try:
+            # only batches that read a source pay for its import
+            from plait.runtime.sources import open_source
+
             source = open_source(resolved, base_dir=services.workflow_dir, stdin=services.root.stdin, start_at=start_at)
         except NodeError as exc:
             raise BatchFailed(exc.message, None, {}) from None
@@ -294,6 +295,8 @@ def _open_sink(cn: CompiledNode, base: Base, services: RunServices) -> Any:
     # --rerun NODE starts its results over; --only-unfinished keeps failures failed
     resume = reuse is not None and cn.id not in getattr(reuse, "rerun", ())
     try:
+        from plait.runtime.sinks import ResultSink
+
         return ResultSink(
             resolved,
             base_dir=services.workflow_dir,

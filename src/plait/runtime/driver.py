@@ -21,8 +21,7 @@ from typing import Any, Protocol
 
 from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
 from plait.runtime.executors import Executor, Job
-from plait.runtime.items import Attempt, Outcome
-from plait.runtime.sources import BadItem
+from plait.runtime.items import Attempt, BadItem, Outcome
 
 RETRY_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 300.0

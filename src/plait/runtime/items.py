@@ -45,6 +45,20 @@ def main_thread_in_exec() -> bool:
     return _MainExec.depth > 0
 
 
+class BadItem:
+    """A record that could not be read. Its index is an item failure with ``message``."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: str, raw: str | None = None) -> None:
+        self.message = message
+        #: the start of the record's text, for a result file or a log
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"BadItem({self.message!r})"
+
+
 class Attempt:
     """What an executor is asked to run. ``params`` and ``key`` are set when the
     driver resolved them already (to look for a reusable result first)."""

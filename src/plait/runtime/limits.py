@@ -109,6 +109,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from plait.ir.format import LIMITS as _FORMAT_LIMITS
+from plait.runtime.cancel import CancelSignal
 
 Outcome = Literal["ok", "error", "throttled"]
 #: (message, json_path, hint): the shape workflow validation collects
@@ -257,43 +258,7 @@ class ManualClock:
 # cancellation
 
 
-class CancelSignal(threading.Event):
-    """A ``threading.Event`` that also calls its subscribers when set.
-
-    Everything that waits on or tests a plain Event works unchanged; a limiter
-    waiter subscribes so that Ctrl-C wakes it at once instead of at its next poll.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._subscribers: dict[int, Callable[[], None]] = {}
-        # re-entrant: set() runs in the signal handler, on the main thread,
-        # which may be inside subscribe() when Ctrl-C arrives
-        self._sub_lock = threading.RLock()
-        self._sub_seq = itertools.count()
-
-    def set(self) -> None:
-        super().set()
-        with self._sub_lock:
-            callbacks = list(self._subscribers.values())
-        for callback in callbacks:
-            callback()
-
-    def subscribe(self, callback: Callable[[], None]) -> int | None:
-        """Call ``callback`` once set (now, if it already is). Returns a key for
-        :meth:`unsubscribe`, or None when it was called at once."""
-        with self._sub_lock:
-            if not self.is_set():
-                key = next(self._sub_seq)
-                self._subscribers[key] = callback
-                return key
-        callback()
-        return None
-
-    def unsubscribe(self, key: int | None) -> None:
-        if key is not None:
-            with self._sub_lock:
-                self._subscribers.pop(key, None)
+# CancelSignal lives in runtime/cancel.py (every run makes one; the limiters are loaded on demand)
 
 
 # ---------------------------------------------------------------------------

@@ -11,15 +11,15 @@ ledger) that share the run's cancellation, bus and resources with the root.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from plait.nodes.base import Demand, ItemContext, NodeError, PlaitNode, Services, Usage
+from plait.runtime.cancel import CancelSignal
 from plait.runtime.events import EventBus, Location, Step, UsageRecorded
-from plait.runtime.limits import CancelSignal
 
 if TYPE_CHECKING:
     from plait.runtime.aio import RunLoop
@@ -33,7 +33,7 @@ _MISSING = object()
 
 
 def new_run_id() -> str:
-    return secrets.token_hex(4)
+    return os.urandom(4).hex()
 
 
 class UsageLedger:
@@ -281,13 +281,14 @@ class RunServices(Services):
         wf = compiled.workflow
         root = self._root
         with root._limits_lock:
-            if root.limiters is None:
-                from plait.runtime.limits import LimiterSet
+            if wf.limits:  # else the first call with a demand makes the run's set (shell-only runs never load it)
+                if root.limiters is None:
+                    from plait.runtime.limits import LimiterSet
 
-                root.limiters = LimiterSet(wf.limits)
-            elif wf.limits:
-                for name, spec in wf.limits.items():
-                    root.limiters.declare(name, spec)
+                    root.limiters = LimiterSet(wf.limits)
+                else:
+                    for name, spec in wf.limits.items():
+                        root.limiters.declare(name, spec)
             if self is root and wf.budget_usd is not None and root.budget is None:
                 from plait.runtime.limits import Budget
 

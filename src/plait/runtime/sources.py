@@ -31,6 +31,7 @@ from typing import IO, Any, BinaryIO, TextIO
 
 from plait.errors import did_you_mean
 from plait.nodes.base import NodeError
+from plait.runtime.items import BadItem
 
 FORMATS = ("jsonl", "csv", "tsv", "lines", "json")
 SOURCE_FIELDS = ("from", "format", "skip", "limit", "items")
@@ -81,20 +82,6 @@ class ItemsFile:
 
     def __repr__(self) -> str:
         return f"ItemsFile({self.name!r})"
-
-
-class BadItem:
-    """A record that could not be read. Its index is an item failure with ``message``."""
-
-    __slots__ = ("message", "raw")
-
-    def __init__(self, message: str, raw: str | None = None) -> None:
-        self.message = message
-        #: the start of the record's text, for a result file or a log
-        self.raw = raw
-
-    def __repr__(self) -> str:
-        return f"BadItem({self.message!r})"
 
 
 def is_source(value: Any) -> bool:
