@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from json.encoder import encode_basestring as encode_str
 from typing import Any
 
 from plait.runtime.redact import is_secret_name
@@ -31,10 +33,49 @@ class NotCanonical(ValueError):
     """A value with no canonical JSON form (a float NaN, an object of a class): never keyed."""
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)``, made once: ``dumps`` with options builds an encoder per
+    call, which cost more than the encoding of a small item's params."""
+    from json import encoder
+
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator (another Python): the same text, slower
+        fallback = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return fallback.encode
+    # No circular-reference markers: the values come from _hide, which copies
+    # them and would have hit the recursion limit on a cycle first.
+    encode = make(None, _not_json, encoder.encode_basestring, None, ":", ",", True, False, False)
+    return lambda value: "".join(encode(value, 0))
+
+
+_encode = _make_encoder()
+
+
 def canonical(value: Any) -> str:
     """One text per value: sorted keys, no spaces, secrets as their hashes."""
     try:
-        return json.dumps(_hide(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _encode(_hide(value))
+    except (TypeError, ValueError) as exc:
+        raise NotCanonical(str(exc)) from None
+
+
+def canonical_param(name: str, value: Any) -> str:
+    """The text of ``value`` as the value of the param ``name`` inside
+    ``canonical(params)`` (where a secret-looking name hides it)."""
+    kind = type(value)
+    if kind is str and not (value and is_secret_name(name)):
+        return encode_str(value)
+    if value is None:
+        return "null"
+    try:
+        if kind is int:
+            return int.__repr__(value)  # what the encoder writes (ValueError past 4300 digits)
+        return _encode(_hide(value, name))
     except (TypeError, ValueError) as exc:
         raise NotCanonical(str(exc)) from None
 
