@@ -213,6 +213,10 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) ->
     themselves instead of fresh copies (for batch items, which are only read)."""
     if isinstance(value, str):
         return _compile_str(value, keep_parts, copy)
+    if isinstance(value, dict | list) and all(map(_inert, value.values() if isinstance(value, dict) else value)):
+        # Scalars and text without templates only (a batch's inline items, say):
+        # static as it is, as the element by element way below would find.
+        return Compiled(value, [], None)
     if isinstance(value, dict):
         items = {k: compile_value(v) for k, v in value.items()}
         refs = [r for c in items.values() for r in c.refs]
@@ -233,6 +237,13 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True) ->
         fns = [c.resolve for c in elems]
         return Compiled(value, refs, lambda base, local: [f(base, local) for f in fns])
     return Compiled(value, [], None)
+
+
+def _inert(value: Any) -> bool:
+    """A value that compiles to itself, with no template and nothing inside."""
+    if isinstance(value, str):
+        return "${" not in value
+    return not isinstance(value, _CONTAINERS)
 
 
 def _compile_str(text: str, keep_parts: bool, copy: bool = True) -> Compiled:
