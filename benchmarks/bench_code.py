@@ -9,7 +9,9 @@ turns. Beside it, measured in the same run:
 
 - the floor: a bare loop of ``exec(compiled, namespace)`` over the same items;
 - the engine's own cost: the same batch with the ``echo`` node, which does
-  nothing, so ``code - echo`` is what the code node adds.
+  nothing, so ``code - echo`` is what the code node adds;
+- the same work with a call in it (``int(x) * 2``), which runs on a worker
+  thread: ``x * 2`` is straight-line code and runs in the item's own thread.
 
 A second table times the pieces of one item's trip one by one, each in a
 loop of its own, so the sum is only a rough guide to the whole (the
@@ -37,6 +39,9 @@ import plait
 from plait.nodes import _code_worker as worker
 
 SOURCE = "result = x * 2"
+# The same work with a call in it: code that calls runs on a worker thread
+# (straight-line code like SOURCE runs in the item's own thread).
+WORKER_SOURCE = "result = int(x) * 2"
 GOAL_US = 30.0
 # The code node before issue 12.7 (a thread per item), run as a custom node type
 # beside today's, when the git history is at hand.
@@ -60,9 +65,9 @@ def before_node_file(tmp: str) -> str | None:
     return path
 
 
-def batch(node_type: str, n: int, parallel: int = 0) -> dict[str, Any]:
+def batch(node_type: str, n: int, parallel: int = 0, source: str = SOURCE) -> dict[str, Any]:
     if node_type.startswith("code"):
-        params: dict[str, Any] = {"code": SOURCE, "inputs": {"x": "${item}"}}
+        params: dict[str, Any] = {"code": source, "inputs": {"x": "${item}"}}
     else:
         params = {"value": "${item}"}
     node: dict[str, Any] = {"id": "n", "type": node_type, "params": params, "batch": {"items": list(range(n))}}
@@ -83,11 +88,11 @@ def wall(raw: dict[str, Any]) -> float:
     return elapsed
 
 
-def per_item_us(cases: dict[str, tuple[str, int]], n: int, repeat: int) -> dict[str, float]:
-    """Per-item µs of each case (node type, parallel slots). The cases take turns,
+def per_item_us(cases: dict[str, tuple[str, int, str]], n: int, repeat: int) -> dict[str, float]:
+    """Per-item µs of each case (node type, parallel slots, source). The cases take turns,
     round after round, so a busy moment of the machine hits them all alike."""
-    full = {name: batch(t, n, par) for name, (t, par) in cases.items()}
-    empty = {name: batch(t, 0, par) for name, (t, par) in cases.items()}
+    full = {name: batch(t, n, par, src) for name, (t, par, src) in cases.items()}
+    empty = {name: batch(t, 0, par, src) for name, (t, par, src) in cases.items()}
     for raw in full.values():
         wall(raw)  # warm: imports, the first worker
     best_full = dict.fromkeys(cases, float("inf"))
@@ -187,12 +192,19 @@ def main() -> None:
     repeat = args.repeat or (5 if args.quick else 15)
 
     floor = exec_floor_us(n)
-    cases = {"echo": ("echo", 0), "code": ("code", 0), "echo_par": ("echo", 8), "code_par": ("code", 8)}
+    cases = {
+        "echo": ("echo", 0, SOURCE),
+        "code": ("code", 0, SOURCE),
+        "worker": ("code", 0, WORKER_SOURCE),
+        "echo_par": ("echo", 8, SOURCE),
+        "code_par": ("code", 8, SOURCE),
+        "worker_par": ("code", 8, WORKER_SOURCE),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         before_file = before_node_file(tmp)
         if before_file is not None:
             NODES.append(before_file)
-            cases["before"] = ("code_before", 0)
+            cases["before"] = ("code_before", 0, SOURCE)
         us = per_item_us(cases, n, repeat)
     echo, code, echo_par, code_par = us["echo"], us["code"], us["echo_par"], us["code_par"]
     before = us.get("before")
@@ -208,6 +220,7 @@ def main() -> None:
             row("engine: echo node, sequential", echo),
             row("code node, sequential", code, f"≤ {GOAL_US:.0f} µs", "yes" if code <= GOAL_US else "NO"),
             row("  of which the code node's own (code - echo)", code - echo),
+            row(f"code node `{WORKER_SOURCE}` (a call: on a worker), sequential", us["worker"]),
             *(
                 [row(f"code node before ({BEFORE_COMMIT}: a thread per item), sequential", before)]
                 if before is not None
@@ -216,6 +229,7 @@ def main() -> None:
             row("engine: echo node, parallel (8 threads)", echo_par),
             row("code node, parallel (8 threads)", code_par),
             row("  of which the code node's own (code - echo)", code_par - echo_par),
+            row(f"code node `{WORKER_SOURCE}` (on a worker), parallel (8 threads)", us["worker_par"]),
         ],
     )
     print("issue 12.7: ~209 µs sequential before, on the machine it was measured on; pflow: ~1,190 µs")

@@ -1,6 +1,6 @@
 """The llm node's own cost (issue "Streaming batches", point 7) and what loading llm costs.
 
-Run: python benchmarks/bench_llm.py [--quick]
+Run: python benchmarks/bench_llm.py [--quick] [--per-item]  (--per-item: table 1 only)
 
 1. Per item, sequential, on the offline ``echo`` model of llm-echo: a batch of N
    items through ``plait.run`` (N items minus 0 items, so start-up is out),
@@ -12,7 +12,9 @@ Run: python benchmarks/bench_llm.py [--quick]
    costs nothing of its own: the engine's share), the same batch of the
    ``echo`` *node* (the engine alone, no llm call in between), and the llm
    node's prep → exec → post called directly with the runtime's real
-   services, less the floor (the node's own share). CPU time of the process (``time.process_time``),
+   services, less the floor (the node's own share); and the llm node with its
+   cache on, answering every item from the cache. The llm node runs with
+   ``"cache": false`` elsewhere, so it makes the floor's calls. CPU time of the process (``time.process_time``),
    not wall: the machine is shared, and the work is CPU-bound; every figure is
    the best of R interleaved rounds, each after a ``gc.collect()``.
 2. Loading: fresh processes (best of 5, wall) for ``import llm``; llm finding
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -70,18 +73,18 @@ class BareLlmNode(PlaitNode):
 NODES: list[str] = []
 
 
-def batch(node_type: str) -> dict[str, Any]:
+def batch(node_type: str, cache: bool = False) -> dict[str, Any]:
     params = {"prompt": PROMPT, "model": "echo"} if node_type != "echo" else {"prompt": PROMPT}
-    return {
-        "inputs": {"items": {"type": "array"}},
-        "nodes": [{"id": "n", "type": node_type, "params": params, "batch": {"items": "${items}"}}],
-    }
+    # The llm type caches by default; here every round would then answer from
+    # the cache of the first, which is not the call the floor makes.
+    node = {"id": "n", "type": node_type, "params": params, "batch": {"items": "${items}"}, "cache": cache}
+    return {"inputs": {"items": {"type": "array"}}, "nodes": [node]}
 
 
-def per_item_plait(node_type: str, n: int) -> float:
+def per_item_plait(node_type: str, n: int, cache: bool = False) -> float:
     import plait
 
-    wf = batch(node_type)
+    wf = batch(node_type, cache)
     gc.collect()
     t0 = time.process_time()
     result = plait.run(wf, inputs={"items": list(range(n))}, executor="sequential", nodes=NODES)
@@ -131,6 +134,7 @@ def per_item_node(n: int) -> float:
 
 
 def per_item_table(tmp: str) -> None:
+    os.environ["PLAIT_HOME"] = str(Path(tmp) / "home")  # the cached row's entries go here
     node_file = Path(tmp) / "bare_llm_node.py"
     node_file.write_text(MINIMAL_NODE)
     NODES.append(str(node_file))
@@ -140,6 +144,7 @@ def per_item_table(tmp: str) -> None:
     per_item_plait("echo", 20)
     per_item_bare(20)
     per_item_node(20)
+    per_item_plait("llm", N, cache=True)  # the cache holds every prompt from here on
     best: dict[str, float] = {}
     for _ in range(ROUNDS):
         for name, fn in (
@@ -148,6 +153,7 @@ def per_item_table(tmp: str) -> None:
             ("minimal", lambda: per_item_plait("bare-llm", N)),
             ("engine", lambda: per_item_plait("echo", N)),
             ("node", lambda: per_item_node(N)),
+            ("cached", lambda: per_item_plait("llm", N, cache=True)),
         ):
             value = fn()
             best[name] = min(best.get(name, value), value)
@@ -158,6 +164,7 @@ def per_item_table(tmp: str) -> None:
         ["plait.run, a node making only the floor's calls", f"{best['minimal']:.1f}", f"{best['minimal'] / bare:.2f}"],
         ["plait.run, echo node (the engine, no llm call)", f"{best['engine']:.1f}", ""],
         ["llm node's own share (prep/exec/post direct - floor)", f"{best['node'] - bare:.1f}", ""],
+        ["plait.run, llm node, cache on (answers from the cache)", f"{best['cached']:.1f}", f"{best['cached'] / bare:.2f}"],
     ]
     table(
         f"llm node per item, sequential, {N} items, best of {ROUNDS} (CPU µs per item; goal: plait ÷ floor ≤ 1.3)",
@@ -200,4 +207,5 @@ def loading_table() -> None:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as scratch:
         per_item_table(scratch)
-    loading_table()
+    if "--per-item" not in sys.argv:
+        loading_table()

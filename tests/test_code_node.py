@@ -23,7 +23,7 @@ import plait
 from direct import DirectServices
 from plait.nodes._code_worker import Task, WorkerPool, raise_in_thread
 from plait.nodes.base import NodeError
-from plait.nodes.code import CodeNode
+from plait.nodes.code import CodeNode, straight_line
 from plait.runtime.services import RunServices
 
 
@@ -753,3 +753,96 @@ def test_a_templated_requirement_is_checked_when_the_item_runs(run_workflow):
     assert good.json["outputs"]["r"] == 1
     assert bad.code == 1, bad
     assert "pip install plait_no_such_module" in bad.json["errors"][0]["message"]
+
+
+# ---------------------------------------------------------------------------
+# straight-line code runs in the item's own thread
+
+@pytest.mark.parametrize(
+    ("source", "inline"),
+    [
+        ("result = x * 2", True),
+        ("result = {'id': row['id'], 'ok': n > 0, 'tag': f'{n:>4}'}", True),
+        ("if __name__ == '__main__':\n    result = 1\nelse:\n    result = 2", True),
+        ("try:\n    result = a / b\nexcept ZeroDivisionError:\n    result = None", True),
+        ("a, *rest = x\nresult = rest[::2]", True),
+        ("raise ValueError", True),
+        ("result = len(x)", False),  # a call
+        ("result = x.upper()", False),  # a method call
+        ("print(x)", False),
+        ("import os\nresult = os.getcwd()", False),
+        ("while True:\n    pass", False),
+        ("for i in x:\n    pass", False),
+        ("result = [i for i in x]", False),
+        ("def f():\n    return 1\nresult = 1", False),
+        ("result = lambda: 1", False),
+        ("class A:\n    pass", False),
+        ("with x:\n    pass", False),
+        ("result = 2 ** n", False),  # huge results from small operands
+        ("result = 1 << n", False),
+        ("x **= 2", False),
+        ("raise KeyboardInterrupt", False),  # what stops a run stays a worker's error
+        ("e = BaseException\nraise e", False),
+        ("raise __builtins__.__dict__['GeneratorExit']", False),
+    ],
+)
+def test_which_code_runs_in_the_items_own_thread(source, inline):
+    assert straight_line(compile(source, "<test>", "exec")) is inline
+
+
+def test_straight_line_code_with_json_inputs_starts_no_worker(services):
+    node = CodeNode("calc")
+    outs = [run_item(services, {"code": "result = {'double': x * 2, 'rows': rows}", "inputs": {"x": i, "rows": [{"a": [i]}]}}, node, i) for i in range(5)]
+
+    assert [o["result"]["double"] for o in outs] == [0, 2, 4, 6, 8]
+    assert outs[3]["result"]["rows"] == [{"a": [3]}]
+    assert all(o["stdout"] == "" and o["stderr"] == "" for o in outs)
+    assert code_threads() == []
+
+
+def test_an_input_that_is_not_json_data_keeps_the_code_on_a_worker(services):
+    class Loud:
+        def __mul__(self, other: Any) -> str:
+            print("multiplied")
+            return "done"
+
+    out = run_item(services, {"code": "result = x * 2", "inputs": {"x": Loud()}})
+
+    assert out == {"result": "done", "stdout": "multiplied\n", "stderr": ""}  # its print was captured
+    assert code_threads() != []  # a worker ran it
+    assert wait_for_code_threads_to_end(services) == []
+
+
+def test_straight_line_code_changes_only_its_own_copy_of_the_inputs(services):
+    shared = {"items": [3, 1, 2]}
+
+    out = run_item(services, {"code": "data['items'][0] = 9\ndata['new'] = 1\nresult = data", "inputs": {"data": shared}})
+
+    assert out["result"] == {"items": [9, 1, 2], "new": 1}
+    assert shared == {"items": [3, 1, 2]}
+    assert code_threads() == []
+
+
+def test_errors_of_straight_line_code_read_as_a_workers(services):
+    err = failure(services, {"code": "a = 1\nresult = a / b", "inputs": {"b": 0}})
+    exited = run_item(services, {"code": "result = 'early'\nraise SystemExit\nresult = 'late'"})
+
+    assert err.message == "line 2: ZeroDivisionError: division by zero\n    2 | result = a / b"
+    assert not err.retryable
+    assert err.outputs is not None
+    assert err.outputs["result"] is None
+    assert err.outputs["stderr"].startswith("Traceback (most recent call last):\n")
+    assert "plait/nodes/code.py" not in err.outputs["stderr"]
+    assert "    result = a / b\nZeroDivisionError: division by zero\n" in err.outputs["stderr"]
+    assert exited["result"] == "early"
+    assert code_threads() == []
+
+
+def test_straight_line_code_that_outlasts_its_timeout_fails_as_timed_out(services):
+    # Straight-line, but one operation on a large value takes far longer than 0.1 ms.
+    err = failure(services, {"code": "s = x * 20_000_000\nresult = len", "inputs": {"x": "ab"}, "timeout": 0.0001})
+
+    assert err.message == "timed out after 0.0001s (the 'timeout' param)"
+    assert err.retryable
+    assert err.outputs == {"result": None, "stdout": "", "stderr": ""}
+    assert code_threads() == []

@@ -347,3 +347,15 @@ def test_json_text_from_a_whole_template_inside_an_object_or_list_is_parsed() ->
 
 def test_json_text_from_a_whole_template_at_the_top_of_a_param_stays_text() -> None:
     assert resolve("${cmd.stdout}", {}, JSON_BASE) == '{"items": [1, 2]}\n'
+
+
+def test_static_containers_inside_a_templated_value_are_fresh_for_every_resolution() -> None:
+    # one item changing a list in its params must not change the next item's
+    from plait.templates import compile_value
+
+    for value in ({"fixed": [1], "live": "${x}"}, [{"fixed": True}, "${x}"]):
+        c = compile_value(value)
+        first, second = c.resolve({"x": 1}, {}), c.resolve({"x": 2}, {})
+        inner_first = first["fixed"] if isinstance(first, dict) else first[0]
+        inner_second = second["fixed"] if isinstance(second, dict) else second[0]
+        assert inner_first == inner_second and inner_first is not inner_second

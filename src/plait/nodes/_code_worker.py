@@ -406,12 +406,17 @@ def _wait(done: threading.Lock, timeout: float | None, cancelled: threading.Even
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return f"timed out after {timeout:g}s (the 'timeout' param)"
+                return timed_out(timeout)
             wait = remaining if wait < 0 else min(wait, remaining)
         if done.acquire(True, wait):
             return None
         if cancelled is not None and cancelled.is_set():
             return "cancelled: the run is stopping"
+
+
+def timed_out(timeout: float | None) -> str:
+    """Why an item whose code took too long failed."""
+    return f"timed out after {timeout:g}s (the 'timeout' param)"
 
 
 def raise_in_thread(thread_id: int | None, exc_type: type[BaseException] | None) -> bool:

@@ -17,6 +17,19 @@ Where it runs. The code runs in a worker thread of the run's pool
 ``timeout`` seconds (or until the run is cancelled). A worker serves item
 after item, so an item costs two lock hand-offs rather than a new thread.
 
+Straight-line code runs in the item's own thread instead: code that makes no
+call, has no loop, imports nothing and defines no function or class (``result
+= x * 2``, ``result = {"id": row["id"], "ok": n > 0}``) cannot print, block,
+wait or move the working directory, and ends after a bounded number of steps;
+with inputs that are plain JSON data no Python code but its own runs. The two
+hand-offs to a worker cost more than such code itself (tens of µs against
+one), so it skips them. Its result, errors and tracebacks are those of a
+worker; a run that takes longer than ``timeout`` (arithmetic on huge values)
+still fails as timed out, though only once the operation in progress ends.
+``**`` and ``<<`` (whose results can be astronomically large) and any mention
+of the exceptions that stop a run (``KeyboardInterrupt``, ``__builtins__``...)
+keep code on a worker. The check is made once per compiled source.
+
 Capturing output per item. ``contextlib.redirect_stdout`` swaps ``sys.stdout``
 for the whole process, so in a parallel batch every item's prints would land in
 whichever buffer was installed last, and the CLI's own output would vanish into
@@ -52,11 +65,13 @@ the ``pip install`` that fixes it. Nothing is ever installed.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import json
 import keyword
 import re
 import sys
 import threading
+import time
 import traceback
 from types import CodeType, TracebackType
 from typing import Any, NamedTuple
@@ -71,6 +86,7 @@ _COMPILE_CACHE_SIZE = 32
 
 # Results that are JSON data as they are.
 _PLAIN = (type(None), str, int, float, bool)
+_CONTAINERS = (dict, list)
 
 # The per-run resource key of the worker pool.
 _POOL_KEY = "code.workers"
@@ -88,7 +104,14 @@ class CodeRun(NamedTuple):
     inputs: dict[str, Any]
     timeout: float | None
     cancelled: threading.Event | None
-    pool: worker.WorkerPool
+    services: Any  # the run's services: the worker pool is made on first need
+
+
+class Program(NamedTuple):
+    """A compiled source, and whether it runs in the item's own thread."""
+
+    code: CodeType
+    inline: bool
 
 
 class CodeNode(PlaitNode):
@@ -135,7 +158,7 @@ class CodeNode(PlaitNode):
 
     def __init__(self, node_id: str = "", max_retries: int = 1, wait: float = 0.0) -> None:
         super().__init__(node_id=node_id, max_retries=max_retries, wait=wait)
-        self._compiled: dict[str, CodeType] = {}
+        self._compiled: dict[str, Program] = {}
         self._compile_lock = threading.Lock()
         self._filename = f"<plait code: {node_id}>" if node_id else "<plait code>"
         # Input names already checked, as a tuple of the keys in order.
@@ -186,24 +209,34 @@ class CodeNode(PlaitNode):
                 raise _invalid("; ".join(missing))
 
         services = shared.services
-        return CodeRun(
-            source=source,
-            inputs=inputs,
-            timeout=timeout,
-            cancelled=services.cancelled,
-            pool=services.resource(_POOL_KEY, worker.WorkerPool, worker.WorkerPool.close),
-        )
+        return CodeRun(source, inputs, timeout, services.cancelled, services)
 
     def exec(self, prep_res: CodeRun) -> dict[str, Any]:
         run = prep_res
-        code = self._compiled.get(run.source) or self._compile(run.source)
+        program = self._compiled.get(run.source) or self._compile(run.source)
         namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "__main__"}
+        inline = program.inline
         for name, value in run.inputs.items():
-            namespace[name] = _copy_data(value) if isinstance(value, dict | list) else value
+            kind = type(value)
+            if kind in _PLAIN:
+                namespace[name] = value
+            elif isinstance(value, dict | list):
+                namespace[name] = copied = _copy_data(value)
+                if inline and not (kind in _CONTAINERS and _plain(copied)):
+                    inline = False
+            else:  # not JSON data: its methods could run any Python
+                namespace[name] = value
+                inline = False
 
-        task = worker.Task(code, namespace)
-        stopped_because = run.pool.run(task, run.timeout, run.cancelled)
-        stdout, stderr = task.text() if task.wrote else ("", "")
+        if inline:
+            error, stopped_because = self._run_inline(program.code, namespace, run.timeout)
+            stdout = stderr = ""
+        else:
+            pool = run.services.resource(_POOL_KEY, worker.WorkerPool, worker.WorkerPool.close)
+            task = worker.Task(program.code, namespace)
+            stopped_because = pool.run(task, run.timeout, run.cancelled)
+            stdout, stderr = task.text() if task.wrote else ("", "")
+            error = task.error
 
         if stopped_because is not None:
             raise NodeError(
@@ -211,7 +244,6 @@ class CodeNode(PlaitNode):
                 outputs={"result": None, "stdout": stdout, "stderr": stderr},
                 retryable=stopped_because.startswith("timed out"),
             )
-        error = task.error
         if isinstance(error, SystemExit) and error.code in (None, 0):
             error = None  # sys.exit() / sys.exit(0): the code finished early, on purpose
         if error is not None:
@@ -236,21 +268,39 @@ class CodeNode(PlaitNode):
 
     # -- compiling and reporting -------------------------------------------
 
-    def _compile(self, source: str) -> CodeType:
-        code = self._compiled.get(source)
-        if code is not None:
-            return code
+    def _compile(self, source: str) -> Program:
+        program = self._compiled.get(source)
+        if program is not None:
+            return program
         try:
             code = compile(source, self._filename, "exec", dont_inherit=True)
         except SyntaxError as exc:
             raise _invalid(_syntax_message(exc, source.splitlines()))
         except ValueError as exc:  # e.g. a NUL character in the source
             raise _invalid(f"'code' cannot be compiled: {exc}")
+        program = Program(code, straight_line(code))
         with self._compile_lock:
             if len(self._compiled) >= _COMPILE_CACHE_SIZE:
                 self._compiled.pop(next(iter(self._compiled)))
-            self._compiled[source] = code
-        return code
+            self._compiled[source] = program
+        return program
+
+    def _run_inline(
+        self, code: CodeType, namespace: dict[str, Any], timeout: float | None
+    ) -> tuple[BaseException | None, str | None]:
+        """Straight-line code in this thread: (its error, why it was stopped)."""
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            # A fresh context, as on a worker: context variables start from their defaults.
+            contextvars.Context().run(exec, code, namespace)
+        except (Exception, SystemExit) as exc:  # SystemExit: `raise SystemExit`, judged as sys.exit()
+            error = exc
+        # Anything else (KeyboardInterrupt, the CLI's Interrupt) came from outside:
+        # such code cannot name those exceptions (see straight_line), so it goes on up.
+        if timeout is not None and time.perf_counter() - started > timeout:
+            return error, worker.timed_out(timeout)
+        return error, None
 
     def _user_frames(self, tb: TracebackType | None) -> list[traceback.FrameSummary]:
         frames = traceback.extract_tb(tb)
@@ -402,6 +452,48 @@ def _check_variable_name(name: Any) -> None:
         )
     if name.startswith("__"):
         raise _invalid(f"'inputs' key {name!r}: names starting with '__' are reserved")
+
+
+# Opcodes that keep code on a worker: calls, loops and iteration, imports,
+# `with`, nested functions and classes, generators and awaiting.
+_WORKER_OPS = frozenset((
+    "PRECALL", "CALL_FUNCTION_EX", "IMPORT_NAME", "IMPORT_FROM", "IMPORT_STAR", "BEFORE_WITH",
+    "BEFORE_ASYNC_WITH", "LOAD_BUILD_CLASS", "MAKE_FUNCTION", "GET_ITER", "FOR_ITER", "GET_AITER",
+    "GET_ANEXT", "GET_AWAITABLE", "GET_YIELD_FROM_ITER", "YIELD_VALUE", "SEND", "SETUP_WITH",
+))
+# Operators whose result can be far larger than their operands (2 ** 10 ** 9).
+_HUGE_OPS = frozenset(("**", "<<", "**=", "<<="))
+# Names through which straight-line code could raise what stops a run, rather
+# than an error of its own.
+_RUN_STOPPERS = frozenset((
+    "__builtins__", "BaseException", "BaseExceptionGroup", "GeneratorExit", "KeyboardInterrupt",
+))
+
+
+def straight_line(code: CodeType) -> bool:
+    """Whether compiled code may run in the item's own thread (see the module's doc)."""
+    import dis  # once per distinct source
+
+    if any(isinstance(const, CodeType) for const in code.co_consts):
+        return False
+    if not _RUN_STOPPERS.isdisjoint(code.co_names):
+        return False
+    for ins in dis.get_instructions(code):
+        name = ins.opname
+        if name in _WORKER_OPS or name.startswith("CALL") or "JUMP_BACKWARD" in name:
+            return False
+        if name == "BINARY_OP" and ins.argrepr in _HUGE_OPS:
+            return False
+    return True
+
+
+def _plain(value: Any) -> bool:
+    """Whether a copied input is JSON data all the way down (keys included)."""
+    if type(value) is dict:
+        return all(type(k) in _PLAIN and _plain(v) for k, v in value.items())
+    if type(value) is list:
+        return all(_plain(v) for v in value)
+    return type(value) in _PLAIN
 
 
 def _copy_data(value: Any) -> Any:

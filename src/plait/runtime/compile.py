@@ -21,7 +21,14 @@ from plait.ir.model import BatchSpec
 from plait.ir.validate import document_order
 from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
-from plait.runtime.keys import node_fingerprint
+from plait.runtime.keys import (
+    NotCanonical,
+    canonical_param,
+    digest,
+    encode_str,
+    item_key,
+    node_fingerprint,
+)
 from plait.templates import Base, Compiled, Local, TemplateError, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
@@ -57,6 +64,28 @@ class CompiledNode:
     #: the node's limiter: a declared name, False for none, None for the default
     rate: str | bool | None = None
     budget_usd: float | None = None
+    #: how ``item_key`` builds an item's canonical params (see ``_key_plan``)
+    key_plan: tuple[str, tuple[tuple[str, str | None], ...]] | None = None
+
+    def item_key(self, params: dict[str, Any]) -> str | None:
+        """``keys.item_key(self.fingerprint, params)`` for params this node resolved,
+        with the static params' canonical text made once at compile time."""
+        plan = self.key_plan
+        if plan is None or len(params) != len(plan[1]):
+            return item_key(self.fingerprint, params)
+        head, entries = plan
+        pieces = []
+        try:
+            for name, fixed in entries:
+                if fixed is None:
+                    pieces.append(f"{encode_str(name)}:{canonical_param(name, params[name])}")
+                else:
+                    pieces.append(fixed)
+        except KeyError:  # not the params it resolves (a caller's own): the slow way
+            return item_key(self.fingerprint, params)
+        except NotCanonical:
+            return None
+        return digest(head + ",".join(pieces) + "}")
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
         # A fresh dict (and fresh lists and dicts inside it) for every item: no
@@ -302,6 +331,9 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
             templated.append((name, compiled.resolve, _coercer(pspec)))
     attempts, wait, backoff = _retry_settings(spec)
     node = cls(spec.id, max_retries=attempts, wait=wait)
+    fingerprint = node_fingerprint(
+        spec.type, cls.version, spec.params, {"as": spec.batch.alias} if spec.batch is not None else None
+    )
     return CompiledNode(
         id=spec.id,
         node_type=spec.type,
@@ -320,9 +352,8 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         static_containers=tuple(k for k, v in static.items() if isinstance(v, dict | list)),
         cache=spec.cache,
         cache_ttl=spec.cache_ttl,
-        fingerprint=node_fingerprint(
-            spec.type, cls.version, spec.params, {"as": spec.batch.alias} if spec.batch is not None else None
-        ),
+        fingerprint=fingerprint,
+        key_plan=_key_plan(fingerprint, static, [name for name, _, _ in templated]),
         uses_item_key=any(
             r.root in ("__item_key__", "__attempt__") for v in spec.params.values() for r in compile_value(v).refs
         ),
@@ -330,6 +361,26 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         rate=spec.rate,
         budget_usd=spec.budget_usd,
     )
+
+
+def _key_plan(
+    fingerprint: str, static: dict[str, Any], templated: list[str]
+) -> tuple[str, tuple[tuple[str, str | None], ...]] | None:
+    """The canonical params text of every item, in pieces: ``canonical(params)``
+    is ``{"name":value,...}`` in the names' order, and a static param's piece is
+    the same for every item. None when a static value has no canonical form
+    (no item of the node is then keyed; ``item_key`` finds that out itself)."""
+    entries: list[tuple[str, str | None]] = []
+    try:
+        for name in static:
+            entries.append((name, f"{encode_str(name)}:{canonical_param(name, static[name])}"))
+    except NotCanonical:
+        return None
+    entries += [(name, None) for name in templated]
+    if len({name for name, _ in entries}) != len(entries):
+        return None
+    entries.sort(key=lambda e: e[0])
+    return fingerprint + "\0{", tuple(entries)
 
 
 def _retry_settings(spec: Any) -> tuple[int, float, str]:
@@ -347,6 +398,18 @@ def _retry_settings(spec: Any) -> tuple[int, float, str]:
     return int(out[0]), float(out[1]), str(out[2])
 
 
+# A declared type: the Python types whose values fit it as they are.
+_EXACT_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
 def _passthrough(value: Any, name: str) -> Any:
     return value
 
@@ -361,9 +424,12 @@ def _coercer(pspec: Param | None) -> Callable[[Any, str], Any]:
     if pspec is None or pspec.type == "any":
         return _passthrough
     types = pspec.types
+    # The exact Python types that fit, checked first: `fits` spells out the JSON
+    # type name of the value, which costs more than the rest of an item's coercion.
+    exact = frozenset(t for name in types for t in _EXACT_TYPES.get(name, ()))
 
     def coerce(value: Any, name: str) -> Any:
-        if fits(value, pspec.type):
+        if type(value) in exact or fits(value, pspec.type):
             return value
         if value is None and not pspec.required:
             return pspec.default

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from plait.nodes.base import ItemContext, NodeError
 from plait.runtime.events import ItemStarted
-from plait.runtime.keys import item_key
 from plait.runtime.services import BudgetRefused
 from plait.templates import TemplateError
 
@@ -165,11 +164,11 @@ def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, A
         local = {cn.batch.alias: attempt.item, "__index__": index, "__attempt__": attempt.number}
     if cn.uses_item_key:
         local["__item_key__"] = local["__attempt__"] = None
-        key = item_key(cn.fingerprint, cn.resolve_params(base, local))
+        key = cn.item_key(cn.resolve_params(base, local))
         local["__item_key__"], local["__attempt__"] = key, attempt.number
         return cn.resolve_params(base, local), key
     params = cn.resolve_params(base, local)
-    return params, item_key(cn.fingerprint, params)
+    return params, cn.item_key(params)
 
 
 def _context(cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, out: Outcome) -> ItemContext:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring as encode_str
 from typing import Any
 
 from plait.runtime.jsontext import canonical as _canonical_text
@@ -34,26 +35,26 @@ class NotCanonical(ValueError):
 
 def canonical(value: Any) -> str:
     """One text per value: sorted keys, no spaces, secrets as their hashes."""
-    last = _last
-    if last is not None and last[0] is value:
-        return last[1]  # the same params asked again (their item key, then their cache key)
     try:
-        text = _canonical_text(_hide(value))
+        return _canonical_text(_hide(value))
     except (TypeError, ValueError) as exc:
         raise NotCanonical(str(exc)) from None
-    _remember(value, text)
-    return text
 
 
-# The last params keyed, held (so its id cannot be reused by another object)
-# with their text: one item's item key and cache key then encode it once. A
-# tuple assignment is atomic, so threads resolving items at once at worst miss.
-_last: tuple[Any, str] | None = None
-
-
-def _remember(value: Any, text: str) -> None:
-    global _last
-    _last = (value, text)
+def canonical_param(name: str, value: Any) -> str:
+    """The text of ``value`` as the value of the param ``name`` inside
+    ``canonical(params)`` (where a secret-looking name hides it)."""
+    kind = type(value)
+    if kind is str and not (value and is_secret_name(name)):
+        return encode_str(value)
+    if value is None:
+        return "null"
+    try:
+        if kind is int:
+            return int.__repr__(value)  # what the encoder writes (ValueError past 4300 digits)
+        return _canonical_text(_hide(value, name))
+    except (TypeError, ValueError) as exc:
+        raise NotCanonical(str(exc)) from None
 
 
 _PLAIN = frozenset((int, float, bool, type(None)))

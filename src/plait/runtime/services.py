@@ -466,19 +466,21 @@ class RunServices(Services):
         if call is not None:
             call.usage.append(usage)
         # One event, where the call happened; the usage is added at every level,
-        # so the enclosing workflow node and the run count it too.
-        self.bus.emit(
-            UsageRecorded(
-                self.location(ctx.node_id),
-                ctx.index,
-                ledger=usage.kind,
-                model=usage.model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cached_tokens=usage.cached_tokens,
-                cost_usd=usage.cost_usd,
+        # so the enclosing workflow node and the run count it too. The event is
+        # made only when someone listens (it costs more than the rest here).
+        if UsageRecorded in self.bus.listening:
+            self.bus.emit(
+                UsageRecorded(
+                    self.location(ctx.node_id),
+                    ctx.index,
+                    ledger=usage.kind,
+                    model=usage.model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_tokens=usage.cached_tokens,
+                    cost_usd=usage.cost_usd,
+                )
             )
-        )
         services: RunServices | None = self
         while services is not None:
             services.ledger.add(ctx.node_id, usage)

@@ -289,6 +289,10 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True, in
     """
     if isinstance(value, str):
         return _compile_str(value, keep_parts, copy, inline)
+    if isinstance(value, dict | list) and all(map(_inert, value.values() if isinstance(value, dict) else value)):
+        # Scalars and text without templates only (a batch's inline items, say):
+        # static as it is, as the element by element way below would find.
+        return Compiled(value, [], None)
     if isinstance(value, dict):
         items = {k: compile_value(v, inline=True) for k, v in value.items()}
         refs = [r for c in items.values() for r in c.refs]
@@ -297,7 +301,7 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True, in
             if any(c.value is not value[k] for k, c in items.items()):
                 return Compiled({k: c.value for k, c in items.items()}, refs, None)
             return Compiled(value, refs, None)
-        pairs = [(k, c.resolve) for k, c in items.items()]
+        pairs = [(k, _resolver(c)) for k, c in items.items()]
         return Compiled(value, refs, lambda base, local: {k: f(base, local) for k, f in pairs})
     if isinstance(value, list):
         elems = [compile_value(v, inline=True) for v in value]
@@ -306,9 +310,18 @@ def compile_value(value: Any, keep_parts: bool = False, *, copy: bool = True, in
             if any(c.value is not v for c, v in zip(elems, value, strict=True)):
                 return Compiled([c.value for c in elems], refs, None)
             return Compiled(value, refs, None)
-        fns = [c.resolve for c in elems]
+        fns = [_resolver(c) for c in elems]
         return Compiled(value, refs, lambda base, local: [f(base, local) for f in fns])
     return Compiled(value, [], None)
+
+
+def _resolver(c: Compiled) -> Callable[[Base, Local], Any]:
+    """How a part of a templated object or list resolves: a static list or object
+    inside it is copied each time, so no item sees what another changed in it."""
+    if c.static and isinstance(c.value, _CONTAINERS):
+        static = c.value
+        return lambda base, local: fresh(static)
+    return c.resolve
 
 
 def parse_json_container(value: Any) -> Any:
@@ -359,6 +372,13 @@ def scan(text: str) -> list[tuple[int, int, str | Ref]]:
     if pos < len(text):
         out.append((pos, len(text), text[pos:]))
     return out
+
+
+def _inert(value: Any) -> bool:
+    """A value that compiles to itself, with no template and nothing inside."""
+    if isinstance(value, str):
+        return "${" not in value
+    return not isinstance(value, _CONTAINERS)
 
 
 def _compile_str(text: str, keep_parts: bool, copy: bool = True, inline: bool = False) -> Compiled:

@@ -13,7 +13,6 @@ Everything it writes comes from the events: the run and its nodes from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plait.runtime import blobs
 from plait.runtime.events import (
     BatchStarted,
     Event,
@@ -36,6 +36,7 @@ from plait.runtime.events import (
     RunStarted,
     UsageRecorded,
 )
+from plait.runtime.jsontext import compact
 from plait.runtime.records.schema import connect, records_dir
 from plait.runtime.redact import Redactor
 
@@ -365,25 +366,13 @@ class RunRecorder:
             return None, None, None
         shown, masked = self.redactor.masked(outputs)
         try:
-            text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"))
+            text = compact(shown)
         except (TypeError, ValueError):
             text = json.dumps(shown, ensure_ascii=False, separators=(",", ":"), default=str)
             masked = True  # not its own JSON: not restorable as it was
         if len(text) > BLOB_CHARS:
-            return None, self._blob(text), 1 if masked else None
+            return None, blobs.store(self._blobs, text), 1 if masked else None
         return text, None, 1 if masked else None
-
-    def _blob(self, text: str) -> str:
-        data = text.encode("utf-8", "surrogatepass")
-        name = hashlib.sha256(data).hexdigest()
-        folder = self._blobs / name[:2]
-        path = folder / name
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            part = folder / f".{name}.{os.getpid()}.part"
-            part.write_bytes(data)
-            os.replace(part, path)
-        return name
 
     def _final(
         self,
