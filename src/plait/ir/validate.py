@@ -251,7 +251,7 @@ def _limit_fields(
     against the declared limiters (docs/limits.md)."""
     if not any(raw.get(k) is not None for k in ("limits", "budget", "prices")) and not any(
         isinstance(node, dict) and (node.get("rate") is not None or node.get("budget") is not None)
-        for node in raw.get("nodes") or ()
+        for node in (raw["nodes"] if isinstance(raw.get("nodes"), list) else ())
     ):
         return None, None, None  # the common case, without importing the limiters
     from plait.runtime.limits import validate_budget, validate_limits, validate_rate_name
