@@ -277,6 +277,14 @@ class ShellNode(PlaitNode):
     primary_output = "stdout"
 
     @classmethod
+    def warm_up(cls, services: Any) -> None:
+        # At run start, before a wide batch takes every thread the system allows.
+        try:
+            _watchdog.start()
+        except RuntimeError:
+            pass  # each command tries again, and fails alone with a clear message
+
+    @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
         problems: list[tuple[str, str | None]] = []
         command = params.get("command")
@@ -405,6 +413,13 @@ class ShellNode(PlaitNode):
                 process_group=0,
             )
 
+        try:
+            _watchdog.start()  # before the command: one that could not be stopped must not start
+        except RuntimeError as exc:
+            raise NodeError(
+                f"cannot start the thread that enforces timeouts and interrupts ({exc}): "
+                "lower the batch's max_concurrent, or raise the system's limit on threads"
+            ) from None
         try:
             try:
                 proc = start(argv or [_SHELL, "-c", script])
@@ -668,13 +683,18 @@ class _Watchdog:
         self._watches: set[_Watch] = set()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Start the thread (once); RuntimeError when the system has no thread left."""
+        with self._lock:
+            if self._thread is None:
+                t = threading.Thread(target=self._loop, name="plait-shell-watchdog", daemon=True)
+                t.start()
+                self._thread = t  # only once it runs: a failed start is tried again
+
     def watch(self, proc: subprocess.Popen[bytes], timeout: float | None, cancelled: Any) -> _Watch:
         w = _Watch(proc, None if timeout is None else time.monotonic() + float(timeout), cancelled)
         with self._lock:
             self._watches.add(w)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="plait-shell-watchdog", daemon=True)
-                self._thread.start()
         return w
 
     def forget(self, w: _Watch) -> None:
