@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from openai_server import OpenAIServer
+from plait.nodes.http import limiter_key
 from plait.runtime.limits import (
     DEFAULT_RETRY_AFTER,
     Budget,
@@ -28,8 +29,6 @@ from plait.runtime.limits import (
     LimiterSet,
     ManualClock,
     Ticket,
-    http_limiter_key,
-    llm_limiter_key,
     outcome_for_status,
     parse_duration,
     parse_retry_after,
@@ -656,11 +655,10 @@ def test_limiter_set_from_a_limits_block(clock: ManualClock) -> None:
     limiters = LimiterSet({"openai": {"rps": 50, "rpm": 3000, "tpm": 2000000, "concurrency": 64}}, clock=clock)
     openai = limiters.named("openai")
     assert (openai.rps, openai.rpm, openai.tpm, openai.concurrency) == (50, 3000, 2000000, 64)
-    assert limiters.for_llm("gpt-4o", "openai", rate="openai") is openai
-    default = limiters.for_llm("gpt-4o", "openai")
+    default = limiters.get("llm:openai/gpt-4o")  # the key an llm node's demand names
     assert default.name == "llm:openai/gpt-4o" and default is not openai
-    assert limiters.for_llm("gpt-4o", "openai") is default  # one per key, shared
-    assert limiters.for_http("https://API.example.com:443/v1/x").name == "http:api.example.com"
+    assert limiters.get("llm:openai/gpt-4o") is default  # one per key, shared
+    assert limiters.get(limiter_key("https://API.example.com:443/v1/x")).name == "http:api.example.com"
     with pytest.raises(KeyError, match="did you mean 'openai'"):
         limiters.named("opneai")
     assert set(limiters.stats()) == {"openai", "llm:openai/gpt-4o", "http:api.example.com"}
@@ -668,16 +666,13 @@ def test_limiter_set_from_a_limits_block(clock: ManualClock) -> None:
 
 def test_a_limit_declared_under_a_default_key_configures_that_default() -> None:
     limiters = LimiterSet({"http:api.example.com": {"rps": 5}})
-    assert limiters.for_http("https://api.example.com/items").rps == 5
+    assert limiters.get(limiter_key("https://api.example.com/items")).rps == 5
 
 
-def test_default_keys() -> None:
-    assert llm_limiter_key("gpt-4o", "openai") == "llm:openai/gpt-4o"
-    assert llm_limiter_key("echo") == "llm:echo"
-    assert llm_limiter_key("anthropic/claude-sonnet-4-5", "anthropic") == "llm:anthropic/claude-sonnet-4-5"
-    assert http_limiter_key("http://127.0.0.1:8080/a") == "http:127.0.0.1:8080"
-    assert http_limiter_key("https://Example.COM/") == "http:example.com"
-    assert http_limiter_key("example.com/path") == "http:example.com"
+def test_the_http_nodes_default_key_is_one_per_host_and_port() -> None:
+    assert limiter_key("http://127.0.0.1:8080/a") == "http:127.0.0.1:8080"
+    assert limiter_key("https://Example.COM/") == "http:example.com"
+    assert limiter_key("https://example.com:443/x") == "http:example.com"
 
 
 def test_limits_block_validation_messages() -> None:
@@ -822,7 +817,7 @@ def test_after_a_429_nothing_is_sent_during_retry_after() -> None:
 def test_with_no_configuration_the_headers_stop_429s_after_the_first_answer() -> None:
     with OpenAIServer() as server:
         server.enforce(rpm=3000, burst_requests=5)  # 50/s, at most 5 at once
-        limiter = LimiterSet().for_http(server.base_url)  # the default: no caps at all
+        limiter = LimiterSet().get(limiter_key(server.base_url))  # the default: no caps at all
         calls: list[tuple[float, int]] = []  # (granted at, status)
         answered: list[float] = []  # when an answer (and its headers) had been read
 

@@ -293,7 +293,7 @@ class HttpNode(PlaitNode):
     def demand(self, prep_res: PreparedRequest) -> Demand:
         # One default limiter per host (with its port when not the scheme's own),
         # so a 429 from a host backs off every call to it (docs/limits.md).
-        return Demand(key=_host_key(prep_res.url))
+        return Demand(key=limiter_key(prep_res.url))
 
     def exec(self, prep_res: PreparedRequest) -> dict[str, Any]:
         from plait.nodes import http_sync
@@ -626,7 +626,8 @@ def finish(
     )
 
 
-def _host_key(url: str) -> str:
+def limiter_key(url: str) -> str:
+    """The default limiter of a call: one per host (and port, when not the scheme's default)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     try:

@@ -106,7 +106,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 from plait.ir.format import LIMITS as _FORMAT_LIMITS
 from plait.runtime.cancel import CancelSignal
@@ -1174,27 +1173,6 @@ class Budget:
 # the run's limiters
 
 
-def llm_limiter_key(model: str, provider: str | None = None) -> str:
-    """The default limiter of an ``llm`` call: one per provider and model."""
-    model = model.strip()
-    if provider and not model.startswith(provider + "/"):
-        return f"llm:{provider}/{model}"
-    return f"llm:{model}"
-
-
-def http_limiter_key(url: str) -> str:
-    """The default limiter of an ``http`` call: one per host (and port, when not
-    the scheme's default)."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = (parts.hostname or "").lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return f"http:{host}:{port}" if port is not None and port != default else f"http:{host}"
-
-
 class LimiterSet:
     """The limiters of one run: declared by name in the workflow's ``limits``
     block, plus a default limiter made on first use for any other key.
@@ -1260,12 +1238,6 @@ class LimiterSet:
                 limiter = Limiter(key, clock=self.clock)
                 self._limiters[key] = limiter
             return limiter
-
-    def for_llm(self, model: str, provider: str | None = None, rate: str | None = None) -> Limiter:
-        return self.named(rate) if rate else self.get(llm_limiter_key(model, provider))
-
-    def for_http(self, url: str, rate: str | None = None) -> Limiter:
-        return self.named(rate) if rate else self.get(http_limiter_key(url))
 
     def stats(self) -> dict[str, dict[str, Any]]:
         return {limiter.name: limiter.stats() for limiter in self}
@@ -1378,8 +1350,6 @@ __all__ = [
     "ManualClock",
     "Outcome",
     "Ticket",
-    "http_limiter_key",
-    "llm_limiter_key",
     "outcome_for_status",
     "parse_duration",
     "parse_retry_after",
