@@ -575,38 +575,47 @@ class Limiter:
 
     # -- acquire -------------------------------------------------------------
 
-    def acquire(self, tokens_estimate: int = 0, cancelled: threading.Event | None = None) -> Ticket | None:
-        """Block until a call of ``tokens_estimate`` model tokens may go.
-
-        Returns its :class:`Ticket`, or None when ``cancelled`` was set first.
-        """
-        tokens = int(tokens_estimate)
-        if tokens < 0:
-            tokens = 0
+    def _arrive(
+        self,
+        tokens_estimate: int,
+        cancelled: threading.Event | None,
+        make: Callable[[int, float], _Waiter],
+    ) -> Ticket | tuple[_Waiter, float | None, int | None] | None:
+        """The start of an acquire, for threads and tasks alike: a ticket at once
+        when the call may go now, None when already cancelled, else the waiter
+        queued (with how to watch ``cancelled``: a poll interval, a subscription)."""
+        tokens = max(0, int(tokens_estimate))
         if cancelled is not None and cancelled.is_set():
             return None
         with self._lock:
             now = self._now()
             slots = self._slots
             if not self._queue and (slots is None or self._in_flight < slots) and self._ready_at(tokens, now) <= now:
-                seq = self._take(tokens, now)
-                fast = True
-            else:
-                fast = False
-                waiter = _ThreadWaiter(tokens, now)
-                self._queue.append(waiter)
-                self.waits += 1
-                wakes = self._dispatch(now, waiter)
-        if fast:
-            return Ticket(self, tokens, now, 0.0, seq)
+                return Ticket(self, tokens, now, 0.0, self._take(tokens, now))
+            waiter = make(tokens, now)
+            self._queue.append(waiter)
+            self.waits += 1
+            wakes = self._dispatch(now, waiter)
         _fire(wakes)
-        poll = None
-        key = None
+        poll: float | None = None
+        key: int | None = None
         if cancelled is not None:
             if isinstance(cancelled, CancelSignal):
                 key = cancelled.subscribe(waiter.signal)
             else:
                 poll = CANCEL_POLL
+        return waiter, poll, key
+
+    def acquire(self, tokens_estimate: int = 0, cancelled: threading.Event | None = None) -> Ticket | None:
+        """Block until a call of ``tokens_estimate`` model tokens may go.
+
+        Returns its :class:`Ticket`, or None when ``cancelled`` was set first.
+        """
+        first = self._arrive(tokens_estimate, cancelled, _ThreadWaiter)
+        if not isinstance(first, tuple):
+            return first
+        waiter, poll, key = first
+        assert isinstance(waiter, _ThreadWaiter)
         try:
             while True:
                 if waiter.ticket is not None:
@@ -634,33 +643,11 @@ class Limiter:
     ) -> Ticket | None:
         """:meth:`acquire` for a coroutine: the same queue and state. Cancelling
         the task while it waits gives its place up (and re-raises)."""
-        tokens = int(tokens_estimate)
-        if tokens < 0:
-            tokens = 0
-        if cancelled is not None and cancelled.is_set():
-            return None
-        with self._lock:
-            now = self._now()
-            slots = self._slots
-            if not self._queue and (slots is None or self._in_flight < slots) and self._ready_at(tokens, now) <= now:
-                seq = self._take(tokens, now)
-                fast = True
-            else:
-                fast = False
-                waiter = _AsyncWaiter(tokens, now, asyncio.get_running_loop())
-                self._queue.append(waiter)
-                self.waits += 1
-                wakes = self._dispatch(now, waiter)
-        if fast:
-            return Ticket(self, tokens, now, 0.0, seq)
-        _fire(wakes)
-        poll = None
-        key = None
-        if cancelled is not None:
-            if isinstance(cancelled, CancelSignal):
-                key = cancelled.subscribe(waiter.signal)
-            else:
-                poll = CANCEL_POLL
+        first = self._arrive(tokens_estimate, cancelled, lambda tokens, now: _AsyncWaiter(tokens, now, asyncio.get_running_loop()))
+        if not isinstance(first, tuple):
+            return first
+        waiter, poll, key = first
+        assert isinstance(waiter, _AsyncWaiter)
         try:
             while True:
                 if waiter.ticket is not None:
