@@ -87,6 +87,15 @@ _scheduler_option = click.option(
     help="The Dask scheduler for the dask executor (tcp://host:8786; default $PLAIT_DASK_SCHEDULER, "
     "else a local cluster). Implies --executor dask when no --executor is given.",
 )
+def _cache_options(fn: Any) -> Any:
+    """--cache / --no-cache / --refresh-cache: one ``cache`` parameter (on, off, refresh)."""
+    fn = click.option(
+        "--refresh-cache", "cache", flag_value="refresh", help="Run every item, and store the results in the cache."
+    )(fn)
+    fn = click.option("--no-cache", "cache", flag_value="off", help="Neither read nor write the item cache.")(fn)
+    return click.option("--cache", "cache", flag_value="on", help="Cache every node's successful items across runs.")(fn)
+
+
 _max_parallel_option = click.option(
     "--max-parallel-nodes",
     type=click.IntRange(min=1),
@@ -203,11 +212,7 @@ def _errors(
     help="Reuse what run RUN (an id, a prefix, `last`) finished: only unfinished, failed, new "
     "and changed items run.",
 )
-@click.option("--cache", "cache", flag_value="on", help="Cache every node's successful items across runs.")
-@click.option("--no-cache", "cache", flag_value="off", help="Neither read nor write the item cache.")
-@click.option(
-    "--refresh-cache", "cache", flag_value="refresh", help="Run every item, and store the results in the cache."
-)
+@_cache_options
 @click.option("--only-unfinished", is_flag=True, help="With --resume: keep failed items failed.")
 @click.option("--rerun", multiple=True, metavar="NODE", help="With --resume: run NODE again in full (repeatable).")
 @click.option(
@@ -312,11 +317,7 @@ def _is_number(word: str) -> bool:
 @click.argument("params", nargs=-1, type=click.UNPROCESSED)
 @click.option("--output-format", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-@click.option("--cache", "cache", flag_value="on", help="Cache every node's successful items across runs.")
-@click.option("--no-cache", "cache", flag_value="off", help="Neither read nor write the item cache.")
-@click.option(
-    "--refresh-cache", "cache", flag_value="refresh", help="Run every item, and store the results in the cache."
-)
+@_cache_options
 @click.option("--only-unfinished", is_flag=True, help="Keep failed items failed; run only the unfinished ones.")
 @click.option("--rerun", multiple=True, metavar="NODE", help="Run NODE again in full (repeatable).")
 @click.option("--strict", is_flag=True, help="Exit 1 when batch items failed (a 'partial' run).")
