@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from plait.errors import PlaitError, WorkflowInvalid
+from plait.runtime.results import ResultList, json_default
 
 
 def _style(text: str, code: str, stream: TextIO) -> str:
@@ -89,13 +90,13 @@ def json_text(value: Any, indent: int | None = 2) -> str:
     """JSON that is always valid: NaN and infinities become null, and text with a
     lone surrogate (from an API or a file) is written with \\u escapes."""
     try:
-        text = json.dumps(value, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+        text = json.dumps(value, indent=indent, ensure_ascii=False, default=json_default, allow_nan=False)
     except ValueError:  # NaN or Infinity somewhere
-        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=str)
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=False, default=json_default)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(_finite(value), indent=indent, ensure_ascii=True, default=str)
+        text = json.dumps(_finite(value), indent=indent, ensure_ascii=True, default=json_default)
     return text
 
 
@@ -104,7 +105,7 @@ def _finite(value: Any) -> Any:
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | ResultList):
         return [_finite(v) for v in value]
     return value
 

@@ -14,6 +14,7 @@ from plait.nodes.registry import Registry
 from plait.runtime.compile import load_and_compile
 from plait.runtime.engine import Runner, RunResult, coerce_inputs
 from plait.runtime.events import EventBus
+from plait.runtime.results import ResultList
 from plait.runtime.services import RunServices
 
 
@@ -209,7 +210,7 @@ def _learn_secrets(redactor: Any, compiled: Any, result: RunResult) -> None:
             continue
         if cn.batch is not None and isinstance(value, dict):
             results = value.get("results")
-            if isinstance(results, list):  # else a reference to a results file, which is not read back
+            if isinstance(results, list | ResultList):  # else a reference to a results file, not read back
                 redactor.learn_from(results[:_RESULTS_SCANNED])
         else:
             redactor.learn_from(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,6 +20,7 @@ from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
 from plait.runtime.items import BadItem, Outcome, run_attempt
+from plait.runtime.results import ResultList
 from plait.runtime.services import RunServices
 from plait.templates import Base, TemplateError
 
@@ -55,7 +56,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def resolve_items(cn: CompiledNode, base: Base) -> list[Any]:
+def resolve_items(cn: CompiledNode, base: Base) -> Sequence[Any]:
     assert cn.items is not None
     try:
         value = cn.items.resolve(base, _EMPTY)
@@ -79,6 +80,8 @@ def resolve_items(cn: CompiledNode, base: Base) -> list[Any]:
             value = []
     if isinstance(value, tuple):
         value = list(value)
+    if isinstance(value, ResultList):  # another batch's results: read one by one, not copied
+        return value
     if not isinstance(value, list):
         kind = {dict: "an object", str: "a string", type(None): "null", bool: "a boolean"}.get(
             type(value), f"a {type(value).__name__}"
@@ -316,8 +319,8 @@ class _Collected:
         self.services = services
         self.sink = sink
         self.cache = cache
-        self.results: list[dict[str, Any] | None] = [None] * (total or 0) if sink is None and total else []
-        self.by_index = sink is None and bool(total)
+        # Kept compactly, as JSON text: a million results in tens of MB, not hundreds.
+        self.results = ResultList(total or 0) if sink is None else None
         self.errors: list[dict[str, Any]] = list(sink.resumed_errors) if sink is not None else []
         self.error_count = sink.error_count if sink is not None else 0
         self.finished = (sink.count if sink is not None else 0)
@@ -327,23 +330,26 @@ class _Collected:
         self.timing = Timing()
 
     def add(self, i: int, item: Any, out: Outcome, outputs: dict[str, Any] | None) -> None:
-        result: dict[str, Any] = {"index": i, "item": item, "attempts": out.attempt}
-        if outputs:
-            result.update(outputs)
         if out.reused:
             self.reused += 1
         self.finished += 1
-        if not out.ok:
-            result["error"] = out.error
+        ok = out.ok
+        if not ok:
             self.error_count += 1
             if self.sink is None or len(self.errors) < ERRORS_KEPT:
                 self.errors.append({"index": i, "item": item, "error": out.error, "attempts": out.attempt})
-        if self.sink is not None:
-            self.sink.write(i, result)
-        elif self.by_index:
-            self.results[i] = result
+        if self.results is not None:
+            if ok:
+                self.results.put_item(i, item, out.attempt, outputs)
+            else:
+                self.results.put_item(i, item, out.attempt, outputs, out.error)
         else:
-            self.results.append(result)
+            result: dict[str, Any] = {"index": i, "item": item, "attempts": out.attempt}
+            if outputs:
+                result.update(outputs)
+            if not ok:
+                result["error"] = out.error
+            self.sink.write(i, result)
         self.timing.add(out.duration)
 
     def output(self, stop: Stop | None, total_ms: float, total: int | None) -> dict[str, Any]:
@@ -353,13 +359,7 @@ class _Collected:
         # A batch that ran to the end has as many items as it read: a count made
         # first is an estimate for a malformed file (a JSON array stops at its error).
         count = self.finished if stop is None or total is None else total
-        if self.sink is not None:
-            results: Any = self.sink.close(success=stop is None)
-        elif self.by_index:
-            finished = [r for r in self.results if r is not None]
-            results = self.results if len(finished) == len(self.results) else finished
-        else:
-            results = sorted(self.results, key=lambda r: r["index"])
+        results: Any = self.sink.close(success=stop is None) if self.results is None else self.results.present()
         meta: dict[str, Any] = {
             "parallel": spec.parallel,
             "max_concurrent": spec.max_concurrent,
@@ -383,8 +383,8 @@ class _Collected:
         extra: dict[str, Any] = {}
         if stop is not None and stop.reason is StopReason.BUDGET:
             meta["budget"] = stop.message
-            if self.by_index:
-                extra["not_run"] = [i for i, r in enumerate(self.results) if r is None]
+            if self.results is not None and total:
+                extra["not_run"] = self.results.missing()
         return {
             "results": results,
             "count": count,

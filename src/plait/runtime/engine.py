@@ -17,6 +17,7 @@ from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStarted
 from plait.runtime.executors import AUTO, make_executor
 from plait.runtime.executors.local import SequentialExecutor
+from plait.runtime.results import plain
 from plait.runtime.services import RunServices
 from plait.runtime.status import BUDGET, FAILED, INTERRUPTED, NOT_RUN, PARTIAL, SUCCESS
 from plait.templates import TemplateError
@@ -290,7 +291,8 @@ class Runner:
             return values, values
         if last is None:
             return {}, None
-        value = base.get(last)
+        # what the caller gets: lists, not a batch's compact results
+        value = plain(base.get(last))
         outputs = value if isinstance(value, dict) else {"value": value}
         cls = cw.nodes[last].cls
         if cw.nodes[last].batch is None and cls.primary_output and cls.primary_output in outputs:

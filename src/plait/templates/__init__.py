@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plait.nodes.base import TemplatedText
+from plait.runtime.results import ResultList
 
 NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 # The path inside an index template: one level of nesting, as in pflow.
@@ -142,6 +143,8 @@ def render_text(value: Any) -> str:
         return "false"
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, ResultList):
+        return json.dumps(list(value), ensure_ascii=False)
     return str(value)
 
 
@@ -151,7 +154,7 @@ def _parse_json_text(text: str) -> Any:
     return json.loads(text)
 
 
-_CONTAINERS = (dict, list)
+_CONTAINERS = (dict, list, ResultList)
 
 
 def fresh(value: Any) -> Any:
@@ -161,6 +164,8 @@ def fresh(value: Any) -> Any:
         return {k: fresh(v) for k, v in value.items()}
     if isinstance(value, list):
         return [fresh(v) for v in value]
+    if isinstance(value, ResultList):  # each result is decoded anew: already a copy
+        return list(value)
     return value
 
 
@@ -169,7 +174,7 @@ def _describe(value: Any) -> str:
         keys = list(value)
         shown = ", ".join(map(str, keys[:20])) + (", ..." if len(keys) > 20 else "")
         return f"an object with keys: {shown}" if keys else "an empty object"
-    if isinstance(value, list):
+    if isinstance(value, list | ResultList):
         return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
     if isinstance(value, str):
         preview = value if len(value) <= 40 else value[:37] + "..."
@@ -214,7 +219,7 @@ def _step(value: Any, step: str | int, ref: Ref, done: int, local: Local) -> Any
             except ValueError:
                 pass
     if isinstance(step, int):
-        if isinstance(value, list):
+        if isinstance(value, list | ResultList):
             if 0 <= step < len(value):
                 return value[step]
             problem = f"index [{step}] is out of range ({_describe(value)})"

@@ -1,0 +1,215 @@
+"""A batch's results held compactly: each result as its JSON text, in input order.
+
+A million results as Python dicts take about 700 bytes each (the dict, its
+item, its outputs); as UTF-8 JSON in one buffer they take their text's length
+plus 12 bytes of index. A result is decoded when it is read, so every read
+gives a fresh value that no other node shares — what a template hands out
+anyway. Results are JSON values, as they are in the run's records and in a
+results file: a tuple reads back as a list. A result that is not JSON text
+(an object a Python node made) is kept as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+from plait.runtime.jsontext import compact
+
+_MISSING = -1
+_NO_ERROR = object()  # put_item's error when the item succeeded
+#: results decoded per ``json.loads`` call when iterating (one call per result costs more)
+_CHUNK = 256
+_loads = json.loads
+
+
+class ResultList(Sequence[Any]):
+    """Results by item index; ``None`` for an item without one (yet)."""
+
+    __slots__ = ("_att", "_buf", "_count", "_high", "_objects", "_orig", "_size", "_start")
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._buf = bytearray()
+        self._start = array("q", [_MISSING]) * capacity
+        self._size = array("I", [0]) * capacity
+        #: an item's attempts when its text leaves out the envelope every result has
+        #: (``index``, ``attempts``: a third of a small result's text); 0 when it is all there
+        self._att = array("B", [0]) * capacity
+        self._objects: dict[int, Any] = {}  # results that are not JSON text
+        self._count = 0  # results present
+        self._high = 0  # one past the highest index given
+        self._orig: array[int] | None = None  # the items' own indexes, when some are left out (present)
+
+    # -- writing
+
+    def put(self, index: int, result: Any) -> None:
+        """The result of item ``index``, whole (a result given twice keeps the last)."""
+        self._store(index, result, 0)
+
+    def put_item(
+        self, index: int, item: Any, attempts: int, outputs: dict[str, Any] | None, error: Any = _NO_ERROR
+    ) -> None:
+        """The result ``{"index", "item", "attempts", **outputs, "error"?}`` of item ``index``,
+        stored without its index and attempts (they are given back when it is read)."""
+        if attempts > 255 or (outputs and ("index" in outputs or "attempts" in outputs or "item" in outputs)):
+            whole: dict[str, Any] = {"index": index, "item": item, "attempts": attempts}
+            if outputs:
+                whole.update(outputs)
+            if error is not _NO_ERROR:
+                whole["error"] = error
+            self._store(index, whole, 0)
+            return
+        body: dict[str, Any] = {"item": item}
+        if outputs:
+            body.update(outputs)
+        if error is not _NO_ERROR:
+            body["error"] = error
+        self._store(index, body, attempts)
+
+    def _store(self, index: int, result: Any, attempts: int) -> None:
+        starts = self._start
+        if index >= len(starts):
+            grow = max(index + 1 - len(starts), len(starts) // 2, 1024)
+            starts.extend(array("q", [_MISSING]) * grow)
+            self._size.extend(array("I", [0]) * grow)
+            self._att.extend(array("B", [0]) * grow)
+        new = starts[index] == _MISSING and index not in self._objects
+        try:
+            data = compact(result).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
+            if attempts:
+                result = {"index": index, "item": result.pop("item"), "attempts": attempts, **result}
+            self._objects[index] = result
+            starts[index] = _MISSING
+        else:
+            if self._objects:
+                self._objects.pop(index, None)
+            starts[index] = len(self._buf)
+            self._size[index] = len(data)
+            self._att[index] = attempts
+            self._buf += data
+        if new:
+            self._count += 1
+        if index >= self._high:
+            self._high = index + 1
+
+    def present(self) -> ResultList:
+        """Only the items that have a result, in order (they share this list's text)."""
+        if self._count == len(self._start):
+            return self
+        kept = ResultList()
+        kept._buf = self._buf
+        kept._orig = orig = array("q")
+        mine = self._orig
+        starts, sizes, objects = self._start, self._size, self._objects
+        for i in range(self._high):
+            if starts[i] != _MISSING:
+                kept._start.append(starts[i])
+                kept._size.append(sizes[i])
+                kept._att.append(self._att[i])
+            elif i in objects:
+                kept._objects[len(kept._start)] = objects[i]
+                kept._start.append(_MISSING)
+                kept._size.append(0)
+                kept._att.append(0)
+            else:
+                continue
+            orig.append(i if mine is None else mine[i])
+        kept._count = kept._high = len(kept._start)
+        return kept
+
+    def missing(self) -> list[int]:
+        """The indexes without a result."""
+        return [i for i, s in enumerate(self._start) if s == _MISSING and i not in self._objects]
+
+    # -- reading (the Sequence protocol)
+
+    def __len__(self) -> int:
+        return len(self._start)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self._read(i) for i in range(*index.indices(len(self._start)))]
+        n = len(self._start)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("result index out of range")
+        return self._read(index)
+
+    def _read(self, i: int) -> Any:
+        start = self._start[i]
+        if start == _MISSING:
+            return self._objects.get(i)
+        value = _loads(self._buf[start : start + self._size[i]])
+        attempts = self._att[i]
+        if attempts:
+            index = i if self._orig is None else self._orig[i]
+            return {"index": index, "item": value.pop("item"), "attempts": attempts, **value}
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        starts, sizes, atts, buf, orig = self._start, self._size, self._att, self._buf, self._orig
+        n = len(starts)
+        i = 0
+        while i < n:
+            j = min(i + _CHUNK, n)
+            run = i
+            while run < j and starts[run] != _MISSING:
+                run += 1
+            if run > i:  # a run of JSON texts: decoded with one call
+                texts = b",".join(buf[starts[k] : starts[k] + sizes[k]] for k in range(i, run))
+                for k, value in enumerate(_loads(b"[" + texts + b"]"), i):
+                    attempts = atts[k]
+                    if attempts:
+                        index = k if orig is None else orig[k]
+                        yield {"index": index, "item": value.pop("item"), "attempts": attempts, **value}
+                    else:
+                        yield value
+            if run < j:
+                yield self._read(run)
+                run += 1
+            i = run
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResultList | list | tuple):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def __repr__(self) -> str:
+        if len(self) <= 20:
+            return repr(list(self))
+        return f"<ResultList of {len(self)} results: {self[:3]!r} ...>"
+
+    def nbytes(self) -> int:
+        """Memory held for the results' text and index (the objects not counted)."""
+        arrays = (self._start, self._size, self._att, *(() if self._orig is None else (self._orig,)))
+        return len(self._buf) + sum(a.itemsize * len(a) for a in arrays)
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every ResultList in it as a list (for what needs real lists)."""
+    if isinstance(value, ResultList):
+        return list(value)
+    if isinstance(value, dict):
+        if any(isinstance(v, ResultList | dict) for v in value.values()):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """A ``default=`` for ``json.dumps``: a ResultList as a list, the rest as text."""
+    if isinstance(value, ResultList):
+        return list(value)
+    return str(value)
