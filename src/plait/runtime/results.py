@@ -16,13 +16,14 @@ from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from plait.runtime.jsontext import compact
+from plait.runtime.jsontext import compact_unchecked
 
 _MISSING = -1
 _NO_ERROR = object()  # put_item's error when the item succeeded
 #: results decoded per ``json.loads`` call when iterating (one call per result costs more)
 _CHUNK = 256
 _loads = json.loads
+_encode = compact_unchecked
 
 
 class ResultList(Sequence[Any]):
@@ -77,8 +78,8 @@ class ResultList(Sequence[Any]):
             self._att.extend(array("B", [0]) * grow)
         new = starts[index] == _MISSING and index not in self._objects
         try:
-            data = compact(result).encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
+            data = _encode(result).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError, RecursionError):  # not JSON (or circular): the object itself, whole
             if attempts:
                 result = {"index": index, "item": result.pop("item"), "attempts": attempts, **result}
             self._objects[index] = result
