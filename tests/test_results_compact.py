@@ -103,6 +103,29 @@ def test_memory_is_the_text_plus_a_few_bytes_per_result() -> None:
     assert rl[9_999] == full(9_999, {"id": 9_999}, 1, {"v": {"id": 9_999}})
 
 
+def test_results_across_many_compressed_blocks_read_in_any_order() -> None:
+    import random
+
+    n = 30_000
+    rl = ResultList(n)
+    order = list(range(n))
+    rng = random.Random(7)
+    # a parallel batch: completion order close to input order, not equal to it
+    for start in range(0, n, 64):
+        chunk = order[start : start + 64]
+        rng.shuffle(chunk)
+        for i in chunk:
+            rl.put_item(i, {"id": i, "text": f"row {i} " * (i % 5)}, 1 + i % 3, {"v": i * 2})
+    def want(i: int) -> dict:
+        return full(i, {"id": i, "text": f"row {i} " * (i % 5)}, 1 + i % 3, {"v": i * 2})
+    picks = [rng.randrange(n) for _ in range(500)]
+    assert [rl[i] for i in picks] == [want(i) for i in picks]
+    assert list(rl) == [want(i) for i in range(n)]
+    # the text is compressed: far less than its length
+    plain_text = sum(len(json.dumps(want(i), separators=(",", ":"))) for i in range(n))
+    assert rl.nbytes() < plain_text / 2
+
+
 def test_plain_and_json_default_turn_results_into_lists() -> None:
     rl = ResultList(1)
     rl.put_item(0, 1, 1, {"v": 2})

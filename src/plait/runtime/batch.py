@@ -56,8 +56,11 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def resolve_items(cn: CompiledNode, base: Base) -> Sequence[Any]:
+def resolve_items(cn: CompiledNode, base: Base) -> tuple[Sequence[Any], bool]:
+    """The batch's items, and whether the list is this batch's own (parsed here from
+    text, so it may let go of each item once read)."""
     assert cn.items is not None
+    owned = False
     try:
         value = cn.items.resolve(base, _EMPTY)
     except TemplateError as exc:  # a miss found only now is the node's failure, not a crash
@@ -69,6 +72,7 @@ def resolve_items(cn: CompiledNode, base: Base) -> Sequence[Any]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
+                owned = True
             except ValueError as exc:
                 raise BatchFailed(
                     f"batch.items is a string that looks like a JSON list but does not parse ({exc}): "
@@ -81,7 +85,7 @@ def resolve_items(cn: CompiledNode, base: Base) -> Sequence[Any]:
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, ResultList):  # another batch's results: read one by one, not copied
-        return value
+        return value, False
     if not isinstance(value, list):
         kind = {dict: "an object", str: "a string", type(None): "null", bool: "a boolean"}.get(
             type(value), f"a {type(value).__name__}"
@@ -97,7 +101,17 @@ def resolve_items(cn: CompiledNode, base: Base) -> Sequence[Any]:
             None,
             {},
         )
-    return value
+    return value, owned
+
+
+def _letting_go(items: list[Any], start_at: int) -> Iterator[tuple[int, Any]]:
+    """(index, item) of a list only this batch holds, each dropped from it once handed
+    out: a million parsed items are freed as they run, not at the end (the attempt
+    keeps its own for retries)."""
+    for i in range(start_at, len(items)):
+        item = items[i]
+        items[i] = None
+        yield i, item
 
 
 def _preview(value: Any) -> str:
@@ -238,7 +252,10 @@ def _open_items(cn: CompiledNode, base: Base, services: RunServices, start_at: i
         except NodeError as exc:
             raise BatchFailed(exc.message, None, {}) from None
         return iter(source), source.total, source
-    items = resolve_items(cn, base)
+    items, owned = resolve_items(cn, base)
+    if owned:
+        assert isinstance(items, list)
+        return _letting_go(items, start_at), len(items), None
     listed: Iterator[tuple[int, Any]] = enumerate(items)
     if start_at:
         listed = ((i, x) for i, x in listed if i >= start_at)
