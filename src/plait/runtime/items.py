@@ -219,18 +219,23 @@ def run_attempt(
     executor that runs attempts elsewhere leaves it False, since the events
     are emitted where the outcome arrives.
     """
-    out = _begin(cn, services, attempt, slot)
-    if out.cancelled:
-        return out
+    # _begin and _context, written out: this is the per-item path of every in-process executor
+    if services.cancelled.is_set():  # queued before the interrupt: it does not start
+        return Outcome.dropped(attempt, slot)
+    started = time.time()
+    out = Outcome(attempt.index, attempt.item, attempt.number, slot, started)
+    listening = services.bus.listening
+    if ItemStarted in listening:
+        services.bus.emit(ItemStarted(services.location(cn.id), attempt.index, attempt.number, slot, at=started))
     t0 = time.perf_counter()
     in_main = threading.get_ident() == _MAIN
-    if lazy_key:
-        listening = services.bus.listening
-        keyed = ItemFinished in listening or ItemFailed in listening
-    else:
-        keyed = True
     try:
-        ctx = _context(cn, base, services, attempt, out, keyed)
+        if attempt.params is not None:
+            params, out.key = attempt.params, attempt.key
+        else:
+            keyed = not lazy_key or ItemFinished in listening or ItemFailed in listening
+            params, out.key = resolve(cn, base, attempt, keyed)
+        ctx = ItemContext(cn.id, attempt.index, params, services, attempt.number)
         prep_res = cn.node.prep(ctx)
         # One attribute for types without demand(); the rest only for those with one.
         call = _open(cn, services, ctx, prep_res) if cn.demands else None
