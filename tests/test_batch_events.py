@@ -68,3 +68,46 @@ def test_every_item_reports_started_finished_retried_and_failed(tmp_path, monkey
             assert e.duration_ms is not None and e.duration_ms >= 0
     assert result.status == "partial"  # type: ignore[attr-defined]  # item 7 failed
 
+
+
+@pytest.mark.parametrize("executor", ["sequential", "threads"])
+def test_item_events_carry_the_item_key_and_a_key_follows_the_params(executor: str, tmp_path: Path) -> None:
+    # The key is made only while the item events are listened to: a listener
+    # that subscribes to them must get it on every success and failure alike.
+    import plait
+
+    seen: list[Event] = []
+    raw = {
+        "nodes": [
+            {
+                "id": "b",
+                "type": "code",
+                "params": {"code": "assert x != 2\nresult = x", "inputs": {"x": "${item}"}},
+                "batch": {"items": [0, 1, 2, 1], "error_handling": "continue", "executor": executor,
+                          "parallel": executor == "threads"},
+            }
+        ]
+    }
+    result = plait.run(raw, on_event=seen.append)
+    assert result.status == "partial"
+    done = {e.index: e for e in seen if e.kind in ("item_finished", "item_failed")}
+    assert sorted(done) == [0, 1, 2, 3] and done[2].kind == "item_failed"
+    keys = {i: e.key for i, e in done.items()}  # type: ignore[attr-defined]
+    assert all(isinstance(k, str) and len(k) == 32 for k in keys.values())
+    assert keys[1] == keys[3] and len({keys[0], keys[1], keys[2]}) == 3  # same params, same key
+
+
+def test_an_interrupt_from_the_last_items_event_still_ends_the_batch_interrupted(tmp_path: Path) -> None:
+    import threading
+
+    import plait
+
+    cancel = threading.Event()
+
+    def on_event(ev: Event) -> None:
+        if ev.kind == "item_finished" and ev.index == 2:  # type: ignore[attr-defined]
+            cancel.set()
+
+    raw = {"nodes": [{"id": "b", "type": "echo", "params": {"v": "${item}"}, "batch": {"items": [0, 1, 2]}}]}
+    result = plait.run(raw, executor="sequential", on_event=on_event, cancel=cancel)
+    assert result.status == "interrupted"

@@ -39,7 +39,7 @@ class BatchFailed(Exception):
 
 def _job(cn: CompiledNode, base: Base, services: RunServices, workflow: CompiledWorkflow | None = None) -> Job:
     return Job(
-        node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services), workflow=workflow
+        node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services, lazy_key=True), workflow=workflow
     )
 
 

@@ -278,6 +278,11 @@ class BatchDriver:
         in_order = self.in_order
         cancelled = self._cancelled
         submit, next_outcome = self.executor.submit, self.executor.next_outcome
+        # An executor that runs an attempt in this thread (sequential) runs a
+        # new item's first attempt at once in order: no window entry, no queue.
+        run_now: Callable[[Attempt], Outcome] | None = getattr(self.executor, "run_now", None) if in_order else None
+        handle = self._handle
+        admit = self.admit
         exhausted = False
         ready = self._ready
         while True:
@@ -292,7 +297,7 @@ class BatchDriver:
                         flying[(attempt.index, attempt.number)] = attempt
                         submit(attempt)
                     while not exhausted and len(flying) < capacity and not (in_order and heap):
-                        if self.admit is not None and not self.admit(self._next):
+                        if admit is not None and not admit(self._next):
                             break
                         try:
                             index, item = next(items)
@@ -306,9 +311,18 @@ class BatchDriver:
                             continue
                         if self.check is not None and self._known(attempt):
                             continue
+                        if run_now is not None:
+                            handle(run_now(attempt))
+                            # the next item only while nothing stopped the batch (fail_fast,
+                            # an interrupt): the loop's head looks at both
+                            if self.stop is not None or cancelled.is_set():
+                                break
+                            continue
                         flying[(index, 1)] = attempt
                         submit(attempt)
             if not flying:
+                if self.stop is None and cancelled.is_set():
+                    continue  # interrupted by what the last item did: the loop's head halts the batch
                 if self._parked and self.stop is None and not ready and not heap:
                     # nothing runs that could answer them (a check lost track): they run themselves
                     ready.extend(self._parked.values())
@@ -415,7 +429,8 @@ class BatchDriver:
             if self._throttles:
                 self._throttles.pop(out.index, None)
             self.on_final(out)
-            self._settled(out)
+            if self.check is not None:
+                self._settled(out)
             return
         if self._cancelled.is_set():
             # Stopped by the interrupt (a command killed on Ctrl-C): the item did

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from plait.nodes.base import ItemContext, NodeError
-from plait.runtime.events import ItemStarted
+from plait.runtime.events import ItemFailed, ItemFinished, ItemStarted
 from plait.runtime.services import BudgetRefused
 from plait.templates import TemplateError
 
@@ -153,9 +153,12 @@ def _begin(cn: CompiledNode, services: RunServices, attempt: Attempt, slot: int)
     return out
 
 
-def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, Any], str | None]:
+def resolve(
+    cn: CompiledNode, base: Base, attempt: Attempt, keyed: bool = True
+) -> tuple[dict[str, Any], str | None]:
     """An attempt's params and its item key (the key of the params resolved
-    without ``${__item_key__}`` and ``${__attempt__}``: one key for every attempt)."""
+    without ``${__item_key__}`` and ``${__attempt__}``: one key for every attempt).
+    ``keyed=False``: no key (None) unless a param uses it."""
     index = attempt.index
     if index is None:
         local: dict[str, Any] = {"__attempt__": attempt.number}
@@ -168,14 +171,16 @@ def resolve(cn: CompiledNode, base: Base, attempt: Attempt) -> tuple[dict[str, A
         local["__item_key__"], local["__attempt__"] = key, attempt.number
         return cn.resolve_params(base, local), key
     params = cn.resolve_params(base, local)
-    return params, cn.item_key(params)
+    return params, cn.item_key(params) if keyed else None
 
 
-def _context(cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, out: Outcome) -> ItemContext:
+def _context(
+    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, out: Outcome, keyed: bool = True
+) -> ItemContext:
     if attempt.params is not None:
         params, out.key = attempt.params, attempt.key
     else:
-        params, out.key = resolve(cn, base, attempt)
+        params, out.key = resolve(cn, base, attempt, keyed)
     return ItemContext(cn.id, attempt.index, params, services, attempt.number)
 
 
@@ -204,16 +209,33 @@ def _failed(out: Outcome, exc: BaseException) -> None:
 
 
 def run_attempt(
-    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, slot: int
+    cn: CompiledNode, base: Base, services: RunServices, attempt: Attempt, slot: int, *, lazy_key: bool = False
 ) -> Outcome:
-    """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises."""
-    out = _begin(cn, services, attempt, slot)
-    if out.cancelled:
-        return out
+    """One attempt: resolve params, then PocketFlow's prep → exec → post. Never raises.
+
+    ``lazy_key``: the outcome is read in this process, where only the item
+    events (``ItemFinished``, ``ItemFailed``) carry its key to their listeners
+    (the run record): the key is made only while someone listens to them. An
+    executor that runs attempts elsewhere leaves it False, since the events
+    are emitted where the outcome arrives.
+    """
+    # _begin and _context, written out: this is the per-item path of every in-process executor
+    if services.cancelled.is_set():  # queued before the interrupt: it does not start
+        return Outcome.dropped(attempt, slot)
+    started = time.time()
+    out = Outcome(attempt.index, attempt.item, attempt.number, slot, started)
+    listening = services.bus.listening
+    if ItemStarted in listening:
+        services.bus.emit(ItemStarted(services.location(cn.id), attempt.index, attempt.number, slot, at=started))
     t0 = time.perf_counter()
     in_main = threading.get_ident() == _MAIN
     try:
-        ctx = _context(cn, base, services, attempt, out)
+        if attempt.params is not None:
+            params, out.key = attempt.params, attempt.key
+        else:
+            keyed = not lazy_key or ItemFinished in listening or ItemFailed in listening
+            params, out.key = resolve(cn, base, attempt, keyed)
+        ctx = ItemContext(cn.id, attempt.index, params, services, attempt.number)
         prep_res = cn.node.prep(ctx)
         # One attribute for types without demand(); the rest only for those with one.
         call = _open(cn, services, ctx, prep_res) if cn.demands else None

@@ -69,6 +69,11 @@ def _hide(value: Any, name: str | None = None) -> Any:
     if kind in _PLAIN:
         return value
     if kind is dict:
+        for k, v in value.items():
+            if type(v) not in _PLAIN or type(k) is not str:
+                break
+        else:
+            return value  # text keys and plain values only: nothing to hide, no copy
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
@@ -88,8 +93,13 @@ def _hide(value: Any, name: str | None = None) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON data")
 
 
+_BLAKE2B_16 = hashlib.blake2b(digest_size=16)  # never updated: copied, which skips the keywords' parsing
+
+
 def digest(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    h = _BLAKE2B_16.copy()
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def node_fingerprint(node_type: str, type_version: str, params: Any, batch: dict[str, Any] | None) -> str:

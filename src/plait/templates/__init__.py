@@ -157,9 +157,22 @@ def _parse_json_text(text: str) -> Any:
 _CONTAINERS = (dict, list, ResultList)
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
 def fresh(value: Any) -> Any:
     """A copy of the lists and dicts in ``value`` (the rest is immutable): a
     resolved value is never shared, so no node sees another one's changes."""
+    kind = type(value)
+    # Plain JSON data (a batch item, say) first: its scalars are kept without a call each.
+    if kind is dict:
+        copy = value.copy()
+        for k, v in copy.items():
+            if type(v) not in _SCALARS:
+                copy[k] = fresh(v)  # the same key: the dict does not change size while walked
+        return copy
+    if kind is list:
+        return [v if type(v) in _SCALARS else fresh(v) for v in value]
     if isinstance(value, dict):
         return {k: fresh(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -414,6 +427,15 @@ def _compile_str(text: str, keep_parts: bool, copy: bool = True, inline: bool = 
             return Compiled(text, refs, resolve_inline)
         if not copy:
             return Compiled(text, refs, lambda base, local: lookup(only, base, local))
+
+        if not only.steps:  # a bare name (``${item}``): the common case of a batch's params
+            root = only.root
+
+            def resolve_name(base: Base, local: Local) -> Any:
+                value = local[root] if root in local else lookup(only, base, local)
+                return fresh(value) if isinstance(value, _CONTAINERS) else value
+
+            return Compiled(text, refs, resolve_name)
 
         def resolve_one(base: Base, local: Local) -> Any:
             value = lookup(only, base, local)

@@ -39,6 +39,13 @@ class SequentialExecutor:
             return Outcome.dropped(attempt)
         return self._run(attempt, 0)
 
+    def run_now(self, attempt: Attempt) -> Outcome:
+        """Run ``attempt`` at once and return its outcome: what ``submit`` then
+        ``next_outcome`` would do, for a driver that runs items one at a time."""
+        if self._cancelled:
+            return Outcome.dropped(attempt)
+        return self._run(attempt, 0)
+
     def cancel_pending(self) -> None:
         self._cancelled = True
 
