@@ -647,19 +647,19 @@ def limiter_key(url: str) -> str:
         scheme, host, port_text = m.groups()
         if port_text is None:
             return f"http:{host.lower()}"
-        port = int(port_text)
-        if port <= 65535:
-            if port == _DEFAULT_PORTS[scheme.lower()]:
+        number = int(port_text)
+        if number <= 65535:
+            if number == _DEFAULT_PORTS[scheme.lower()]:
                 return f"http:{host.lower()}"
-            return f"http:{host.lower()}:{port}"
+            return f"http:{host.lower()}:{number}"
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    hostname = (parts.hostname or "").lower()
     try:
         port = parts.port
     except ValueError:
         port = None
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return f"http:{host}:{port}" if port is not None and port != default else f"http:{host}"
+    default = _DEFAULT_PORTS.get(parts.scheme.lower())
+    return f"http:{hostname}:{port}" if port is not None and port != default else f"http:{hostname}"
 
 
 def timed_out(req: PreparedRequest, phase: str) -> NodeError:
