@@ -228,7 +228,7 @@ class HttpNode(PlaitNode):
         if not isinstance(url, str) or not url.strip():
             raise _invalid(f"'url' must be a non-empty string, got {_preview(url)}")
         url = url.strip()
-        if not re.match(r"^https?://", url, re.IGNORECASE):
+        if not _HTTP_URL.match(url):
             hint = " (did you forget 'http://'?)" if "://" not in url else ""
             raise _invalid(f"'url' must start with http:// or https://, got '{url}'{hint}")
 
@@ -297,7 +297,13 @@ class HttpNode(PlaitNode):
     def demand(self, prep_res: PreparedRequest) -> Demand:
         # One default limiter per host (with its port when not the scheme's own),
         # so a 429 from a host backs off every call to it (docs/limits.md).
-        return Demand(key=limiter_key(prep_res.url))
+        key = limiter_key(prep_res.url)
+        demand = _DEMANDS.get(key)
+        if demand is None:  # a Demand is frozen: one per host serves every request to it
+            if len(_DEMANDS) >= 1024:
+                _DEMANDS.clear()
+            demand = _DEMANDS[key] = Demand(key=key)
+        return demand
 
     def exec(self, prep_res: PreparedRequest) -> dict[str, Any]:
         from plait.nodes import http_sync
@@ -316,6 +322,8 @@ class HttpNode(PlaitNode):
         return result
 
 
+_DEMANDS: dict[str, Demand] = {}
+
 # plait.nodes.http_async once imported whole (sys.modules has it half-made while
 # another thread imports it)
 _ASYNC_PATH: list[Any] = []
@@ -333,6 +341,8 @@ def _async_path() -> Any:
 
 # ---------------------------------------------------------------------------
 # prep helpers
+
+_HTTP_URL = re.compile(r"^https?://", re.IGNORECASE)
 
 
 def _invalid(message: str) -> NodeError:
@@ -394,7 +404,7 @@ def _headers(value: Any) -> dict[str, str]:
 
 
 def _has_header(headers: dict[str, str], name: str) -> bool:
-    return any(k.lower() == name for k in headers)
+    return bool(headers) and any(k.lower() == name for k in headers)
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -463,6 +473,8 @@ def _port_problem(url: str, exc: Exception) -> str:
 def _positive_number(value: Any, name: str, default: float) -> float:
     if value is None:
         return default
+    if (type(value) is int or type(value) is float) and 0 < value < float("inf"):
+        return float(value)  # the usual case, checked at once
     if isinstance(value, bool):
         raise _invalid(f"'{name}' must be a positive number, got {value}")
     try:

@@ -142,6 +142,7 @@ async def session(req: PreparedRequest) -> _Client:
     client = _by_loop.get(loop)
     if client is not None and not client.session.closed:
         return client
+
     async def make() -> _Client:
         return _Client(await _open_session())
 
@@ -151,7 +152,9 @@ async def session(req: PreparedRequest) -> _Client:
 
 
 async def send(req: PreparedRequest) -> dict[str, Any]:
-    client = await session(req)
+    client = _by_loop.get(asyncio.get_running_loop())  # the common case without a coroutine
+    if client is None or client.session.closed:
+        client = await session(req)
     if client.tls is None and _is_https(req.url):
         await client.load_tls(req.services)  # before the request's deadline starts
     started = time.perf_counter()
