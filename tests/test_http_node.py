@@ -535,6 +535,29 @@ def test_version_help_and_workflows_without_http_never_import_aiohttp(tmp_path):
         assert heavy == set(), (args, heavy)
 
 
+def test_a_run_imports_only_the_client_its_executors_use(server, tmp_path):
+    # aiohttp for a parallel batch (auto: async), httpx for a single request and
+    # for a batch sent to threads: warming up the other would take the GIL from the run
+    def workflow(name: str, batch: dict[str, Any] | None) -> Path:
+        node: dict[str, Any] = {"id": "get", "type": "http", "params": {"url": server.url("/json")}}
+        if batch is not None:
+            node["batch"] = batch
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"nodes": [node]}))
+        return path
+
+    parallel = {"items": [1, 2, 3], "parallel": True, "max_concurrent": 3}
+    cases = {
+        "parallel": (workflow("parallel", parallel), (), "aiohttp"),
+        "single": (workflow("single", None), (), "httpx"),
+        "threads": (workflow("threads", parallel), ("--executor", "threads"), "httpx"),
+    }
+    for name, (path, extra, client) in cases.items():
+        loaded = imported_by("run", str(path), "-q", "--no-record", *extra, cwd=tmp_path)
+        heavy = {m.split(".")[0] for m in loaded} & {"aiohttp", "httpx"}
+        assert heavy == {client}, (name, heavy)
+
+
 def test_parallel_items_on_one_node_get_their_own_results_over_shared_connections(
     server, services
 ):

@@ -117,6 +117,10 @@ def run(
         bus.subscribe(on_event)
     directory = compiled.directory or str(Path.cwd())
     services = RunServices(registry, bus, directory, cancelled=cancel)
+    from plait.runtime.executors import exec_paths
+
+    # slow imports (aiohttp for a parallel http batch) start now, beside the records' set-up
+    services.warm_up({cn.cls for cn in compiled.nodes.values()}, exec_paths(compiled, executor))
     services.stdin = stdin
     recorder = None
     if record:

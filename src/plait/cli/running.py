@@ -64,9 +64,11 @@ def run_command(
     bus = EventBus(on_subscriber_error=_subscriber_failed)
     services = RunServices(registry, bus, compiled.directory)
     services.cache_mode = cache
-    # Slow imports (httpx for an http node) start now, beside input parsing and
-    # the records database, instead of inside the first items.
-    services.warm_up({cn.cls for cn in compiled.nodes.values()})
+    # Slow imports (aiohttp or httpx for an http node) start now, beside input
+    # parsing and the records database, instead of inside the first items.
+    from plait.runtime.executors import exec_paths
+
+    services.warm_up({cn.cls for cn in compiled.nodes.values()}, exec_paths(compiled, executor))
     specs = compiled.workflow.inputs
     given = parse_args(words, specs)
     # A batch reading {"from": "-"} takes standard input (or --items FILE);

@@ -208,15 +208,19 @@ class HttpNode(PlaitNode):
 
     @classmethod
     def warm_up(cls, services: Services) -> None:
-        # Importing httpx (~0.25 s) and aiohttp (~0.4 s) and loading the CA
-        # bundle happen while the nodes before this one run, not inside the
-        # first wave of items. Which of the two a batch uses is the executor's
-        # choice, made later; a parallel batch (auto: async) needs aiohttp.
-        # aiohttp first: a parallel batch's first wave waits on it, while a
-        # single request waits on httpx whichever comes first.
-        from plait.nodes import http_async, http_sync  # noqa: F401
+        # Importing aiohttp (~0.2 s) or httpx (~0.25 s) and loading the CA
+        # bundle happen while the run is set up, not inside the first wave of
+        # items; only the path the run's executors will use (the other's import
+        # would take the GIL from the run for nothing). aiohttp first when
+        # both: a parallel batch's first wave waits on it.
+        warm_paths = getattr(services, "warm_paths", None)
+        paths = warm_paths(cls) if warm_paths is not None else ("async", "sync")
+        if "async" in paths:
+            _async_path()
+        if "sync" in paths:
+            from plait.nodes import http_sync
 
-        http_sync.pool(services).client()
+            http_sync.pool(services).client()
 
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params
@@ -224,7 +228,7 @@ class HttpNode(PlaitNode):
         if not isinstance(url, str) or not url.strip():
             raise _invalid(f"'url' must be a non-empty string, got {_preview(url)}")
         url = url.strip()
-        if not re.match(r"^https?://", url, re.IGNORECASE):
+        if not _HTTP_URL.match(url):
             hint = " (did you forget 'http://'?)" if "://" not in url else ""
             raise _invalid(f"'url' must start with http:// or https://, got '{url}'{hint}")
 
@@ -293,7 +297,13 @@ class HttpNode(PlaitNode):
     def demand(self, prep_res: PreparedRequest) -> Demand:
         # One default limiter per host (with its port when not the scheme's own),
         # so a 429 from a host backs off every call to it (docs/limits.md).
-        return Demand(key=limiter_key(prep_res.url))
+        key = limiter_key(prep_res.url)
+        demand = _DEMANDS.get(key)
+        if demand is None:  # a Demand is frozen: one per host serves every request to it
+            if len(_DEMANDS) >= 1024:
+                _DEMANDS.clear()
+            demand = _DEMANDS[key] = Demand(key=key)
+        return demand
 
     def exec(self, prep_res: PreparedRequest) -> dict[str, Any]:
         from plait.nodes import http_sync
@@ -302,28 +312,37 @@ class HttpNode(PlaitNode):
 
     async def exec_async(self, prep_res: PreparedRequest) -> dict[str, Any]:
         if not _ASYNC_PATH:
-            # Importing aiohttp takes ~0.4 s (it loads the system CA store): in
+            # Importing aiohttp takes ~0.2 s (it loads the system CA store): in
             # a thread, so the run's loop keeps serving (a cancel, other nodes).
-            # import_module also waits for warm_up's import, if that came first.
+            # The import also waits for warm_up's, if that came first.
             import asyncio
-            import importlib
 
-            _ASYNC_PATH.append(
-                await asyncio.get_running_loop().run_in_executor(
-                    None, importlib.import_module, "plait.nodes.http_async"
-                )
-            )
+            await asyncio.get_running_loop().run_in_executor(None, _async_path)
         result: dict[str, Any] = await _ASYNC_PATH[0].send(prep_res)
         return result
 
+
+_DEMANDS: dict[str, Demand] = {}
 
 # plait.nodes.http_async once imported whole (sys.modules has it half-made while
 # another thread imports it)
 _ASYNC_PATH: list[Any] = []
 
 
+def _async_path() -> Any:
+    if not _ASYNC_PATH:
+        import importlib
+
+        module = importlib.import_module("plait.nodes.http_async")
+        if not _ASYNC_PATH:
+            _ASYNC_PATH.append(module)
+    return _ASYNC_PATH[0]
+
+
 # ---------------------------------------------------------------------------
 # prep helpers
+
+_HTTP_URL = re.compile(r"^https?://", re.IGNORECASE)
 
 
 def _invalid(message: str) -> NodeError:
@@ -385,7 +404,7 @@ def _headers(value: Any) -> dict[str, str]:
 
 
 def _has_header(headers: dict[str, str], name: str) -> bool:
-    return any(k.lower() == name for k in headers)
+    return bool(headers) and any(k.lower() == name for k in headers)
 
 
 def _set_header(headers: dict[str, str], name: str, value: str) -> None:
@@ -454,6 +473,8 @@ def _port_problem(url: str, exc: Exception) -> str:
 def _positive_number(value: Any, name: str, default: float) -> float:
     if value is None:
         return default
+    if (type(value) is int or type(value) is float) and 0 < value < float("inf"):
+        return float(value)  # the usual case, checked at once
     if isinstance(value, bool):
         raise _invalid(f"'{name}' must be a positive number, got {value}")
     try:
@@ -626,16 +647,31 @@ def finish(
     )
 
 
+# scheme, host and port of a URL with nothing unusual in its authority
+_SCHEME_HOST_PORT = re.compile(r"^(https?)://([A-Za-z0-9.\-_~]+)(?::(\d{1,5}))?(?:[/?#]|$)", re.IGNORECASE)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def limiter_key(url: str) -> str:
     """The default limiter of a call: one per host (and port, when not the scheme's default)."""
+    m = _SCHEME_HOST_PORT.match(url)  # every request asks: most URLs need no urlsplit
+    if m is not None:
+        scheme, host, port_text = m.groups()
+        if port_text is None:
+            return f"http:{host.lower()}"
+        number = int(port_text)
+        if number <= 65535:
+            if number == _DEFAULT_PORTS[scheme.lower()]:
+                return f"http:{host.lower()}"
+            return f"http:{host.lower()}:{number}"
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    hostname = (parts.hostname or "").lower()
     try:
         port = parts.port
     except ValueError:
         port = None
-    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return f"http:{host}:{port}" if port is not None and port != default else f"http:{host}"
+    default = _DEFAULT_PORTS.get(parts.scheme.lower())
+    return f"http:{hostname}:{port}" if port is not None and port != default else f"http:{hostname}"
 
 
 def timed_out(req: PreparedRequest, phase: str) -> NodeError:

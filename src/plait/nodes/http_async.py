@@ -59,12 +59,11 @@ class _Connector(aiohttp.TCPConnector):
         return conn
 
 
-async def _open_session(tls: Any) -> aiohttp.ClientSession:
+async def _open_session() -> aiohttp.ClientSession:
     connector = _Connector(
         # The batch's max_concurrent bounds what is in flight; a second limit
         # here (aiohttp's default is 100) would queue requests behind it.
         limit=0,
-        ssl=tls,
         enable_cleanup_closed=False,
     )
     return aiohttp.ClientSession(
@@ -108,11 +107,23 @@ class _Proxies:
 
 
 class _Client:
-    __slots__ = ("proxies", "session")
+    __slots__ = ("proxies", "session", "tls")
 
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
         self.proxies = _Proxies()
+        # The run's SSL context, loaded at the first https request (in a thread,
+        # ~50 ms for the CA bundle): a run of plain http never loads it.
+        self.tls: Any = None
+
+    async def load_tls(self, services: Any) -> Any:
+        if self.tls is None:
+            self.tls = await asyncio.get_running_loop().run_in_executor(None, tls_context, services)
+        return self.tls
+
+
+def _is_https(url: str) -> bool:
+    return url[:6].lower() == "https:"
 
 
 async def _close_session(client: _Client) -> None:
@@ -131,20 +142,21 @@ async def session(req: PreparedRequest) -> _Client:
     client = _by_loop.get(loop)
     if client is not None and not client.session.closed:
         return client
-    services = req.services
 
     async def make() -> _Client:
-        # loading the CA bundle (~50 ms) off the loop, unless warm_up did it
-        tls = await asyncio.get_running_loop().run_in_executor(None, tls_context, services)
-        return _Client(await _open_session(tls))
+        return _Client(await _open_session())
 
-    client = await services.async_resource(_SESSION_KEY, make, _close_session)
+    client = await req.services.async_resource(_SESSION_KEY, make, _close_session)
     _by_loop[loop] = client
     return client
 
 
 async def send(req: PreparedRequest) -> dict[str, Any]:
-    client = await session(req)
+    client = _by_loop.get(asyncio.get_running_loop())  # the common case without a coroutine
+    if client is None or client.session.closed:
+        client = await session(req)
+    if client.tls is None and _is_https(req.url):
+        await client.load_tls(req.services)  # before the request's deadline starts
     started = time.perf_counter()
     phase = [_CONNECTING]
     token = _phase.set(phase)
@@ -197,6 +209,8 @@ async def _send_following(
             data=hop.content,
             allow_redirects=False,
             proxy=client.proxies.for_url(hop.url),
+            # True (aiohttp's default) is never used: a plain http request has no TLS
+            ssl=(client.tls or await client.load_tls(req.services)) if _is_https(hop.url) else True,
             # a raw body without a Content-Type goes without one (aiohttp would
             # say application/octet-stream); asked per request, because
             # aiohttp's path for skipped headers costs every request otherwise

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _MISSING = object()
+_BOTH_PATHS = frozenset({"sync", "async"})
 
 
 def new_run_id() -> str:
@@ -140,6 +141,7 @@ class RunServices(Services):
             self.path = (*services.path, (ctx.node_id, ctx.index))
             self.run_id = self._root.run_id
         self._warmed = False
+        self._warm_paths: dict[type[Any], frozenset[str]] = {}
         # Per-run resources by key; only the root's are used (children ask the root).
         self._resources: dict[str, Any] = {}
         self._closers: list[tuple[Callable[[Any], None], Any]] = []
@@ -243,17 +245,28 @@ class RunServices(Services):
         except asyncio.CancelledError:
             raise NodeError("interrupted", retryable=False) from None
 
-    def warm_up(self, node_classes: Iterable[type[PlaitNode]]) -> None:
+    def warm_up(
+        self, node_classes: Iterable[type[PlaitNode]], paths: Mapping[type[Any], set[str]] | None = None
+    ) -> None:
         """Let node types prepare slow shared resources in the background (the
-        http node imports httpx and builds its SSL context) while the first
-        nodes run."""
+        http node imports aiohttp or httpx) while the run is set up and the
+        first nodes run. ``paths``: which of ``exec`` ("sync") and
+        ``exec_async`` ("async") each type's nodes will use (see
+        :meth:`warm_paths`)."""
         root = self._root
         if root._warmed:
             return
         root._warmed = True
+        if paths is not None:
+            root._warm_paths = {cls: frozenset(p) for cls, p in paths.items()}
         for cls in node_classes:
             if cls.warm_up is not PlaitNode.warm_up:
                 threading.Thread(target=cls.warm_up, args=(root,), name="plait-warm-up", daemon=True).start()
+
+    def warm_paths(self, cls: type[PlaitNode]) -> frozenset[str]:
+        """For a node type's ``warm_up``: "sync" when some node of the type will
+        run ``exec``, "async" when some will run ``exec_async`` (both when not known)."""
+        return self._root._warm_paths.get(cls, _BOTH_PATHS)
 
     def close(self) -> None:
         """Close the run's resources, newest first; one that fails does not stop the others.

@@ -123,16 +123,40 @@ def check_executor_name(name: str) -> str | None:
     return f"unknown executor '{name}'" + (f"; {hint}" if hint else f" (known: {', '.join(names)})")
 
 
+def choose(name: str | None, *, parallel: bool, slots: int, async_capable: bool) -> tuple[str, int]:
+    """The executor ``auto`` (or None) stands for, and the slots it gets."""
+    if not parallel or slots < 1:
+        slots = 1
+    if name in (None, AUTO):
+        name = ("async" if async_capable else "threads") if slots > 1 else "sequential"
+    return name, slots
+
+
+def exec_paths(workflow: CompiledWorkflow, run_choice: str | None) -> dict[type[Any], set[str]]:
+    """For each node type of ``workflow``: whether its nodes will run ``exec``
+    (``"sync"``), ``exec_async`` (``"async"``) or both, by the choice
+    :func:`make_executor` will make (the batch's own executor, then the run's,
+    then the workflow's). Node types warm up only the path they will use."""
+    paths: dict[type[Any], set[str]] = {}
+    default = run_choice if run_choice not in (None, AUTO) else workflow.workflow.executor
+    for cn in workflow.nodes.values():
+        cls = cn.cls
+        path = "sync"
+        if cn.batch is not None and cls.has_async_exec():
+            name = cn.executor if cn.executor != AUTO else default
+            if choose(name, parallel=cn.batch.parallel, slots=cn.batch.max_concurrent, async_capable=True)[0] == "async":
+                path = "async"
+        paths.setdefault(cls, set()).add(path)
+    return paths
+
+
 def make_executor(
     name: str | None, *, parallel: bool, slots: int, job_name: str = "plait", async_capable: bool = False
 ) -> Executor:
     """The executor called ``name``. ``auto`` (or None): for a parallel batch,
     ``async`` when the node type has ``exec_async`` and ``threads`` otherwise;
     ``sequential`` for the rest."""
-    if not parallel or slots < 1:
-        slots = 1
-    if name in (None, AUTO):
-        name = ("async" if async_capable else "threads") if slots > 1 else "sequential"
+    name, slots = choose(name, parallel=parallel, slots=slots, async_capable=async_capable)
     factory = BUILTIN.get(name)
     if factory is None:
         ep = _plugins().get(name)
@@ -156,6 +180,8 @@ __all__ = [
     "Job",
     "Outcome",
     "check_executor_name",
+    "choose",
+    "exec_paths",
     "executor_names",
     "make_executor",
 ]
