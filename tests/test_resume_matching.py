@@ -11,7 +11,9 @@ jump after a deletion, or to stay after a move).
 from __future__ import annotations
 
 import json
+import math
 import random
+import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -221,3 +223,18 @@ def test_an_unchanged_input_never_builds_the_key_index(tmp_path: Path) -> None:
     reuse.close()
     assert sum(1 for f in found if f is not None) == 3000 and found[-1] is None
     assert temp == 0
+
+
+def test_outputs_stored_in_any_json_form_are_read_back_as_they_were(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    run = recorded(path, [(i, key(i), "success", None) for i in range(4)])
+    texts = [' {"a": 1} ', '{"b":NaN}', '{"c": [1, 2]}\n', "not json"]
+    conn = sqlite3.connect(path)
+    for i, text in enumerate(texts):
+        conn.execute("UPDATE items SET outputs = ? WHERE run = ? AND node_id = 'n' AND idx = ? AND status = 'success'",
+                     (text, run["id"], i))
+    conn.commit()
+    conn.close()
+    got = by_plait(path, run, [key(i) for i in range(4)], False)
+    assert got[0] == {"a": 1} and math.isnan(got[1]["b"]) and got[2] == {"c": [1, 2]}
+    assert got[3] is None  # unreadable: the item runs again

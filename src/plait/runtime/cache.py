@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,7 @@ class ItemCache:
         self._conn.execute("PRAGMA cache_size = -16384")
         self._conn.execute("PRAGMA mmap_size = 134217728")
         self._conn.executescript(_SCHEMA)
-        self._scan = json.JSONDecoder().scan_once  # json.loads without its Python layers
+        self._scan = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # json.loads without its Python layers
         self._lock = threading.Lock()
         self._hits: dict[str, tuple[int, float]] = {}  # key -> (hits not yet written, last hit)
 

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,7 @@ class NodeReuse:
         self.node_id = node_id
         self.reused = 0
         self._run_id = source.run_id
-        self._scan = json.JSONDecoder().scan_once  # what json.loads runs, without its wrappers
+        self._scan = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # what json.loads runs, without its wrappers
         self._conn = sqlite3.connect(str(source._db), timeout=30.0, check_same_thread=False)
         self._where = (source._run, node_id)
         self._cursor: sqlite3.Cursor | None = self._conn.execute(
