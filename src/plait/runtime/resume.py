@@ -359,25 +359,40 @@ class NodeReuse:
         self._far += 1
         if pos - _pos(front) > _LOOKAHEAD and self._far < _JUMP_AFTER:
             return False
-        # After _JUMP_AFTER items in a row found ahead, the input left this
-        # stretch of rows for good: follow it, however far.
-        bounded = self._far < _JUMP_AFTER
-        j = self._at
-        while True:
-            if j >= len(self._rows):
-                start = self._at
-                if not self._fill():
+        if self._far < _JUMP_AFTER:
+            # Near: the row must be among the next _LOOKAHEAD ones, or the front stays.
+            j = self._at
+            while True:
+                if j >= len(self._rows):
+                    start = self._at
+                    if not self._fill():
+                        return False
+                    j -= start - self._at
+                if self._rows[j][_RID] == rid:
+                    break
+                if j - self._at >= _LOOKAHEAD:
                     return False
-                j -= start - self._at
-            if self._rows[j][_RID] == rid:
-                break
-            if bounded and j - self._at >= _LOOKAHEAD:
-                return False
-            j += 1
-        for row in self._rows[self._at : j]:
-            if not (self._ahead and self._taken_ahead(row[_RID])):
-                self._leave(row)
-        self._at = j + 1
+                j += 1
+            for row in self._rows[self._at : j]:
+                if not (self._ahead and self._taken_ahead(row[_RID])):
+                    self._leave(row)
+            self._at = j
+        else:
+            # After _JUMP_AFTER items in a row found far ahead, the input left this
+            # stretch of rows for good: the front follows, however far, leaving the
+            # rows as it passes them (the buffer stays one chunk).
+            while True:
+                if self._at >= len(self._rows) and not self._fill():
+                    self._front = None
+                    self._far = 0
+                    return False
+                row = self._rows[self._at]
+                if row[_RID] == rid:
+                    break
+                if not (self._ahead and self._taken_ahead(row[_RID])):
+                    self._leave(row)
+                self._at += 1
+        self._at += 1
         self._far = 0
         self._next_front()
         return True
