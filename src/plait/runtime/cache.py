@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
+from json.scanner import make_scanner
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +85,14 @@ class ItemCache:
         self._conn = sqlite3.connect(str(home / DB_NAME), timeout=10.0, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
+        # Keys are hashes, so a batch of hits reads pages all over the key index:
+        # kept in SQLite's cache (and mapped, not read) they are read once, not per item.
+        self._conn.execute("PRAGMA cache_size = -16384")
+        self._conn.execute("PRAGMA mmap_size = 134217728")
         self._conn.executescript(_SCHEMA)
+        self._scan = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # json.loads without its Python layers
         self._lock = threading.Lock()
-        self._hits: dict[str, tuple[int, float]] = {}  # key -> (hits not yet written, last hit)
+        self._hits: dict[tuple[int, str], tuple[int, float]] = {}  # (rowid, key) -> (hits not yet written, last hit)
 
     def close(self) -> None:
         with self._lock:
@@ -106,9 +112,10 @@ class ItemCache:
         hits, self._hits = self._hits, {}
         try:
             self._conn.execute("BEGIN")
+            # by rowid: one B-tree look-up a hit, not two (the key index, then the row)
             self._conn.executemany(
-                "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE key = ?",
-                [(n, last, key) for key, (n, last) in hits.items()],
+                "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE rowid = ? AND key = ?",
+                [(n, last, rowid, key) for (rowid, key), (n, last) in hits.items()],
             )
             self._conn.execute("COMMIT")
         except sqlite3.Error:
@@ -120,15 +127,16 @@ class ItemCache:
         now = time.time()
         with self._lock:
             row = self._conn.execute(
-                "SELECT outputs, outputs_ref, usage, expires FROM entries WHERE key = ?", (key,)
+                "SELECT outputs, outputs_ref, usage, expires, rowid FROM entries WHERE key = ?", (key,)
             ).fetchone()
             if row is None:
                 return None
             if row[3] is not None and row[3] < now:
                 self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
                 return None
-            seen = self._hits.get(key)
-            self._hits[key] = (seen[0] + 1 if seen else 1, now)
+            at = (row[4], key)
+            seen = self._hits.get(at)
+            self._hits[at] = (seen[0] + 1 if seen else 1, now)
             if len(self._hits) >= HIT_BATCH:
                 self._write_hits()
         text = row[0]
@@ -137,11 +145,18 @@ class ItemCache:
                 text = blobs.load(self.home / "cache-blobs", row[1])
             except OSError:
                 return None
-        try:
-            outputs = json.loads(text) if text is not None else None
-        except ValueError:
+        if text is None:
             return None
-        if not isinstance(outputs, dict):
+        try:
+            outputs, end = self._scan(text, 0)  # put() wrote it compact: nothing around it
+            if end != len(text):
+                raise ValueError(text)
+        except (StopIteration, ValueError):
+            try:
+                outputs = json.loads(text)
+            except ValueError:
+                return None
+        if type(outputs) is not dict:
             return None
         return outputs, json.loads(row[2]) if row[2] else {}
 

@@ -131,24 +131,3 @@ def cache_key(node_type: str, cache_version: str, params: dict[str, Any]) -> str
     except NotCanonical:
         return None
 
-
-class Occurrences:
-    """Occurrence numbers of keys in input order: 0 for a key's first item, 1 for its next...
-
-    Keys are kept as 64-bit integers (a set for the ones seen once, a dict for
-    the few seen more often), about 60 bytes a key, so a million items stay
-    well under the memory a batch of them takes anyway.
-    """
-
-    def __init__(self) -> None:
-        self._once: set[int] = set()
-        self._more: dict[int, int] = {}
-
-    def next(self, key: str) -> int:
-        k = int(key[:16], 16)
-        if k not in self._once:
-            self._once.add(k)
-            return 0
-        n = self._more.get(k, 1)
-        self._more[k] = n + 1
-        return n

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from plait.runtime.events import (
 )
 from plait.runtime.jsontext import compact
 from plait.runtime.records.schema import connect, records_dir
-from plait.runtime.redact import Redactor
+from plait.runtime.redact import Redactor, is_secret_name
 
 if TYPE_CHECKING:
     import sqlite3
@@ -56,6 +57,7 @@ FINAL_TRIES = 3
 PREVIEW_CHARS = 160
 # outputs longer than this (as JSON text) are kept as a file in blobs/, named by their hash
 BLOB_CHARS = 64 * 1024
+_NAMES_KEPT = 4096  # output names whose secrecy is remembered (a node's outputs have a few)
 _RECORDED = (
     RunStarted,
     RunFinished,
@@ -108,6 +110,7 @@ class RunRecorder:
         self._tokens: dict[tuple[str, int | None], list[Any]] = {}
         self._items_ok = 0
         self._items_failed = 0
+        self._clean_names: dict[Any, bool] = {}
         # prepared, not yet committed (rows without their run column)
         self._begun: RunStarted | None = None
         self._ok_rows: list[tuple[Any, ...]] = []
@@ -238,7 +241,9 @@ class RunRecorder:
             run = self._run
             if run is not None:
                 if self._ok_rows:
-                    conn.executemany(_INSERT_OK_ITEM, [(run, *r) for r in self._ok_rows])
+                    # in the order they came, each stretch of rows of one form at once
+                    for size, stretch in groupby(self._ok_rows, len):
+                        conn.executemany(_INSERT_OK_BY_SIZE[size], [(run, *r) for r in stretch])
                 if self._rows:
                     conn.executemany(_INSERT_ITEM, [(run, *r) for r in self._rows])
                 written = [node for node in self._nodes.values() if node.dirty]
@@ -351,9 +356,22 @@ class RunRecorder:
             item = ev.item
             shown = str(item) if type(item) is int else self._preview(item)
         text, ref, masked = self._outputs(ev.outputs) if top else (None, None, None)
+        started = ev.at - ev.duration_ms / 1000.0
+        # sqlite3 binds a None only after failing to find an adapter for it (an
+        # AttributeError made and dropped, a microsecond each): most rows are
+        # written by a statement that names only the columns they fill.
+        if (
+            ref is None and masked is None and ev.action == "default" and not ev.cached and shown is not None
+            and text is not None and ev.key is not None and idx is not None
+        ):
+            if ev.reused is None:
+                rows.append((key, idx, ev.attempt, ev.slot, started, ev.at, shown, ev.key, text))
+            else:
+                rows.append((key, idx, ev.attempt, ev.slot, started, ev.at, shown, ev.key, text, ev.reused))
+            return
         rows.append(
             (
-                key, idx, ev.attempt, ev.slot, ev.at - ev.duration_ms / 1000.0, ev.at, shown,
+                key, idx, ev.attempt, ev.slot, started, ev.at, shown,
                 ev.key, text, ref, masked, ev.action if ev.action != "default" else None, ev.reused,
                 1 if ev.cached else None,
             )
@@ -364,6 +382,14 @@ class RunRecorder:
         one, and whether secret-named values were masked: such an item re-runs on resume)."""
         if outputs is None:
             return None, None, None
+        if type(outputs) is dict and self._flat_and_clean(outputs):
+            try:
+                text = compact(outputs)
+            except (TypeError, ValueError):
+                pass
+            else:
+                if len(text) <= BLOB_CHARS:
+                    return text, None, None
         shown, masked = self.redactor.masked(outputs)
         try:
             text = compact(shown)
@@ -373,6 +399,28 @@ class RunRecorder:
         if len(text) > BLOB_CHARS:
             return None, blobs.store(self._blobs, text), 1 if masked else None
         return text, None, 1 if masked else None
+
+    def _flat_and_clean(self, outputs: dict[Any, Any]) -> bool:
+        """True when ``redactor.masked`` would keep these outputs as they are, found
+        the short way for most items' outputs: names that are not secret (each name
+        asked once), values that are numbers, or text with nothing to mask."""
+        names = self._clean_names
+        text = self.redactor.text
+        for name, value in outputs.items():
+            clean = names.get(name)
+            if clean is None:
+                clean = type(name) is str and not is_secret_name(name)
+                if len(names) < _NAMES_KEPT:
+                    names[name] = clean
+            if not clean:
+                return False
+            kind = type(value)
+            if kind is str:
+                if value and text(value) != value:
+                    return False
+            elif not (kind is int or kind is float or kind is bool or value is None):
+                return False  # nested, or not JSON data: the long way
+        return True
 
     def _final(
         self,
@@ -644,6 +692,16 @@ _INSERT_OK_ITEM = (
     " outputs_ref, outputs_masked, action, reused_from, cached)"
     " VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_PLAIN_ITEM = (
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview, key, outputs)"
+    " VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?, ?, ?)"
+)
+_INSERT_REUSED_ITEM = (
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview, key, outputs,"
+    " reused_from) VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?, ?, ?, ?)"
+)
+#: the statement for a successful row by its length (without its run)
+_INSERT_OK_BY_SIZE = {9: _INSERT_PLAIN_ITEM, 10: _INSERT_REUSED_ITEM, 14: _INSERT_OK_ITEM}
 _INSERT_ITEM = (
     "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, error,"
     " input_tokens, output_tokens, preview, key, outputs, outputs_ref, outputs_masked, action,"
