@@ -109,7 +109,7 @@ class LlmCall:
 class ModelInfo:
     """A resolved model and what the node needs to know of it, worked out once."""
 
-    __slots__ = ("attachment_types", "can_stream", "chat", "id", "model", "openai", "provider", "schema")
+    __slots__ = ("attachment_types", "can_stream", "chat", "id", "limiter_key", "model", "openai", "provider", "schema")
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -120,6 +120,7 @@ class ModelInfo:
         self.can_stream = bool(getattr(model, "can_stream", False))
         self.schema = bool(getattr(model, "supports_schema", False))
         self.attachment_types = frozenset(getattr(model, "attachment_types", None) or ())
+        self.limiter_key = f"llm:{self.provider}/{self.id}"  # the default limiter of its calls
 
 
 class LlmNode(PlaitNode):
@@ -250,21 +251,21 @@ class LlmNode(PlaitNode):
 
     def demand(self, prep_res: LlmCall) -> Demand | None:
         call = prep_res
-        try:
-            info = self._model(call)
-        except NodeError:
-            return None  # exec reports it
-        images = _IMAGE_TOKENS * len(call.images)
-        estimate = estimate_prompt_tokens(call.prompt, call.system) + images
-        cap = call.max_output_tokens
+        info = self._models.get(call.model_key)
+        if info is None:
+            try:
+                info = self._model(call)
+            except NodeError:
+                return None  # exec reports it
+        prompt, system = call.prompt, call.system
+        images = _IMAGE_TOKENS * len(call.images) if call.images else 0
+        estimate = estimate_prompt_tokens(prompt, system) + images
+        cap = call.max_output_tokens if call.options else None
+        # an image's real token count depends on its size: its estimate is no bound
+        bound = prompt_tokens_bound(prompt, system) + images * 2
         return Demand(
-            key=f"llm:{info.provider}/{info.id}",
-            tokens=estimate + (cap or 0),
-            model=info.id,
-            input_tokens=estimate,
-            max_output_tokens=cap,
-            # an image's real token count depends on its size: its estimate is no bound
-            input_tokens_bound=prompt_tokens_bound(call.prompt, call.system) + images * 2,
+            key=info.limiter_key, tokens=estimate + (cap or 0), model=info.id, input_tokens=estimate,
+            max_output_tokens=cap, input_tokens_bound=bound,
         )
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
@@ -281,17 +282,19 @@ class LlmNode(PlaitNode):
         if info.openai:
             llm_models.forget_headers()
         try:
-            response = info.model.prompt(
-                call.prompt,
-                system=call.system,
-                schema=call.schema,
-                # Stream when the model can, as the llm CLI does: the OpenAI plugin's
-                # streaming path tolerates servers that report no usage; its
-                # one-shot path crashes on them.
-                stream=info.can_stream,
-                options=call.options or None,
-                **extra,
-            )
+            # Stream when the model can, as the llm CLI does: the OpenAI plugin's
+            # streaming path tolerates servers that report no usage; its
+            # one-shot path crashes on them.
+            if extra:
+                response = info.model.prompt(
+                    call.prompt, system=call.system, schema=call.schema, stream=info.can_stream,
+                    options=call.options or None, **extra,
+                )
+            else:
+                response = info.model.prompt(
+                    call.prompt, system=call.system, schema=call.schema, stream=info.can_stream,
+                    options=call.options or None,
+                )
             text = response.text()
             usage = response.usage()
         except Exception as exc:

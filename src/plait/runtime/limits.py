@@ -481,6 +481,10 @@ class Limiter:
         self._tokens = _Bucket(self.tpm / 60.0, self.burst, now, 1.0) if self.tpm is not None else None
         self._queue: deque[_Waiter] = deque()
         self._next_seq = 0
+        # No caps, and nothing learned yet (no throttle, no rate headers): every
+        # call may go at once, so acquire skips the buckets. Cleared for good by
+        # the first throttle or header that could hold a call back.
+        self._free = not self._requests and self._tokens is None and not self.concurrency
 
         # the adaptive window: None = no limit on calls in flight (until a throttle)
         self._window: float | None = float(self.concurrency) if self.concurrency else None
@@ -589,6 +593,13 @@ class Limiter:
             return None
         with self._lock:
             now = self._now()
+            if self._free and not self._queue:
+                self._in_flight += 1
+                self._tokens_in_flight += tokens
+                self.acquired += 1
+                seq = self._next_seq
+                self._next_seq = seq + 1
+                return Ticket(self, tokens, now, 0.0, seq)
             slots = self._slots
             if not self._queue and (slots is None or self._in_flight < slots) and self._ready_at(tokens, now) <= now:
                 return Ticket(self, tokens, now, 0.0, self._take(tokens, now))
@@ -726,10 +737,12 @@ class Limiter:
             if ticket.settled:
                 return
             ticket.settled = True
-            now = self._now()
             self._in_flight -= 1
             tokens = ticket.tokens
             self._tokens_in_flight -= tokens
+            if self._free and outcome != "throttled" and not h:
+                return  # no bucket to refund, no window to grow, nobody queued (see acquire)
+            now = self._now()
             token_bucket = self._tokens
             if token_bucket is not None and actual_tokens is not None:
                 token_bucket.refill(now)
@@ -750,6 +763,7 @@ class Limiter:
         _fire(wakes)
 
     def _throttled(self, ticket: Ticket, now: float, retry_after: float | None) -> None:
+        self._free = False
         self.throttles += 1
         self._throttles_in_a_row += 1
         if retry_after is None:
@@ -786,6 +800,7 @@ class Limiter:
         spread_until = -math.inf
         interval = 0.0
         token_rate: float | None = None
+        self._free = False  # a mirror, a pace or a pause may follow: the full path decides from here on
         for kind in ("requests", "tokens"):
             remaining = _header_int(h, f"x-ratelimit-remaining-{kind}")
             reset = parse_duration(h.get(f"x-ratelimit-reset-{kind}"))
@@ -855,6 +870,7 @@ class Limiter:
     # -- internals (called with the lock held) ----------------------------------
 
     def _set_window(self, window: float) -> None:
+        self._free = False
         self._window = window
         self._slots = max(1, int(window + _EPSILON))
 

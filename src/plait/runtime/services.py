@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from plait.nodes.base import Demand, ItemContext, NodeError, PlaitNode, Services, Usage
@@ -106,6 +105,21 @@ class Call:
         self.usage: list[Usage] = []
 
 
+class _CallPlan:
+    """What :meth:`RunServices.open_call` decides once per compiled node rather
+    than per call: its budget and its limiter (the named one, none, or the
+    default one per demand key)."""
+
+    __slots__ = ("budget", "by_key", "cn", "limiter", "rate")
+
+    def __init__(self, cn: CompiledNode, budget: Budget | None) -> None:
+        self.cn = cn  # held so that id(cn), the plan's key, is not reused while the plan lives
+        self.budget = budget
+        self.rate = cn.rate
+        self.limiter: Limiter | None = None  # the named limiter, once found
+        self.by_key: dict[str, Limiter] = {}  # default limiters by demand key
+
+
 class RunServices(Services):
     """Services for one run (``parent`` is None) or one sub-workflow run inside it."""
 
@@ -168,6 +182,9 @@ class RunServices(Services):
         self.prices: PriceTable | None = None  # this level's table (its workflow's prices over the user's)
         self._node_budgets: dict[int, Budget] = {}
         self._calls: dict[int, Call] = {}  # by id() of the ItemContext making the call
+        self._plans: dict[int, _CallPlan] = {}  # by id() of the CompiledNode, root only
+        # prices by model id, looked up once per run level (None: no known price)
+        self._price_of: dict[str, Any] = {}
         #: why the run stopped for its budget (the first refusal), root only
         self.budget_stop: str | None = None
         self._limits_lock = threading.Lock()
@@ -320,6 +337,7 @@ class RunServices(Services):
             self.prices = PriceTable.load(wf.prices)
         elif self.parent is not None:
             self.prices = self.parent[0].price_table()
+        self._price_of = {}  # looked up in the table above from here on
 
     def price_table(self) -> PriceTable:
         if self.prices is None:
@@ -343,14 +361,52 @@ class RunServices(Services):
                     root._node_budgets[id(cn)] = budget
         return budget
 
+    def _plan(self, cn: CompiledNode) -> _CallPlan:
+        root = self._root
+        plan = root._plans.get(id(cn))
+        if plan is None:
+            budget = self._budget_for(cn)
+            with root._limits_lock:
+                plan = root._plans.get(id(cn))
+                if plan is None:
+                    plan = root._plans[id(cn)] = _CallPlan(cn, budget)
+        return plan
+
+    def _limiter(self, plan: _CallPlan, key: str) -> Limiter | None:
+        rate = plan.rate
+        if rate is False:
+            return None
+        if isinstance(rate, str):
+            if plan.limiter is None:
+                plan.limiter = self._limiters().named(rate)  # KeyError, every call, when undeclared
+            return plan.limiter
+        limiter = plan.by_key.get(key)
+        if limiter is None:
+            limiter = plan.by_key[key] = self._limiters().get(key)
+        return limiter
+
+    def _limiters(self) -> LimiterSet:
+        root = self._root
+        limiters = root.limiters
+        if limiters is None:
+            from plait.runtime.limits import LimiterSet
+
+            with root._limits_lock:
+                if root.limiters is None:
+                    root.limiters = LimiterSet()
+            limiters = root.limiters
+            assert limiters is not None
+        return limiters
+
     def open_call(self, cn: CompiledNode, ctx: ItemContext, demand: Demand) -> Call:
         """Before a call: price its worst case for its budget and find its limiter.
         The caller then reserves (:meth:`reserve` / :meth:`reserve_async`) and
         acquires a limiter ticket, and always ends with :meth:`close_call`."""
-        root = self._root
+        plan = self._plan(cn)
         call = Call(demand)
-        budget = self._budget_for(cn)
+        budget = plan.budget
         if budget is not None:
+            root = self._root
             if root.budget_stop is not None:
                 raise BudgetRefused(root.budget_stop)
             table = self.price_table()
@@ -365,18 +421,7 @@ class RunServices(Services):
                 raise NodeError(f"cannot reserve this call in budget '{budget.name}': {why}", retryable=False)
             call.budget_of = budget
             call.worst = worst
-        rate = cn.rate
-        if rate is not False:
-            limiters = root.limiters
-            if limiters is None:
-                from plait.runtime.limits import LimiterSet
-
-                with root._limits_lock:
-                    if root.limiters is None:
-                        root.limiters = LimiterSet()
-                limiters = root.limiters
-            assert limiters is not None
-            call.limiter = limiters.named(rate) if isinstance(rate, str) else limiters.get(demand.key)
+        call.limiter = self._limiter(plan, demand.key)
         self._calls[id(ctx)] = call
         return call
 
@@ -428,9 +473,13 @@ class RunServices(Services):
         ticket = call.ticket
         cost: float | None = None
         tokens: int | None = None
-        if call.usage:
-            tokens = sum(u.input_tokens + u.output_tokens for u in call.usage)
-            costs = [u.cost_usd for u in call.usage]
+        usage = call.usage
+        if len(usage) == 1:  # the usual case, without the sums
+            tokens = usage[0].input_tokens + usage[0].output_tokens
+            cost = usage[0].cost_usd
+        elif usage:
+            tokens = sum(u.input_tokens + u.output_tokens for u in usage)
+            costs = [u.cost_usd for u in usage]
             cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
         if ticket is not None and call.limiter is not None:
             if not started:
@@ -471,10 +520,18 @@ class RunServices(Services):
 
     def record_usage(self, ctx: ItemContext, usage: Usage) -> Usage:
         if usage.cost_usd is None and usage.model:
-            cost = self.price_table().cost_usd(usage.model, usage.input_tokens, usage.output_tokens,
-                                               usage.cached_tokens)
-            if cost is not None:
-                usage = replace(usage, cost_usd=cost)
+            model = usage.model
+            price = self._price_of.get(model, _MISSING)
+            if price is _MISSING:
+                price = self._price_of[model] = self.price_table().resolve(model)
+            if price is not None:
+                # Usage is a frozen dataclass, whose __init__ sets every field through
+                # object.__setattr__; a copy of its fields is the same value for less.
+                priced = object.__new__(Usage)
+                fields = priced.__dict__
+                fields.update(usage.__dict__)
+                fields["cost_usd"] = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+                usage = priced
         call = self._calls.get(id(ctx))
         if call is not None:
             call.usage.append(usage)
@@ -494,12 +551,12 @@ class RunServices(Services):
                     cost_usd=usage.cost_usd,
                 )
             )
-        services: RunServices | None = self
-        while services is not None:
+        self.ledger.add(ctx.node_id, usage)
+        parent = self.parent
+        while parent is not None:
+            services, ctx = parent
             services.ledger.add(ctx.node_id, usage)
-            if services.parent is None:
-                break
-            services, ctx = services.parent
+            parent = services.parent
         return usage
 
     # -- sub-workflows
