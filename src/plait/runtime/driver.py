@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
 from plait.runtime.executors import Executor, Job
-from plait.runtime.items import Attempt, BadItem, Outcome
+from plait.runtime.items import Attempt, BadItem, Outcome, resolve
+from plait.templates import TemplateError
 
 RETRY_CAP_S = 60.0
 RETRY_AFTER_CAP_S = 300.0
@@ -359,9 +360,6 @@ class BatchDriver:
 
     def _known(self, attempt: Attempt) -> bool:
         """Resolve the item here and ask ``check``; True when it was settled without running."""
-        from plait.runtime.items import resolve
-        from plait.templates import TemplateError
-
         assert self.check is not None
         try:
             attempt.params, attempt.key = resolve(self.job.node, self.job.base, attempt)

@@ -49,8 +49,9 @@ if TYPE_CHECKING:
 FLUSH_S = 0.2  # the commit window: a kill loses at most this much of the record
 # Events waiting for the writer, at most. A run that outpaces the writer (a
 # million trivial items) then writes a flush itself instead of growing memory
-# without bound: the record costs that run time, never memory.
-MAX_BACKLOG = 50_000
+# without bound: the record costs that run time, never memory. About one commit
+# window of the fastest runs (an event with its outputs is ~0.5 KB: 5 MB at most).
+MAX_BACKLOG = 10_000
 # Rows (or events) kept in memory at most while the database cannot be written.
 MAX_PENDING = 500_000
 FINAL_TRIES = 3
