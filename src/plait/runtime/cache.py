@@ -24,13 +24,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from json.scanner import make_scanner
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from plait.ir.values import parse_duration
 from plait.runtime import blobs
 from plait.runtime.items import Attempt, Outcome
+from plait.runtime.jsontext import loads_stored
 from plait.runtime.keys import cache_key
 
 if TYPE_CHECKING:
@@ -90,7 +90,6 @@ class ItemCache:
         self._conn.execute("PRAGMA cache_size = -16384")
         self._conn.execute("PRAGMA mmap_size = 134217728")
         self._conn.executescript(_SCHEMA)
-        self._scan = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # json.loads without its Python layers
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str], tuple[int, float]] = {}  # (rowid, key) -> (hits not yet written, last hit)
 
@@ -148,14 +147,9 @@ class ItemCache:
         if text is None:
             return None
         try:
-            outputs, end = self._scan(text, 0)  # put() wrote it compact: nothing around it
-            if end != len(text):
-                raise ValueError(text)
-        except (StopIteration, ValueError):
-            try:
-                outputs = json.loads(text)
-            except ValueError:
-                return None
+            outputs = loads_stored(text)  # put() wrote it compact
+        except ValueError:
+            return None
         if type(outputs) is not dict:
             return None
         return outputs, json.loads(row[2]) if row[2] else {}

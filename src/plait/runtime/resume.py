@@ -14,17 +14,16 @@ a mismatch costs an indexed look-up.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from json.scanner import make_scanner
 from pathlib import Path
 from typing import Any
 
 from plait.runtime import blobs
 from plait.runtime.items import Outcome
+from plait.runtime.jsontext import loads_stored
 
 _FINAL = ("success", "failed")
 _COLUMNS = "rowid, idx, key, status, attempt, error, outputs, outputs_ref, outputs_masked, action"
@@ -187,7 +186,6 @@ class NodeReuse:
         self.node_id = node_id
         self.reused = 0
         self._run_id = source.run_id
-        self._scan = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # what json.loads runs, without its wrappers
         self._conn = sqlite3.connect(str(source._db), timeout=30.0, check_same_thread=False)
         self._where = (source._run, node_id)
         self._cursor: sqlite3.Cursor | None = self._conn.execute(
@@ -431,19 +429,10 @@ class NodeReuse:
             except OSError:
                 return None  # the blob is gone: run the item again
         if text is not None:
-            # The writer stores compact JSON: the decoder's C scanner reads it whole
-            # without json.loads' Python layers (a third of the check); anything
-            # else (spaces around it, an old row) goes the long way.
             try:
-                outputs, end = self._scan(text, 0)
-                if end != len(text):
-                    raise ValueError(text)
-            except (StopIteration, ValueError):
-                try:
-                    outputs = json.loads(text)
-                except ValueError:
-                    return None
-            out.outputs = outputs
+                out.outputs = loads_stored(text)  # the writer stores compact JSON
+            except ValueError:
+                return None
         if row[_ACTION]:
             out.action = row[_ACTION]
         if row[_STATUS] == "success":
