@@ -650,3 +650,34 @@ def test_child_inputs_are_converted_to_their_declared_types_or_refused(workflow,
     r = plait("run", parent("abc"), "-q")
     assert r.code == 1, r
     assert "input 'n' is declared as integer, but got 'abc'" in r.stderr
+
+
+def test_a_sub_workflows_own_budget_is_reported_as_not_applied(tmp_path, plait):
+    child = write(
+        tmp_path / "child.json",
+        {
+            "budget": {"usd": 0.5},
+            "outputs": {"said": {"source": "${say.text}"}},
+            "nodes": [{"id": "say", "type": "echo", "params": {"text": "hi ${who}"}}],
+            "inputs": {"who": {"type": "string"}},
+        },
+    )
+    parent = write(
+        tmp_path / "parent.json",
+        {
+            "nodes": [
+                {
+                    "id": "sub",
+                    "type": "workflow",
+                    "params": {"workflow": child, "inputs": {"who": "${item}"}},
+                    "batch": {"items": ["a", "b", "c"]},
+                }
+            ]
+        },
+    )
+    r = plait("run", parent, "-q", "-o", "json")
+    assert r.code == 0, r
+    # said once for the run, not once per item, and the run is not stopped by it
+    assert r.stderr.count("declares budget.usd=0.5, which is not applied") == 1, r.stderr
+    assert "set the budget on the top-level workflow" in r.stderr
+    assert [x["said"] for x in r.json["outputs"]["results"]] == ["hi a", "hi b", "hi c"]

@@ -155,6 +155,7 @@ class RunServices(Services):
             self.path = (*services.path, (ctx.node_id, ctx.index))
             self.run_id = self._root.run_id
         self._warmed = False
+        self._budget_warned: set[str] = set()  # sub-workflows told their budget is not applied
         self._warm_paths: dict[type[Any], frozenset[str]] = {}
         # Per-run resources by key; only the root's are used (children ask the root).
         self._resources: dict[str, Any] = {}
@@ -331,6 +332,8 @@ class RunServices(Services):
                     )
 
                 root.budget = Budget(wf.budget_usd, name="run")
+            elif self is not root and wf.budget_usd is not None:
+                self._child_budget_ignored(compiled)
         if wf.prices is not None:
             from plait.runtime.prices import PriceTable
 
@@ -338,6 +341,25 @@ class RunServices(Services):
         elif self.parent is not None:
             self.prices = self.parent[0].price_table()
         self._price_of = {}  # looked up in the table above from here on
+
+    def _child_budget_ignored(self, compiled: CompiledWorkflow) -> None:
+        """A sub-workflow's own budget is not enforced (the run has one ledger, the
+        top level's): said once per run and workflow, not silently dropped."""
+        root = self._root
+        name = compiled.file or "an inline workflow"
+        if name in root._budget_warned:
+            return
+        root._budget_warned.add(name)
+        from plait.runtime.events import RunWarning
+
+        root.bus.emit(
+            RunWarning(
+                None,
+                f"the sub-workflow {name} declares budget.usd={compiled.workflow.budget_usd:g}, which is not "
+                "applied when it runs inside another workflow: set the budget on the top-level workflow "
+                "(it counts every call, the sub-workflows' too)",
+            )
+        )
 
     def price_table(self) -> PriceTable:
         if self.prices is None:
