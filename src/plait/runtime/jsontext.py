@@ -52,24 +52,6 @@ def _build(*, sort_keys: bool, allow_nan: bool) -> Callable[[Any], str]:
 compact = _build(sort_keys=False, allow_nan=True)
 
 
-def _build_unchecked() -> Callable[[Any], str]:
-    make = getattr(_enc, "c_make_encoder", None)
-    quote = getattr(_enc, "c_encode_basestring", None)
-    if make is None or quote is None:
-        return compact
-    # No markers dict: half the cost of ``compact`` for a small value; a cycle then
-    # ends in RecursionError instead of ValueError.
-    encoder = make(None, _not_json, quote, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(encoder(value, 0))
-
-    encode({"a": [1, 2.5, None, True]})
-    return encode
-
-
-#: ``compact``'s text without its check for cycles (the caller catches RecursionError)
-compact_unchecked = _build_unchecked()
 #: one text per value: sorted keys, compact, NaN refused
 canonical = _build(sort_keys=True, allow_nan=False)
 

@@ -19,14 +19,14 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-from plait.runtime.jsontext import compact_unchecked
+from plait.runtime.jsontext import compact
 
 _MISSING = -1
 _NO_ERROR = object()  # put_item's error when the item succeeded
 #: results decoded per ``json.loads`` call when iterating (one call per result costs more)
 _CHUNK = 256
 _loads = json.loads
-_encode = compact_unchecked
+_encode = compact  # no cycle check on its fast path: a cycle comes back as ValueError
 #: text kept uncompressed until a block holds this much
 BLOCK = 1 << 16
 _CACHED_BLOCKS = 4  # decompressed blocks kept for reads (in order, or nearly: a parallel batch's)
@@ -92,10 +92,6 @@ class ResultList(Sequence[Any]):
 
     # -- writing
 
-    def put(self, index: int, result: Any) -> None:
-        """The result of item ``index``, whole (a result given twice keeps the last)."""
-        self._store(index, result, 0)
-
     def put_item(
         self, index: int, item: Any, attempts: int, outputs: dict[str, Any] | None, error: Any = _NO_ERROR
     ) -> None:
@@ -126,7 +122,7 @@ class ResultList(Sequence[Any]):
         new = starts[index] == _MISSING and index not in self._objects
         try:
             data = _encode(result).encode("utf-8", "surrogatepass")
-        except (TypeError, ValueError, RecursionError):  # not JSON (or circular): the object itself, whole
+        except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
             if attempts:
                 result = {"index": index, "item": result.pop("item"), "attempts": attempts, **result}
             self._objects[index] = result
