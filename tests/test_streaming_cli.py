@@ -475,3 +475,62 @@ def test_a_batch_reading_standard_input_resumes_from_the_same_items_piped_again(
     assert [x["value"] for x in final] == [{"n": i} for i in range(9)] and "error" not in final[5]
     starts = (tmp_path / "h.log").read_text().splitlines()
     assert [s for s in starts if s.startswith("start")][6:] == [f"start {i}" for i in range(5, 9)]
+
+
+def test_a_resume_reads_the_items_file_the_run_read(plait, workflow, tmp_path):
+    # an item that fails until a flag file is gone: the first run fails at item 3
+    flag = tmp_path / "fail-3"
+    flag.write_text("")
+    node = {
+        "id": "b",
+        "type": "shell",
+        "params": {"command": f"test ${{item}} != 3 -o ! -e {flag} && echo ${{item}}"},
+        "batch": {"items": {"from": "-", "format": "jsonl"}},
+    }
+    outputs = {"n": {"source": "${b.success_count}"}, "reused": {"source": "${b.batch_metadata.reused}"}}
+    wf = workflow({"nodes": [node], "outputs": outputs}, "items.json")
+    (tmp_path / "given.jsonl").write_text("".join(f"{i}\n" for i in range(1, 6)))
+    r = plait("run", wf, "--items", "given.jsonl", "-o", "json", "-q")
+    assert r.code == 1 and r.json["resume"] == f"plait resume {r.json['run_id']}"
+    first = r.json["run_id"]
+
+    # the printed command alone is enough: the record keeps the file, and the resume reads it
+    flag.unlink()
+    r = plait("resume", first, "-o", "json", input="")
+    assert r.code == 0, r
+    assert r.json["outputs"]["n"] == 5
+    assert r.json["outputs"]["reused"] == 2
+    assert f"(items from {tmp_path / 'given.jsonl'})" in r.stderr
+
+    # a file that has gone since: said so, with how to give it again, and nothing runs
+    flag.write_text("")
+    r = plait("run", wf, "--items", "given.jsonl", "-o", "json", "-q")
+    failed = r.json["run_id"]
+    (tmp_path / "given.jsonl").rename(tmp_path / "moved.jsonl")
+    r = plait("resume", failed)
+    assert r.code == 2
+    assert f"run {failed} read its items from {tmp_path / 'given.jsonl'} (--items), which is not there any more" in r.stderr
+    assert f"plait resume {failed} --items FILE" in r.stderr
+    flag.unlink()
+    r = plait("resume", failed, "--items", "moved.jsonl", "-o", "json", "-q")
+    assert r.code == 0 and r.json["outputs"]["n"] == 5
+
+    # items piped in: the resume hint says to pipe them again, and a terminal is refused
+    flag.write_text("")
+    text = (tmp_path / "moved.jsonl").read_text()
+    r = plait("run", wf, input=text)
+    assert r.code == 1
+    piped = r.stderr.split("plait resume ")[1].split()[0]
+    assert f"resume:  plait resume {piped} (pipe the same items into it)" in r.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = popen_cli("resume", piped, cwd=tmp_path, stdin=slave)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 2, err
+    assert f"run {piped} read its items from standard input, and this one has none piped in" in err
+    flag.unlink()
+    r = plait("resume", piped, "-o", "json", "-q", input=text)
+    assert r.code == 0 and r.json["outputs"]["n"] == 5

@@ -73,6 +73,9 @@ def run_command(
     given = parse_args(words, specs)
     # A batch reading {"from": "-"} takes standard input (or --items FILE);
     # validation has made sure no input is marked stdin: true beside it.
+    items_note = ""
+    if old_run is not None and items is None:
+        items, items_note = _resumed_items(old_run, compiled)
     services.stdin = items_stream(compiled, items, sys.stdin, workflow=workflow)
     if services.stdin is None:
         add_piped(given, specs, sys.stdin)
@@ -83,7 +86,7 @@ def run_command(
     if old_run is not None:
         plan = _start_resume(services, compiled, old_run, only_unfinished, rerun)
         if not quiet or output_format != "json":
-            sys.stderr.write(f"resuming run {old_run['run_id']}: {plan.line()}\n")
+            sys.stderr.write(f"resuming run {old_run['run_id']}: {plan.line()}{items_note}\n")
 
     from plait.runtime.redact import Redactor
 
@@ -124,7 +127,8 @@ def run_command(
     details = f"  details: plait show {run_id}\n" if recorded else ""
     resume_hint = f"plait resume {run_id}" if recorded else None
     if resume_hint is not None:
-        details += f"  resume:  {resume_hint}\n"
+        piped = services.stdin is not None and not isinstance(getattr(services.stdin, "path", None), str)
+        details += f"  resume:  {resume_hint}" + (" (pipe the same items into it)\n" if piped else "\n")
 
     if result is None:
         error_block(Interrupted("interrupted: stopped at once by a second Ctrl-C"))
@@ -256,6 +260,32 @@ def _run_to_resume(ref: str) -> dict[str, Any]:
             hint="wait for it to end, or stop it (Ctrl-C) and resume it then",
         )
     return run
+
+
+def _resumed_items(run: dict[str, Any], compiled: Any) -> tuple[str | None, str]:
+    """The items file a resume reads when no --items is given: the one the run read
+    (its record keeps the path), and a note for the plan line."""
+    from plait.cli.inputs import stdin_batch
+    from plait.errors import UsageError
+
+    was = run.get("items_from")
+    if was is None or stdin_batch(compiled) is None:
+        return None, ""
+    if was == "-":
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise UsageError(
+                f"run {run['run_id']} read its items from standard input, and this one has none piped in",
+                hint=f"pipe the same items in again (... | plait resume {run['run_id']}), or give them: --items FILE",
+            )
+        return None, ""
+    import os
+
+    if not os.path.isfile(was):
+        raise UsageError(
+            f"run {run['run_id']} read its items from {was} (--items), which is not there any more",
+            hint=f"give the items again: plait resume {run['run_id']} --items FILE",
+        )
+    return was, f" (items from {was})"
 
 
 def _resumed_inputs(run: dict[str, Any], given: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:

@@ -166,6 +166,7 @@ class Runner:
                     path=services.path,
                     fingerprints={nid: cn.fingerprint for nid, cn in cw.nodes.items()},
                     resumed_from=services.resumed_from,
+                    items_from=_items_from(services.stdin),
                 )
             )
         if services.parent is None:
@@ -298,6 +299,14 @@ class Runner:
         if cw.nodes[last].batch is None and cls.primary_output and cls.primary_output in outputs:
             return outputs, outputs[cls.primary_output]
         return outputs, outputs
+
+
+def _items_from(stdin: Any) -> str | None:
+    """What a run record keeps of the items standard input stands for (see RunStarted)."""
+    if stdin is None:
+        return None
+    path = getattr(stdin, "path", None)  # sources.ItemsFile: `--items FILE`
+    return path if isinstance(path, str) else "-"
 
 
 def _reachability(cw: CompiledWorkflow) -> Reachability:

@@ -101,6 +101,9 @@ class RunStarted(Event):
     path: tuple[Step, ...] = ()
     fingerprints: dict[str, str] = field(default_factory=dict)  # node id -> fingerprint
     resumed_from: str | None = None  # the run this one resumes
+    #: what the batch reading standard input reads: the path of `--items FILE`, "-" for
+    #: piped items, None when no batch reads it
+    items_from: str | None = None
 
 @dataclass(slots=True)
 class RunFinished(Event):

@@ -130,6 +130,11 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX IF EXISTS items_key;
     """,
+    # 7: where the batch reading standard input took its items: the absolute path
+    # of `--items FILE`, or "-" for piped items, so a resume reads the same file
+    """
+    ALTER TABLE runs ADD COLUMN items_from TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

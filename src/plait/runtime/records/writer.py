@@ -284,7 +284,8 @@ class RunRecorder:
         secret = sorted(k for k, v in shown_inputs.items() if v == "***" and ev.inputs.get(k) != "***")
         cur = self._conn.execute(
             "INSERT INTO runs (run_id, workflow, workflow_path, inputs, status, started, updated, pid,"
-            " cwd, plait_version, resumed_from, secret_inputs) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+            " cwd, plait_version, resumed_from, secret_inputs, items_from)"
+            " VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.run_id,
                 wf.file if wf is not None else None,
@@ -297,6 +298,7 @@ class RunRecorder:
                 __version__,
                 ev.resumed_from,
                 _dumps(secret) if secret else None,
+                ev.items_from,
             ),
         )
         assert cur.lastrowid is not None
