@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Result
-from plait.runtime.redact import Redactor, redact
+from plait.runtime.redact import Redactor, is_secret_name, redact
 
 Plait = Callable[..., Result]
 Workflow = Callable[..., str]
@@ -172,3 +172,18 @@ def test_a_secret_cut_by_a_preview_leaks_no_prefix() -> None:
 @pytest.mark.parametrize("name", ["X-Session-Token", "X-Custom-Auth", "sessionid", "set-cookie", "x-api-key"])
 def test_headers_named_like_secrets_are_masked(name: str) -> None:
     assert Redactor({}).value({name: "s3cr3t-value-123", "count": 3}) == {name: "***", "count": 3}
+
+
+def test_key_and_token_mask_as_words_of_a_name_not_as_parts_of_other_words() -> None:
+    from plait.runtime.redact import hashed_in_keys
+
+    secret = ["api_key", "apiKey", "APIKEY", "OPENAI_API_KEY", "x-api-key", "key", "access_token", "authToken",
+              "accesstoken", "privateKey", "secret_key"]
+    ordinary = ["keywords", "monkey", "hotkey", "keyboard", "sort_key", "sortKey", "item_key", "__item_key__",
+                "primary_key", "Idempotency-Key", "publicKey", "tokenizer"]
+    assert [n for n in secret if not is_secret_name(n)] == []
+    assert [n for n in ordinary if is_secret_name(n)] == []
+    masked = Redactor({}).value({n: f"value of {n}" for n in secret + ordinary})
+    assert {n for n, v in masked.items() if v == "***"} == set(secret)
+    # item and cache keys hash what they always hashed, so keys computed before still match
+    assert all(hashed_in_keys(n) for n in secret + ordinary)

@@ -23,7 +23,7 @@ from json.encoder import encode_basestring as encode_str
 from typing import Any
 
 from plait.runtime.jsontext import canonical as _canonical_text
-from plait.runtime.redact import is_secret_name
+from plait.runtime.redact import hashed_in_keys
 
 # batch fields that change where or how fast items run, not what they give
 _NOT_IN_FINGERPRINT = frozenset(("parallel", "max_concurrent", "executor"))
@@ -45,7 +45,7 @@ def canonical_param(name: str, value: Any) -> str:
     """The text of ``value`` as the value of the param ``name`` inside
     ``canonical(params)`` (where a secret-looking name hides it)."""
     kind = type(value)
-    if kind is str and not (value and is_secret_name(name)):
+    if kind is str and not (value and hashed_in_keys(name)):
         return encode_str(value)
     if value is None:
         return "null"
@@ -63,7 +63,7 @@ _PLAIN = frozenset((int, float, bool, type(None)))
 def _hide(value: Any, name: str | None = None) -> Any:
     kind = type(value)
     if kind is str:
-        if name is not None and value and is_secret_name(name):
+        if name is not None and value and hashed_in_keys(name):
             return {"sha256": hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()}
         return value
     if kind in _PLAIN:

@@ -23,7 +23,32 @@ from typing import Any
 
 MASK = "***"
 
-_SECRET_NAME = re.compile(
+# Names that hold secrets by what they say, wherever the word sits in the name.
+_SECRET_WORDS = re.compile(
+    r"secret|passw|passphrase|credential|authorization|cookie|signature|session"
+    r"|(?:^|[_\-.])auth(?:$|[_\-.])",
+    re.IGNORECASE,
+)
+# `key` and `token` are also parts of ordinary words (monkey, keywords,
+# tokenizer) and ordinary names (sort_key, item_key): they count as whole words
+# of the name (api_key, apiKey, x-api-key, key, access_token, authToken), or
+# run together with a word that makes them secret (apikey, accesstoken).
+_NAME_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_KEY_QUALIFIERS = ("api", "access", "secret", "private", "client", "master", "signing", "sign", "app", "auth",
+                   "license", "encryption", "ssh", "gpg", "pgp", "service", "account", "subscription", "session")
+#: words before `key` that make it a name for something that is not a secret
+_KEY_NOT_SECRET = frozenset(
+    ("item", "sort", "primary", "foreign", "cache", "partition", "row", "group", "lookup", "unique", "index",
+     "join", "dedup", "dedupe", "object", "map", "dict", "hash", "hot", "short", "music", "idempotency",
+     "composite", "natural", "surrogate", "public", "range", "shard", "bucket", "table", "column")
+)
+_KEY_WORD = re.compile(r"(?:" + "|".join(_KEY_QUALIFIERS) + r")?keys?$")
+_TOKEN_WORD = re.compile(r"[a-z]*tokens?$")
+# What the keys of items and cache entries hash instead of keeping (runtime/keys.py).
+# Broader than the rule above, and fixed: a key computed today must equal the key
+# of the same params computed by an earlier plait, and hashing a value that is no
+# secret costs nothing there.
+_HASHED_IN_KEYS = re.compile(
     r"token|key|secret|passw|passphrase|credential|authorization|cookie|signature|session"
     r"|(?:^|[_\-.])auth(?:$|[_\-.])",
     re.IGNORECASE,
@@ -56,7 +81,25 @@ _MIN_SECRET_LEN = 6
 
 @functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    if _SECRET_WORDS.search(name):
+        return True
+    lowered = name.lower()
+    if "key" not in lowered and "token" not in lowered:
+        return False
+    before = None
+    for word in _NAME_WORDS.findall(name):
+        word = word.lower()
+        if _TOKEN_WORD.match(word):
+            return True
+        if _KEY_WORD.match(word) and (len(word) > 4 or before not in _KEY_NOT_SECRET):
+            return True
+        before = word
+    return False
+
+
+def hashed_in_keys(name: str) -> bool:
+    """Whether an item or cache key hashes the value of a param named ``name``."""
+    return bool(_HASHED_IN_KEYS.search(name))
 
 
 class Redactor:
