@@ -637,7 +637,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_for(check: Callable[[], Any], seconds: float = 10) -> Any:
+def _wait_for(check: Callable[[], Any], seconds: float = 30) -> Any:
+    # generous: it returns as soon as the check holds, and a loaded machine is slow to start processes
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         got = check()
