@@ -132,8 +132,8 @@ class ResultList(Sequence[Any]):
         else:
             return False
         try:
-            head = _encode(item)
-        except (TypeError, ValueError):
+            head = int.__repr__(item) if type(item) is int else _encode(item)
+        except (TypeError, ValueError):  # not JSON, or an int past the digits Python prints
             return False
         data = ('{"item":' + head + tail).encode("utf-8", "surrogatepass")
         starts = self._start
