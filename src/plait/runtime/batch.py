@@ -357,7 +357,9 @@ class _Collected:
                 self.errors.append({"index": i, "item": item, "error": out.error, "attempts": out.attempt})
         if self.results is not None:
             if ok:
-                self.results.put_item(i, item, out.attempt, outputs)
+                record = out.record  # a reused item: its outputs' stored text, not encoded again
+                text = record[2] if record is not None and outputs is out.outputs else None
+                self.results.put_item(i, item, out.attempt, outputs, text=text)
             else:
                 self.results.put_item(i, item, out.attempt, outputs, out.error)
         else:

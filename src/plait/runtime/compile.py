@@ -29,6 +29,7 @@ from plait.runtime.keys import (
     item_key,
     node_fingerprint,
 )
+from plait.runtime.redact import is_secret_name
 from plait.templates import Base, Compiled, Local, TemplateError, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
@@ -78,12 +79,20 @@ class CompiledNode:
         try:
             for name, fixed in entries:
                 if fixed is None:
-                    pieces.append(f"{encode_str(name)}:{canonical_param(name, params[name])}")
+                    value = params[name]
+                    kind = type(value)
+                    if kind is int:  # what canonical_param gives for the usual values, without the call
+                        text = int.__repr__(value)
+                    elif kind is str and not (value and is_secret_name(name)):
+                        text = encode_str(value)
+                    else:
+                        text = canonical_param(name, value)
+                    pieces.append(f"{encode_str(name)}:{text}")
                 else:
                     pieces.append(fixed)
         except KeyError:  # not the params it resolves (a caller's own): the slow way
             return item_key(self.fingerprint, params)
-        except NotCanonical:
+        except (NotCanonical, ValueError):  # ValueError: an int past the digits Python prints
             return None
         return digest(head + ",".join(pieces) + "}")
 
@@ -98,7 +107,7 @@ class CompiledNode:
                 value = resolve(base, local)
             except TemplateError as exc:  # say which param, beside the node the error is filed under
                 raise TemplateError(f"param '{name}': {exc.message}", template=exc.template, hint=exc.hint) from None
-            params[name] = coerce(value, name)
+            params[name] = value if coerce is _passthrough else coerce(value, name)
         return params
 
 

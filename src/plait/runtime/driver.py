@@ -421,6 +421,7 @@ class BatchDriver:
                         self._loc, out.index, out.attempt, out.slot, out.duration * 1000.0,
                         item=out.item, outputs=out.outputs, key=out.key, action=out.action,
                         reused=out.reused, cached=out.cached, at=out.started + out.duration,
+                        record=out.record,
                     )
                 )
             self.finished += 1

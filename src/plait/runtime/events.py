@@ -90,7 +90,7 @@ class Event:
         return out
 
 
-_NOT_SHOWN = frozenset(("item", "outputs", "workflow"))
+_NOT_SHOWN = frozenset(("item", "outputs", "workflow", "record"))
 
 
 @dataclass(slots=True)
@@ -151,7 +151,9 @@ class ItemStarted(Event):
 @dataclass(slots=True)
 class ItemFinished(Event):
     """The item succeeded (its final outcome). ``reused`` names the run whose
-    recorded result it is (resume), ``cached`` says it came from the item cache."""
+    recorded result it is (resume), and ``record`` its recorded row there
+    (rowid, preview, outputs as stored JSON text); ``cached`` says it came
+    from the item cache."""
 
     loc: Location
     index: int | None
@@ -164,6 +166,7 @@ class ItemFinished(Event):
     action: str = "default"
     reused: str | None = None
     cached: bool = False
+    record: tuple[int, str | None, str] | None = None
 
 
 @dataclass(slots=True)

@@ -98,6 +98,7 @@ class Outcome:
         "key",
         "ok",
         "outputs",
+        "record",
         "retry_after",
         "retryable",
         "reused",
@@ -122,6 +123,8 @@ class Outcome:
         self.action = "default"
         self.key: str | None = None  # the item's key (runtime/keys.py), None when it has none
         self.reused: str | None = None  # the run whose recorded result this is
+        #: a reused success: its recorded row (rowid, preview, outputs as stored JSON text)
+        self.record: tuple[int, str | None, str] | None = None
         self.cached = False  # the result came from the item cache
         self.throttled = False  # a rate-limit answer (HTTP 429)
         self.budget = False  # not launched: its worst-case cost did not fit the budget

@@ -184,6 +184,17 @@ class Redactor:
             return shown, shown != value
         return value, False
 
+    def knows_any(self, text: str) -> bool:
+        """Whether ``text`` holds a secret value this redactor was given or learned
+        (what :meth:`text` masks besides the patterns every run masks alike)."""
+        if not self._secrets:
+            return False
+        pattern = self._pattern
+        if pattern is None:
+            ordered = sorted(self._secrets, key=len, reverse=True)
+            pattern = self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        return pattern.search(text) is not None
+
     def text(self, text: str) -> str:
         """Free text with anything that looks like a credential masked."""
         if not text:

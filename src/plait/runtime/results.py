@@ -93,10 +93,18 @@ class ResultList(Sequence[Any]):
     # -- writing
 
     def put_item(
-        self, index: int, item: Any, attempts: int, outputs: dict[str, Any] | None, error: Any = _NO_ERROR
+        self,
+        index: int,
+        item: Any,
+        attempts: int,
+        outputs: dict[str, Any] | None,
+        error: Any = _NO_ERROR,
+        text: str | None = None,
     ) -> None:
         """The result ``{"index", "item", "attempts", **outputs, "error"?}`` of item ``index``,
-        stored without its index and attempts (they are given back when it is read)."""
+        stored without its index and attempts (they are given back when it is read).
+        ``text``: the outputs' JSON text, when they were read from it (a reused
+        item): it is kept as it is, not encoded again."""
         if attempts > 255 or (outputs and ("index" in outputs or "attempts" in outputs or "item" in outputs)):
             whole: dict[str, Any] = {"index": index, "item": item, "attempts": attempts}
             if outputs:
@@ -105,6 +113,8 @@ class ResultList(Sequence[Any]):
                 whole["error"] = error
             self._store(index, whole, 0)
             return
+        if text is not None and error is _NO_ERROR and self._put_text(index, item, attempts, text):
+            return
         body: dict[str, Any] = {"item": item}
         if outputs:
             body.update(outputs)
@@ -112,13 +122,46 @@ class ResultList(Sequence[Any]):
             body["error"] = error
         self._store(index, body, attempts)
 
+    def _put_text(self, index: int, item: Any, attempts: int, text: str) -> bool:
+        """``{"item": item, **outputs}`` from the outputs' own JSON text (an object of
+        compact JSON, as plait stores it); False when it is not that (or the item is not JSON)."""
+        if text == "{}":
+            tail = "}"
+        elif len(text) > 2 and text[0] == "{" and text[1] == '"' and text[-1] == "}":
+            tail = "," + text[1:]
+        else:
+            return False
+        try:
+            head = int.__repr__(item) if type(item) is int else _encode(item)
+        except (TypeError, ValueError):  # not JSON, or an int past the digits Python prints
+            return False
+        data = ('{"item":' + head + tail).encode("utf-8", "surrogatepass")
+        starts = self._start
+        if index >= len(starts):
+            self._grow(index)
+            starts = self._start
+        if starts[index] == _MISSING and index not in self._objects:
+            self._count += 1
+        elif self._objects:
+            self._objects.pop(index, None)
+        starts[index] = self._text.append(data)
+        self._size[index] = len(data)
+        self._att[index] = attempts
+        if index >= self._high:
+            self._high = index + 1
+        return True
+
+    def _grow(self, index: int) -> None:
+        starts = self._start
+        grow = max(index + 1 - len(starts), len(starts) // 2, 1024)
+        starts.extend(array("q", [_MISSING]) * grow)
+        self._size.extend(array("I", [0]) * grow)
+        self._att.extend(array("B", [0]) * grow)
+
     def _store(self, index: int, result: Any, attempts: int) -> None:
         starts = self._start
         if index >= len(starts):
-            grow = max(index + 1 - len(starts), len(starts) // 2, 1024)
-            starts.extend(array("q", [_MISSING]) * grow)
-            self._size.extend(array("I", [0]) * grow)
-            self._att.extend(array("B", [0]) * grow)
+            self._grow(index)
         new = starts[index] == _MISSING and index not in self._objects
         try:
             data = _encode(result).encode("utf-8", "surrogatepass")

@@ -26,9 +26,9 @@ from plait.runtime.items import Outcome
 from plait.runtime.jsontext import loads_stored
 
 _FINAL = ("success", "failed")
-_COLUMNS = "rowid, idx, key, status, attempt, error, outputs, outputs_ref, outputs_masked, action"
+_COLUMNS = "rowid, idx, key, status, attempt, error, outputs, outputs_ref, outputs_masked, action, preview"
 # positions in a row of _COLUMNS (plain tuples: a Row by name costs more than the look-up itself)
-_RID, _IDX, _KEY, _STATUS, _ATTEMPT, _ERROR, _OUTPUTS, _REF, _MASKED, _ACTION = range(10)
+_RID, _IDX, _KEY, _STATUS, _ATTEMPT, _ERROR, _OUTPUTS, _REF, _MASKED, _ACTION, _PREVIEW = range(11)
 _CHUNK = 512  # rows read at a time beside the input: fewer trips through SQLite (and the GIL)
 # How far ahead of the front (in rows, and in indexes) a row the index found may
 # be for the front to jump to it, leaving the rows between (a deletion); a row
@@ -437,6 +437,10 @@ class NodeReuse:
             out.action = row[_ACTION]
         if row[_STATUS] == "success":
             out.ok = True
+            if text is not None and index is not None:
+                # the row as it is: the recorder copies it into this run (when its
+                # item's preview is the one recorded), the results take its text
+                out.record = (row[_RID], row[_PREVIEW], text)
         else:
             out.error = row[_ERROR] or "failed"
             out.retryable = False

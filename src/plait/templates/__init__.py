@@ -455,8 +455,23 @@ def _compile_str(text: str, keep_parts: bool, copy: bool = True, inline: bool = 
 
         return Compiled(text, refs, resolve_parts)
 
+    if len(frozen) == 2 and isinstance(frozen[0], str) and not frozen[1].steps:  # type: ignore[union-attr]
+        # "text ${name}": a batch's usual label or prompt, without the general loop
+        head, root, tail_ref = frozen[0], frozen[1].root, frozen[1]  # type: ignore[union-attr]
+
+        def resolve_head_name(base: Base, local: Local) -> str:
+            value = local[root] if root in local else lookup(tail_ref, base, local)  # type: ignore[arg-type]
+            kind = type(value)
+            if kind is str:
+                return head + value
+            if kind is int:
+                return head + int.__repr__(value)
+            return head + render_text(value)
+
+        return Compiled(text, refs, resolve_head_name)
+
     def resolve_text(base: Base, local: Local) -> str:
-        return "".join(p if isinstance(p, str) else render_text(lookup(p, base, local)) for p in frozen)
+        return "".join([p if type(p) is str else render_text(lookup(p, base, local)) for p in frozen])  # type: ignore[arg-type]
 
     return Compiled(text, refs, resolve_text)
 

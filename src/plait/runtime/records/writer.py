@@ -116,6 +116,10 @@ class RunRecorder:
         self._begun: RunStarted | None = None
         self._ok_rows: list[tuple[Any, ...]] = []
         self._rows: list[tuple[Any, ...]] = []
+        #: reused rows, copied from the earlier run's record by SQLite itself, a
+        #: stretch of consecutive rows at a time: [node, reused_from, slot, first
+        #: rowid, last rowid, index of the first, time of the first, of the last]
+        self._copies: list[list[Any]] = []
         self._finished: RunFinished | None = None
         self._blobs = (path.parent if path is not None else records_dir()) / "blobs"
         self._stop = threading.Event()
@@ -161,7 +165,7 @@ class RunRecorder:
             try:
                 if n:
                     self._prepare([pop() for _ in range(n)])
-                if not (self._begun or self._ok_rows or self._rows or self._finished or self._dirty()):
+                if not (self._begun or self._ok_rows or self._rows or self._copies or self._finished or self._dirty()):
                     return
                 self._commit()
             except sqlite3.Error as exc:
@@ -245,6 +249,11 @@ class RunRecorder:
                     # in the order they came, each stretch of rows of one form at once
                     for size, stretch in groupby(self._ok_rows, len):
                         conn.executemany(_INSERT_OK_BY_SIZE[size], [(run, *r) for r in stretch])
+                for node_id, reused, slot, first, last, idx, t_first, t_last in self._copies:
+                    step = (t_last - t_first) / (last - first) if last > first else 0.0
+                    cur = conn.execute(_COPY_ITEMS, (run, node_id, idx, first, slot, t_first, step, reused, last))
+                    if cur.rowcount != last - first + 1:  # the earlier run's rows are gone (deleted meanwhile)
+                        self.lost += last - first + 1 - max(0, cur.rowcount)
                 if self._rows:
                     conn.executemany(_INSERT_ITEM, [(run, *r) for r in self._rows])
                 written = [node for node in self._nodes.values() if node.dirty]
@@ -266,6 +275,7 @@ class RunRecorder:
         self._begun = None
         self._ok_rows = []
         self._rows = []
+        self._copies = []
         self._finished = None
         if run is not None:
             for node in written:
@@ -358,6 +368,22 @@ class RunRecorder:
             self._items_ok += 1
             item = ev.item
             shown = str(item) if type(item) is int else self._preview(item)
+            record = ev.record
+            if record is not None and record[1] == shown and not self.redactor.knows_any(record[2]):
+                # Reused as recorded (the same preview, nothing this run masks in its
+                # outputs): SQLite copies the row; consecutive rows go as one stretch.
+                rid = record[0]
+                copies = self._copies
+                last = copies[-1] if copies else None
+                if (
+                    last is not None and last[4] + 1 == rid and last[5] + (rid - last[3]) == idx
+                    and last[0] == key and last[1] == ev.reused and last[2] == ev.slot
+                ):
+                    last[4] = rid
+                    last[7] = ev.at
+                else:
+                    copies.append([key, ev.reused, ev.slot, rid, rid, idx, ev.at, ev.at])
+                return
         text, ref, masked = self._outputs(ev.outputs) if top else (None, None, None)
         started = ev.at - ev.duration_ms / 1000.0
         # sqlite3 binds a None only after failing to find an adapter for it (an
@@ -702,6 +728,16 @@ _INSERT_PLAIN_ITEM = (
 _INSERT_REUSED_ITEM = (
     "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview, key, outputs,"
     " reused_from) VALUES (?, ?, ?, ?, ?, 'success', ?, ?, ?, ?, ?, ?)"
+)
+#: a stretch of reused rows (rowids ?4 to ?9 of the earlier run), copied as they
+#: were recorded into this run (?1): their index from ?3 on, their time from ?6
+#: on by ?7 a row, reused from ?8, as a reused success's row is written
+_COPY_ITEMS = (
+    "INSERT INTO items (run, node_id, idx, attempt, slot, status, started, ended, preview, key, outputs,"
+    " outputs_ref, action, reused_from)"
+    " SELECT ?1, ?2, ?3 + (rowid - ?4), attempt, ?5, 'success', ?6 + (rowid - ?4) * ?7, ?6 + (rowid - ?4) * ?7,"
+    " preview, key, outputs, outputs_ref, action, ?8 FROM items WHERE rowid BETWEEN ?4 AND ?9 AND run <> ?1"
+    " ORDER BY rowid"
 )
 #: the statement for a successful row by its length (without its run)
 _INSERT_OK_BY_SIZE = {9: _INSERT_PLAIN_ITEM, 10: _INSERT_REUSED_ITEM, 14: _INSERT_OK_ITEM}
