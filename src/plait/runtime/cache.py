@@ -39,6 +39,16 @@ if TYPE_CHECKING:
 DB_NAME = "cache.db"
 BLOB_CHARS = 64 * 1024
 HIT_BATCH = 1000
+#: rows a reader reads ahead at once: the first time, and at most (it doubles while they are used)
+AHEAD_FIRST = 32
+AHEAD_MOST = 1024
+AHEAD_BYTES = 1 << 20  # and at most this much outputs text at once
+#: rows read ahead are answered for this long; later they are read again (another
+#: process may have stored or dropped entries meanwhile)
+AHEAD_S = 1.0
+_COLUMNS = "outputs, outputs_ref, usage, expires, rowid"
+_SELECT_KEY = f"SELECT {_COLUMNS} FROM entries WHERE key = ?"
+_SELECT_AFTER = f"SELECT key, {_COLUMNS} FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -123,21 +133,32 @@ class ItemCache:
             # hit counts only inform `plait cache stats`; losing them loses no result
 
     def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The outputs and usage stored under ``key``, or None (absent, expired, unreadable)."""
         now = time.time()
         with self._lock:
-            row = self._conn.execute(
-                "SELECT outputs, outputs_ref, usage, expires, rowid FROM entries WHERE key = ?", (key,)
-            ).fetchone()
-            if row is None:
+            row = self._conn.execute(_SELECT_KEY, (key,)).fetchone()
+            if row is None or not self._counted(key, row, now):
                 return None
-            if row[3] is not None and row[3] < now:
-                self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
-                return None
-            at = (row[4], key)
-            seen = self._hits.get(at)
-            self._hits[at] = (seen[0] + 1 if seen else 1, now)
-            if len(self._hits) >= HIT_BATCH:
-                self._write_hits()
+        return self._decoded(row)
+
+    def reader(self) -> CacheReader:
+        """Lookups for one batch, reading ahead while its keys come in the order they were stored."""
+        return CacheReader(self)
+
+    def _counted(self, key: str, row: tuple[Any, ...], now: float) -> bool:
+        """Under the lock: False for an expired entry (dropped), else its hit is counted."""
+        if row[3] is not None and row[3] < now:
+            # the guard keeps an entry another process stored again meanwhile
+            self._conn.execute("DELETE FROM entries WHERE key = ? AND expires < ?", (key, now))
+            return False
+        at = (row[4], key)
+        seen = self._hits.get(at)
+        self._hits[at] = (seen[0] + 1 if seen else 1, now)
+        if len(self._hits) >= HIT_BATCH:
+            self._write_hits()
+        return True
+
+    def _decoded(self, row: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
         text = row[0]
         if text is None and row[1]:
             try:
@@ -237,6 +258,76 @@ class ItemCache:
                 path.unlink(missing_ok=True)
 
 
+class CacheReader:
+    """One batch's lookups. A batch run again asks for its keys in the order its
+    first run stored them, which is the entries' rowid order: once two hits
+    are neighbours, the rows after them are read in one range scan (a few
+    hundred at a time, as long as they are used), and a key among them is
+    answered without a look-up of its own (a fifth of the cost). A key not
+    read ahead is looked up as usual.
+    """
+
+    def __init__(self, cache: ItemCache) -> None:
+        self.cache = cache
+        self._ahead: dict[str, tuple[Any, ...]] = {}  # key -> its row, read ahead
+        self._last = -2  # rowid of the last entry looked up by its key
+        self._end = 0  # the last rowid read ahead
+        self._mark = 0  # a hit at this rowid or past it reads the next rows
+        self._window = 0
+        self._at = 0.0  # when the rows were read
+
+    def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        cache = self.cache
+        now = time.time()
+        with cache._lock:
+            ahead = self._ahead
+            row = ahead.pop(key, None) if ahead else None
+            if row is not None and now - self._at > AHEAD_S:
+                ahead.clear()
+                row = None
+            if row is None:
+                row = cache._conn.execute(_SELECT_KEY, (key,)).fetchone()
+                if row is None:
+                    return None
+                rowid = row[4]
+                if rowid == self._last + 1:  # neighbours: read on from here
+                    ahead.clear()
+                    self._end, self._window = rowid, AHEAD_FIRST // 2
+                    self._read_ahead(rowid, now)
+                self._last = rowid
+            elif row[4] >= self._mark:
+                self._read_ahead(row[4], now)
+            if not cache._counted(key, row, now):
+                return None
+        return cache._decoded(row)
+
+    def _read_ahead(self, rowid: int, now: float) -> None:
+        """Under the lock: the next rows after those read ahead so far."""
+        window = self._window = min(self._window * 2, AHEAD_MOST)
+        ahead = self._ahead
+        if len(ahead) > 2 * window:  # rows nobody asked for (other workflows' entries)
+            low = rowid - window
+            self._ahead = ahead = {k: r for k, r in ahead.items() if r[4] >= low}
+        cursor = self.cache._conn.execute(_SELECT_AFTER, (self._end, window))
+        count = size = 0
+        end = self._end
+        for got in cursor:
+            ahead[got[0]] = got[1:]
+            end = got[5]
+            count += 1
+            if got[1] is not None:
+                size += len(got[1])
+                if size > AHEAD_BYTES:
+                    break
+        cursor.close()
+        self._end = end
+        if count < window and size <= AHEAD_BYTES:  # the last entries: nothing more to read
+            self._mark = 1 << 62
+        else:
+            self._mark = end - count // 2
+        self._at = now
+
+
 _open: dict[str, ItemCache] = {}
 _open_lock = threading.Lock()
 
@@ -255,6 +346,7 @@ class CacheCheck:
 
     def __init__(self, cache: ItemCache, cn: CompiledNode, *, ttl: float | None, read: bool) -> None:
         self.cache = cache
+        self._get = cache.reader().get
         self.cn = cn
         self.ttl = ttl
         self.read = read
@@ -272,7 +364,7 @@ class CacheCheck:
             self.stats.not_cacheable += 1
             return None
         if self.read:
-            hit = self.cache.get(key)
+            hit = self._get(key)
             if hit is not None:
                 outputs, usage = hit
                 self.stats.hits += 1
@@ -328,4 +420,4 @@ class CacheCheck:
             self._keys[(out.index, out.attempt + 1)] = key
 
 
-__all__ = ["CacheCheck", "CacheStats", "ItemCache", "open_cache", "parse_duration"]
+__all__ = ["CacheCheck", "CacheReader", "CacheStats", "ItemCache", "open_cache", "parse_duration"]
