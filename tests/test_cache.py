@@ -320,3 +320,25 @@ def test_rows_read_ahead_are_read_again_once_another_process_may_have_changed_th
     assert reader.get(keys[4]) is None
     assert reader.get(keys[5]) == ({"v": 5}, {})
     cache.close()
+
+
+def test_a_recorded_run_answered_from_the_cache_keeps_item_keys_a_resume_reuses(
+    plait: Plait, workflow: Workflow
+) -> None:
+    path = workflow(echo_batch(list(range(50))))
+    first = plait("run", path, "-q", "-o", "json")
+    second = plait("run", path, "-q", "-o", "json")
+    assert meta(second)["cache_hits"] == 50
+    home = Path(os.environ["PLAIT_HOME"])
+    conn = sqlite3.connect(home / "runs.db")
+    keys = {
+        run_id: [k for (k,) in conn.execute(
+            "SELECT i.key FROM items i JOIN runs r ON r.id = i.run WHERE r.run_id = ? AND i.node_id = 'w'"
+            " ORDER BY i.idx", (run_id,))]
+        for run_id in (first.json["run_id"], second.json["run_id"])
+    }
+    conn.close()
+    assert keys[second.json["run_id"]] == keys[first.json["run_id"]] and None not in keys[first.json["run_id"]]
+    resumed = plait("resume", second.json["run_id"], "-q", "-o", "json")
+    assert resumed.code == 0, resumed
+    assert resumed.json["resumed_from"]["reused"] >= 50

@@ -344,6 +344,8 @@ def open_cache(home: Path) -> ItemCache:
 class CacheCheck:
     """The cache's part of the driver's "already done?" for one node's batch."""
 
+    keyed = False  # its own key leaves the workflow out: the item key is not needed
+
     def __init__(self, cache: ItemCache, cn: CompiledNode, *, ttl: float | None, read: bool) -> None:
         self.cache = cache
         self._get = cache.reader().get
