@@ -31,7 +31,6 @@ from plait.ir.values import parse_duration
 from plait.runtime import blobs
 from plait.runtime.items import Attempt, Outcome
 from plait.runtime.jsontext import loads_stored
-from plait.runtime.keys import cache_key
 
 if TYPE_CHECKING:
     from plait.runtime.compile import CompiledNode
@@ -360,8 +359,7 @@ class CacheCheck:
         """An outcome from the cache, True when the attempt now waits for an identical
         one in flight, or None: it runs."""
         assert attempt.params is not None
-        cn = self.cn
-        key = cache_key(cn.node_type, cn.cls.cache_version, attempt.params)
+        key = self.cn.cache_key(attempt.params)
         if key is None:
             self.stats.not_cacheable += 1
             return None

@@ -23,10 +23,10 @@ from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
 from plait.runtime.keys import (
     NotCanonical,
+    canonical,
     canonical_param,
     digest,
     encode_str,
-    item_key,
     node_fingerprint,
 )
 from plait.templates import Base, Compiled, Local, TemplateError, compile_value, fresh
@@ -64,28 +64,40 @@ class CompiledNode:
     #: the node's limiter: a declared name, False for none, None for the default
     rate: str | bool | None = None
     budget_usd: float | None = None
-    #: how ``item_key`` builds an item's canonical params (see ``_key_plan``)
-    key_plan: tuple[str, tuple[tuple[str, str | None], ...]] | None = None
+    #: how ``canonical_params`` builds an item's canonical params (see ``_key_plan``)
+    key_plan: tuple[tuple[str, str | None], ...] | None = None
 
     def item_key(self, params: dict[str, Any]) -> str | None:
         """``keys.item_key(self.fingerprint, params)`` for params this node resolved,
         with the static params' canonical text made once at compile time."""
+        try:
+            return digest(self.fingerprint + "\0" + self.canonical_params(params))
+        except NotCanonical:
+            return None
+
+    def cache_key(self, params: dict[str, Any]) -> str | None:
+        """``keys.cache_key(self.node_type, self.cls.cache_version, params)``, the same way."""
+        try:
+            return digest(f"{self.node_type}\0{self.cls.cache_version}\0" + self.canonical_params(params))
+        except NotCanonical:
+            return None
+
+    def canonical_params(self, params: dict[str, Any]) -> str:
+        """``keys.canonical(params)``: the static params' pieces as made at compile
+        time, the others' made now, in the names' order. Raises NotCanonical."""
         plan = self.key_plan
-        if plan is None or len(params) != len(plan[1]):
-            return item_key(self.fingerprint, params)
-        head, entries = plan
+        if plan is None or len(params) != len(plan):
+            return canonical(params)
         pieces = []
         try:
-            for name, fixed in entries:
+            for name, fixed in plan:
                 if fixed is None:
                     pieces.append(f"{encode_str(name)}:{canonical_param(name, params[name])}")
                 else:
                     pieces.append(fixed)
         except KeyError:  # not the params it resolves (a caller's own): the slow way
-            return item_key(self.fingerprint, params)
-        except NotCanonical:
-            return None
-        return digest(head + ",".join(pieces) + "}")
+            return canonical(params)
+        return "{" + ",".join(pieces) + "}"
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
         # A fresh dict (and fresh lists and dicts inside it) for every item: no
@@ -353,7 +365,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         cache=spec.cache,
         cache_ttl=spec.cache_ttl,
         fingerprint=fingerprint,
-        key_plan=_key_plan(fingerprint, static, [name for name, _, _ in templated]),
+        key_plan=_key_plan(static, [name for name, _, _ in templated]),
         uses_item_key=any(
             r.root in ("__item_key__", "__attempt__") for v in spec.params.values() for r in compile_value(v).refs
         ),
@@ -363,9 +375,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
     )
 
 
-def _key_plan(
-    fingerprint: str, static: dict[str, Any], templated: list[str]
-) -> tuple[str, tuple[tuple[str, str | None], ...]] | None:
+def _key_plan(static: dict[str, Any], templated: list[str]) -> tuple[tuple[str, str | None], ...] | None:
     """The canonical params text of every item, in pieces: ``canonical(params)``
     is ``{"name":value,...}`` in the names' order, and a static param's piece is
     the same for every item. None when a static value has no canonical form
@@ -380,7 +390,7 @@ def _key_plan(
     if len({name for name, _ in entries}) != len(entries):
         return None
     entries.sort(key=lambda e: e[0])
-    return fingerprint + "\0{", tuple(entries)
+    return tuple(entries)
 
 
 def _retry_settings(spec: Any) -> tuple[int, float, str]:
