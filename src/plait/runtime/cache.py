@@ -339,6 +339,8 @@ def open_cache(home: Path) -> ItemCache:
             cache = _open[key] = ItemCache(home)
         return cache
 
+_NOTHING: tuple[list[Outcome], list[Attempt]] = ([], [])  # never added to: the driver only reads it
+
 
 class CacheCheck:
     """The cache's part of the driver's "already done?" for one node's batch."""
@@ -367,10 +369,13 @@ class CacheCheck:
             hit = self._get(key)
             if hit is not None:
                 outputs, usage = hit
-                self.stats.hits += 1
-                for name in ("input_tokens", "output_tokens"):
-                    self.stats.saved[name] += float(usage.get(name) or 0)
-                self.stats.saved["cost_usd"] += float(usage.get("cost_usd") or 0)
+                stats = self.stats
+                stats.hits += 1
+                if usage:
+                    saved = stats.saved
+                    for name in ("input_tokens", "output_tokens"):
+                        saved[name] += float(usage.get(name) or 0)
+                    saved["cost_usd"] += float(usage.get("cost_usd") or 0)
                 out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
                 out.ok = True
                 out.cached = True
@@ -388,6 +393,8 @@ class CacheCheck:
     def after(self, out: Outcome) -> tuple[list[Outcome], list[Attempt]]:
         """The leader of a key finished: store its success and answer those waiting for
         it; when it failed, they run themselves."""
+        if not self._keys:  # no leader in flight (a batch of hits)
+            return _NOTHING
         key = self._keys.pop((out.index, out.attempt), None)
         if key is None:
             return [], []
