@@ -276,6 +276,8 @@ def test_identical_items_of_one_sequential_batch_hit_the_entry_stored_by_the_fir
     r = plait("run", workflow(echo_batch(items)), "-q", "-o", "json")
     assert meta(r) == {"cache_hits": 302, "cache_stored": 300}
     assert [x["value"] for x in results(r)] == items
+    stats = plait("cache", "stats", "--json").json
+    assert stats["entries"] == 300 and stats["hits"] == 302
 
 
 def test_an_entry_stored_by_an_earlier_version_still_hits(plait: Plait, workflow: Workflow) -> None:
@@ -342,3 +344,30 @@ def test_a_recorded_run_answered_from_the_cache_keeps_item_keys_a_resume_reuses(
     resumed = plait("resume", second.json["run_id"], "-q", "-o", "json")
     assert resumed.code == 0, resumed
     assert resumed.json["resumed_from"]["reused"] >= 50
+
+
+def test_a_hit_counts_for_the_entry_it_read_not_one_stored_in_its_place_since(tmp_path: Path) -> None:
+    from plait.runtime.cache import ItemCache
+    from plait.runtime.keys import cache_key
+
+    cache = ItemCache(tmp_path)
+    keys = [cache_key("echo", "1", {"v": i}) for i in range(10)]
+    for i, key in enumerate(keys):
+        cache.put(key, "echo", {"v": i}, {}, None)
+    reader = cache.reader()
+    assert [reader.get(k) for k in keys[:2]] == [({"v": 0}, {}), ({"v": 1}, {})]  # the rest read ahead
+    other = sqlite3.connect(tmp_path / "cache.db")
+    with other:  # the last entry dropped, another one stored: it takes the same rowid
+        old = other.execute("SELECT rowid FROM entries WHERE key = ?", (keys[9],)).fetchone()[0]
+        other.execute("DELETE FROM entries WHERE key = ?", (keys[9],))
+        other.execute(
+            "INSERT INTO entries (key, node_type, created, outputs, size) VALUES ('another', 'echo', ?, '{}', 2)",
+            (time.time() + 0.01,),
+        )
+        assert other.execute("SELECT rowid FROM entries WHERE key = 'another'").fetchone()[0] == old
+    assert [reader.get(k) for k in keys[2:]] == [({"v": i}, {}) for i in range(2, 10)]  # as read
+    cache.flush()
+    hits = dict(other.execute("SELECT key, hits FROM entries").fetchall())
+    other.close()
+    assert hits == {**{k: 1 for k in keys[:9]}, "another": 0}
+    cache.close()

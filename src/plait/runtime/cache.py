@@ -47,7 +47,12 @@ AHEAD_BYTES = 1 << 20  # and at most this much outputs text at once
 AHEAD_S = 1.0
 _COLUMNS = "outputs, outputs_ref, usage, expires, rowid"
 _SELECT_KEY = f"SELECT {_COLUMNS} FROM entries WHERE key = ?"
-_SELECT_AFTER = f"SELECT key, {_COLUMNS} FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?"
+#: the rows after a rowid, each with the time they were read (the guard of its hit count)
+_SELECT_AFTER = f"SELECT key, {_COLUMNS}, ?3 FROM entries WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+#: the hits of a stretch of entries read ahead at once, one each, unless an entry
+#: there was stored again since (it is another entry then, as for the rowid and key below)
+_HIT_STRETCH = "UPDATE entries SET hits = hits + 1, last_hit = ? WHERE rowid BETWEEN ? AND ? AND created <= ?"
+RUN_S = 1.0  # hits of a stretch share their last hit time: a stretch spans at most this
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -101,6 +106,10 @@ class ItemCache:
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str], tuple[int, float]] = {}  # (rowid, key) -> (hits not yet written, last hit)
+        #: hits of entries read ahead, a stretch of consecutive rowids at a time:
+        #: [first rowid, last rowid, when they were read, last hit]
+        self._stretches: list[list[float]] = []
+        self._pending = 0  # hits not yet written
 
     def close(self) -> None:
         with self._lock:
@@ -115,16 +124,21 @@ class ItemCache:
     def _write_hits(self) -> None:
         # A hit is counted in memory and written with the next write: one
         # transaction per HIT_BATCH hits, not a commit per item.
-        if not self._hits:
+        if not self._pending:
             return
         hits, self._hits = self._hits, {}
+        stretches, self._stretches = self._stretches, []
+        self._pending = 0
         try:
             self._conn.execute("BEGIN")
-            # by rowid: one B-tree look-up a hit, not two (the key index, then the row)
-            self._conn.executemany(
-                "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE rowid = ? AND key = ?",
-                [(n, last, rowid, key) for (rowid, key), (n, last) in hits.items()],
-            )
+            if hits:
+                # by rowid: one B-tree look-up a hit, not two (the key index, then the row)
+                self._conn.executemany(
+                    "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE rowid = ? AND key = ?",
+                    [(n, last, rowid, key) for (rowid, key), (n, last) in hits.items()],
+                )
+            if stretches:  # a statement a stretch, not a row
+                self._conn.executemany(_HIT_STRETCH, [(last, a, b, read) for a, b, read, last in stretches])
             self._conn.execute("COMMIT")
         except sqlite3.Error:
             if self._conn.in_transaction:
@@ -150,10 +164,21 @@ class ItemCache:
             # the guard keeps an entry another process stored again meanwhile
             self._conn.execute("DELETE FROM entries WHERE key = ? AND expires < ?", (key, now))
             return False
-        at = (row[4], key)
-        seen = self._hits.get(at)
-        self._hits[at] = (seen[0] + 1 if seen else 1, now)
-        if len(self._hits) >= HIT_BATCH:
+        rowid = row[4]
+        stretches = self._stretches
+        if len(row) > 5:  # read ahead, at row[5]
+            last = stretches[-1] if stretches else None
+            if last is not None and last[1] + 1 == rowid and last[2] == row[5] and now - last[3] < RUN_S:
+                last[1] = rowid
+                last[3] = now
+            else:
+                stretches.append([rowid, rowid, row[5], now])
+        else:
+            at = (rowid, key)
+            seen = self._hits.get(at)
+            self._hits[at] = (seen[0] + 1 if seen else 1, now)
+        self._pending += 1
+        if self._pending >= HIT_BATCH:
             self._write_hits()
         return True
 
@@ -241,6 +266,8 @@ class ItemCache:
     def clear(self) -> int:
         with self._lock:
             self._hits.clear()
+            self._stretches.clear()
+            self._pending = 0
             gone = self._conn.execute("DELETE FROM entries").rowcount
         self._sweep_blobs()
         return gone
@@ -307,7 +334,8 @@ class CacheReader:
         if len(ahead) > 2 * window:  # rows nobody asked for (other workflows' entries)
             low = rowid - window
             self._ahead = ahead = {k: r for k, r in ahead.items() if r[4] >= low}
-        cursor = self.cache._conn.execute(_SELECT_AFTER, (self._end, window))
+        # read now, under the lock: after every entry it can see was stored
+        cursor = self.cache._conn.execute(_SELECT_AFTER, (self._end, window, time.time()))
         count = size = 0
         end = self._end
         for got in cursor:
