@@ -289,8 +289,8 @@ class CacheReader:
     first run stored them, which is the entries' rowid order: once two hits
     are neighbours, the rows after them are read in one range scan (a few
     hundred at a time, as long as they are used), and a key among them is
-    answered without a look-up of its own (a fifth of the cost). A key not
-    read ahead is looked up as usual.
+    answered without a look-up of its own (a row of a range scan costs a
+    seventh of one). A key not read ahead is looked up as usual.
     """
 
     def __init__(self, cache: ItemCache) -> None:
@@ -366,6 +366,7 @@ def open_cache(home: Path) -> ItemCache:
         if cache is None:
             cache = _open[key] = ItemCache(home)
         return cache
+
 
 _NOTHING: tuple[list[Outcome], list[Attempt]] = ([], [])  # never added to: the driver only reads it
 
