@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -169,3 +170,204 @@ def test_a_second_identical_llm_batch_makes_zero_calls(
         r["response"] for r in first.json["outputs"]["results"]
     ]
     assert json.dumps(second.json).count("Classify") == 0  # prompts are not stored in the output
+
+
+# -- a batch run again: its keys come in the order they were stored, and are read ahead
+
+
+def echo_batch(items: Any, params: dict[str, Any] | None = None, cache: Any = True, parallel: bool = False) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "id": "w",
+        "type": "echo",
+        "cache": cache,
+        "params": params or {"value": "${item}", "label": "item ${item}"},
+        "batch": {"items": items, "parallel": parallel, "error_handling": "continue"},
+    }
+    return {"nodes": [node]}
+
+
+def results(r: Result) -> list[Any]:
+    assert r.code == 0, r
+    return list(r.json["outputs"]["results"])
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_long_batch_run_again_is_answered_whole_from_the_cache(
+    plait: Plait, workflow: Workflow, parallel: bool
+) -> None:
+    items = list(range(2500))  # past a few read-ahead windows
+    path = workflow(echo_batch(items, parallel=parallel))
+    first = plait("run", path, "-q", "-o", "json")
+    assert meta(first) == {"cache_hits": 0, "cache_stored": 2500}
+    second = plait("run", path, "-q", "-o", "json")
+    assert meta(second) == {"cache_hits": 2500, "cache_stored": 0}
+    assert results(second) == results(first)
+    assert results(second)[1234] == {"index": 1234, "item": 1234, "attempts": 1, "value": 1234, "label": "item 1234"}
+    stats = plait("cache", "stats", "--json").json
+    assert stats["entries"] == 2500 and stats["hits"] == 2500
+
+
+def test_items_added_reordered_or_dropped_still_hit_what_is_stored(plait: Plait, workflow: Workflow) -> None:
+    plait("run", workflow(echo_batch(list(range(600)))), "-q")
+    # new items between stored ones, a stretch backwards, a jump, items left out
+    items = [*range(0, 100), *range(1000, 1050), *range(300, 200, -1), *range(500, 600), *range(100, 150)]
+    r = plait("run", workflow(echo_batch(items)), "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": len(items) - 50, "cache_stored": 50}
+    assert [x["value"] for x in results(r)] == items
+    assert all(x["label"] == f"item {x['item']}" for x in results(r))
+
+
+def test_usage_saved_by_hits_read_ahead_is_counted_for_each(plait: Plait, workflow: Workflow) -> None:
+    usage = {"model": "m", "input_tokens": 3, "output_tokens": 2, "cost_usd": 0.25}
+    path = workflow(echo_batch(list(range(200)), params={"value": "${item}", "llm_usage": usage}))
+    plait("run", path, "-q")
+    r = plait("run", path, "-q", "-o", "json")
+    assert meta(r) == {
+        "cache_hits": 200,
+        "cache_stored": 0,
+        "cache_saved": {"input_tokens": 600, "output_tokens": 400, "cost_usd": 50.0},
+    }
+    assert results(r)[199]["llm_usage"] == usage
+
+
+def test_large_outputs_in_blobs_or_in_rows_come_back_whole(plait: Plait, workflow: Workflow) -> None:
+    # 70 kB each: stored as blobs; 60 kB each: in the rows, more than one read-ahead's bytes
+    for size, count in ((70_000, 6), (60_000, 40)):
+        params = {"value": "${item}", "pad": "x" * size}
+        path = workflow(echo_batch([f"{size}-{i}" for i in range(count)], params=params))
+        first = plait("run", path, "-q", "-o", "json")
+        second = plait("run", path, "-q", "-o", "json")
+        assert meta(second) == {"cache_hits": count, "cache_stored": 0}
+        assert results(second) == results(first)
+        assert all(len(x["pad"]) == size for x in results(second))
+    home = Path(os.environ["PLAIT_HOME"])
+    assert len(list((home / "cache-blobs").glob("*/*"))) == 6
+
+
+def test_entries_expired_are_run_again_and_stored_anew(plait: Plait, workflow: Workflow) -> None:
+    path = workflow(echo_batch(list(range(100)), cache={"ttl": 0.5}))
+    plait("run", path, "-q")
+    time.sleep(0.6)
+    r = plait("run", path, "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 0, "cache_stored": 100}
+    assert meta(plait("run", path, "-q", "-o", "json")) == {"cache_hits": 100, "cache_stored": 0}
+    assert plait("cache", "stats", "--json").json["entries"] == 100
+
+
+def test_a_refreshed_cache_answers_with_the_new_entries(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:
+    command = "echo ${item} >> calls.log; cat run.txt"
+    path = workflow({"nodes": [{"id": "w", "type": "shell", "cache": True, "params": {"command": command},
+                                "batch": {"items": list(range(40))}}]})
+    (tmp_path / "run.txt").write_text("old")
+    plait("run", path, "-q")
+    (tmp_path / "run.txt").write_text("new")
+    r = plait("run", path, "--refresh-cache", "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 0, "cache_stored": 40}
+    r = plait("run", path, "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 40, "cache_stored": 0}
+    assert {x["stdout"] for x in results(r)} == {"new"}
+    assert sum(calls(tmp_path).values()) == 80
+
+
+def test_identical_items_of_one_sequential_batch_hit_the_entry_stored_by_the_first(
+    plait: Plait, workflow: Workflow
+) -> None:
+    items = [*range(300), *range(300), 7, 7]
+    r = plait("run", workflow(echo_batch(items)), "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 302, "cache_stored": 300}
+    assert [x["value"] for x in results(r)] == items
+    stats = plait("cache", "stats", "--json").json
+    assert stats["entries"] == 300 and stats["hits"] == 302
+
+
+def test_an_entry_stored_by_an_earlier_version_still_hits(plait: Plait, workflow: Workflow) -> None:
+    # The key of echo {"value": 1, "label": "item 1"} as plait has always made it:
+    # entries already in a cache.db keep hitting only while keys stay the same.
+    from plait.runtime.keys import cache_key
+
+    key = "80471a909b703c52edb9a41f9f651172"
+    assert cache_key("echo", "1", {"value": 1, "label": "item 1"}) == key
+    home = Path(os.environ["PLAIT_HOME"])
+    plait("cache", "stats")  # makes cache.db
+    conn = sqlite3.connect(home / "cache.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO entries (key, node_type, created, expires, outputs, outputs_ref, usage, size)"
+            " VALUES (?, 'echo', ?, NULL, ?, NULL, NULL, 30)",
+            (key, time.time(), '{"value":1,"label":"stored before"}'),
+        )
+    conn.close()
+    r = plait("run", workflow(echo_batch([0, 1, 2])), "-q", "-o", "json")
+    assert meta(r) == {"cache_hits": 1, "cache_stored": 2}
+    assert [x["label"] for x in results(r)] == ["item 0", "stored before", "item 2"]
+
+
+def test_rows_read_ahead_are_read_again_once_another_process_may_have_changed_them(tmp_path: Path) -> None:
+    from plait.runtime.cache import AHEAD_S, ItemCache
+    from plait.runtime.keys import cache_key
+
+    cache = ItemCache(tmp_path)
+    keys = [cache_key("echo", "1", {"v": i}) for i in range(10)]
+    for i, key in enumerate(keys):
+        cache.put(key, "echo", {"v": i}, {}, None)
+    reader = cache.reader()
+    assert [reader.get(k) for k in keys[:3]] == [({"v": i}, {}) for i in range(3)]  # the rest read ahead
+    other = sqlite3.connect(tmp_path / "cache.db")
+    with other:
+        other.execute("UPDATE entries SET outputs = '{\"v\":\"again\"}' WHERE key = ?", (keys[3],))
+        other.execute("DELETE FROM entries WHERE key = ?", (keys[4],))
+    other.close()
+    time.sleep(AHEAD_S + 0.1)
+    assert reader.get(keys[3]) == ({"v": "again"}, {})
+    assert reader.get(keys[4]) is None
+    assert reader.get(keys[5]) == ({"v": 5}, {})
+    cache.close()
+
+
+def test_a_recorded_run_answered_from_the_cache_keeps_item_keys_a_resume_reuses(
+    plait: Plait, workflow: Workflow
+) -> None:
+    path = workflow(echo_batch(list(range(50))))
+    first = plait("run", path, "-q", "-o", "json")
+    second = plait("run", path, "-q", "-o", "json")
+    assert meta(second)["cache_hits"] == 50
+    home = Path(os.environ["PLAIT_HOME"])
+    conn = sqlite3.connect(home / "runs.db")
+    keys = {
+        run_id: [k for (k,) in conn.execute(
+            "SELECT i.key FROM items i JOIN runs r ON r.id = i.run WHERE r.run_id = ? AND i.node_id = 'w'"
+            " ORDER BY i.idx", (run_id,))]
+        for run_id in (first.json["run_id"], second.json["run_id"])
+    }
+    conn.close()
+    assert keys[second.json["run_id"]] == keys[first.json["run_id"]] and None not in keys[first.json["run_id"]]
+    resumed = plait("resume", second.json["run_id"], "-q", "-o", "json")
+    assert resumed.code == 0, resumed
+    assert resumed.json["resumed_from"]["reused"] >= 50
+
+
+def test_a_hit_counts_for_the_entry_it_read_not_one_stored_in_its_place_since(tmp_path: Path) -> None:
+    from plait.runtime.cache import ItemCache
+    from plait.runtime.keys import cache_key
+
+    cache = ItemCache(tmp_path)
+    keys = [cache_key("echo", "1", {"v": i}) for i in range(10)]
+    for i, key in enumerate(keys):
+        cache.put(key, "echo", {"v": i}, {}, None)
+    reader = cache.reader()
+    assert [reader.get(k) for k in keys[:2]] == [({"v": 0}, {}), ({"v": 1}, {})]  # the rest read ahead
+    other = sqlite3.connect(tmp_path / "cache.db")
+    with other:  # the last entry dropped, another one stored: it takes the same rowid
+        old = other.execute("SELECT rowid FROM entries WHERE key = ?", (keys[9],)).fetchone()[0]
+        other.execute("DELETE FROM entries WHERE key = ?", (keys[9],))
+        other.execute(
+            "INSERT INTO entries (key, node_type, created, outputs, size) VALUES ('another', 'echo', ?, '{}', 2)",
+            (time.time() + 0.01,),
+        )
+        assert other.execute("SELECT rowid FROM entries WHERE key = 'another'").fetchone()[0] == old
+    assert [reader.get(k) for k in keys[2:]] == [({"v": i}, {}) for i in range(2, 10)]  # as read
+    cache.flush()
+    hits = dict(other.execute("SELECT key, hits FROM entries").fetchall())
+    other.close()
+    assert hits == {**{k: 1 for k in keys[:9]}, "another": 0}
+    cache.close()

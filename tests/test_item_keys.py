@@ -70,6 +70,9 @@ def test_an_items_key_is_the_generic_key_of_its_params(item):
     assert key == reference_key(cn.fingerprint, params)
     assert keys.canonical(params) == reference_canonical(params)
     assert key == keys.item_key(cn.fingerprint, params)
+    # the item cache's key, from the same pieces (entries already stored must keep hitting)
+    assert cn.cache_key(params) == reference_key(f"echo\0{cn.cls.cache_version}", params)
+    assert cn.cache_key(params) == keys.cache_key("echo", cn.cls.cache_version, params)
 
 
 def test_every_value_kind_has_the_reference_text():
@@ -86,6 +89,7 @@ def test_params_without_a_canonical_form_have_no_key(bad):
     with pytest.raises(keys.NotCanonical):
         keys.canonical_param("value", bad)
     assert cn.item_key({"value": bad}) is None
+    assert cn.cache_key({"value": bad}) is None
     assert keys.item_key(cn.fingerprint, {"value": bad}) is None
 
 
@@ -101,3 +105,4 @@ def test_params_other_than_the_nodes_own_take_the_generic_path():
     cn = _compile(raw, _registry(())).nodes["n"]
     for params in ({"other": 1}, {"value": 1, "more": 2}, {}):
         assert cn.item_key(params) == reference_key(cn.fingerprint, params)
+        assert cn.cache_key(params) == keys.cache_key("echo", cn.cls.cache_version, params)

@@ -31,7 +31,6 @@ from plait.ir.values import parse_duration
 from plait.runtime import blobs
 from plait.runtime.items import Attempt, Outcome
 from plait.runtime.jsontext import loads_stored
-from plait.runtime.keys import cache_key
 
 if TYPE_CHECKING:
     from plait.runtime.compile import CompiledNode
@@ -39,6 +38,21 @@ if TYPE_CHECKING:
 DB_NAME = "cache.db"
 BLOB_CHARS = 64 * 1024
 HIT_BATCH = 1000
+#: rows a reader reads ahead at once: the first time, and at most (it doubles while they are used)
+AHEAD_FIRST = 32
+AHEAD_MOST = 1024
+AHEAD_BYTES = 1 << 20  # and at most this much outputs text at once
+#: rows read ahead are answered for this long; later they are read again (another
+#: process may have stored or dropped entries meanwhile)
+AHEAD_S = 1.0
+_COLUMNS = "outputs, outputs_ref, usage, expires, rowid"
+_SELECT_KEY = f"SELECT {_COLUMNS} FROM entries WHERE key = ?"
+#: the rows after a rowid, each with the time they were read (the guard of its hit count)
+_SELECT_AFTER = f"SELECT key, {_COLUMNS}, ?3 FROM entries WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+#: the hits of a stretch of entries read ahead at once, one each, unless an entry
+#: there was stored again since (it is another entry then, as for the rowid and key below)
+_HIT_STRETCH = "UPDATE entries SET hits = hits + 1, last_hit = ? WHERE rowid BETWEEN ? AND ? AND created <= ?"
+RUN_S = 1.0  # hits of a stretch share their last hit time: a stretch spans at most this
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -92,6 +106,10 @@ class ItemCache:
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str], tuple[int, float]] = {}  # (rowid, key) -> (hits not yet written, last hit)
+        #: hits of entries read ahead, a stretch of consecutive rowids at a time:
+        #: [first rowid, last rowid, when they were read, last hit]
+        self._stretches: list[list[float]] = []
+        self._pending = 0  # hits not yet written
 
     def close(self) -> None:
         with self._lock:
@@ -106,16 +124,21 @@ class ItemCache:
     def _write_hits(self) -> None:
         # A hit is counted in memory and written with the next write: one
         # transaction per HIT_BATCH hits, not a commit per item.
-        if not self._hits:
+        if not self._pending:
             return
         hits, self._hits = self._hits, {}
+        stretches, self._stretches = self._stretches, []
+        self._pending = 0
         try:
             self._conn.execute("BEGIN")
-            # by rowid: one B-tree look-up a hit, not two (the key index, then the row)
-            self._conn.executemany(
-                "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE rowid = ? AND key = ?",
-                [(n, last, rowid, key) for (rowid, key), (n, last) in hits.items()],
-            )
+            if hits:
+                # by rowid: one B-tree look-up a hit, not two (the key index, then the row)
+                self._conn.executemany(
+                    "UPDATE entries SET hits = hits + ?, last_hit = ? WHERE rowid = ? AND key = ?",
+                    [(n, last, rowid, key) for (rowid, key), (n, last) in hits.items()],
+                )
+            if stretches:  # a statement a stretch, not a row
+                self._conn.executemany(_HIT_STRETCH, [(last, a, b, read) for a, b, read, last in stretches])
             self._conn.execute("COMMIT")
         except sqlite3.Error:
             if self._conn.in_transaction:
@@ -123,21 +146,43 @@ class ItemCache:
             # hit counts only inform `plait cache stats`; losing them loses no result
 
     def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The outputs and usage stored under ``key``, or None (absent, expired, unreadable)."""
         now = time.time()
         with self._lock:
-            row = self._conn.execute(
-                "SELECT outputs, outputs_ref, usage, expires, rowid FROM entries WHERE key = ?", (key,)
-            ).fetchone()
-            if row is None:
+            row = self._conn.execute(_SELECT_KEY, (key,)).fetchone()
+            if row is None or not self._counted(key, row, now):
                 return None
-            if row[3] is not None and row[3] < now:
-                self._conn.execute("DELETE FROM entries WHERE key = ?", (key,))
-                return None
-            at = (row[4], key)
+        return self._decoded(row)
+
+    def reader(self) -> CacheReader:
+        """Lookups for one batch, reading ahead while its keys come in the order they were stored."""
+        return CacheReader(self)
+
+    def _counted(self, key: str, row: tuple[Any, ...], now: float) -> bool:
+        """Under the lock: False for an expired entry (dropped), else its hit is counted."""
+        if row[3] is not None and row[3] < now:
+            # the guard keeps an entry another process stored again meanwhile
+            self._conn.execute("DELETE FROM entries WHERE key = ? AND expires < ?", (key, now))
+            return False
+        rowid = row[4]
+        stretches = self._stretches
+        if len(row) > 5:  # read ahead, at row[5]
+            last = stretches[-1] if stretches else None
+            if last is not None and last[1] + 1 == rowid and last[2] == row[5] and now - last[3] < RUN_S:
+                last[1] = rowid
+                last[3] = now
+            else:
+                stretches.append([rowid, rowid, row[5], now])
+        else:
+            at = (rowid, key)
             seen = self._hits.get(at)
             self._hits[at] = (seen[0] + 1 if seen else 1, now)
-            if len(self._hits) >= HIT_BATCH:
-                self._write_hits()
+        self._pending += 1
+        if self._pending >= HIT_BATCH:
+            self._write_hits()
+        return True
+
+    def _decoded(self, row: tuple[Any, ...]) -> tuple[dict[str, Any], dict[str, Any]] | None:
         text = row[0]
         if text is None and row[1]:
             try:
@@ -221,6 +266,8 @@ class ItemCache:
     def clear(self) -> int:
         with self._lock:
             self._hits.clear()
+            self._stretches.clear()
+            self._pending = 0
             gone = self._conn.execute("DELETE FROM entries").rowcount
         self._sweep_blobs()
         return gone
@@ -237,6 +284,77 @@ class ItemCache:
                 path.unlink(missing_ok=True)
 
 
+class CacheReader:
+    """One batch's lookups. A batch run again asks for its keys in the order its
+    first run stored them, which is the entries' rowid order: once two hits
+    are neighbours, the rows after them are read in one range scan (a few
+    hundred at a time, as long as they are used), and a key among them is
+    answered without a look-up of its own (a row of a range scan costs a
+    seventh of one). A key not read ahead is looked up as usual.
+    """
+
+    def __init__(self, cache: ItemCache) -> None:
+        self.cache = cache
+        self._ahead: dict[str, tuple[Any, ...]] = {}  # key -> its row, read ahead
+        self._last = -2  # rowid of the last entry looked up by its key
+        self._end = 0  # the last rowid read ahead
+        self._mark = 0  # a hit at this rowid or past it reads the next rows
+        self._window = 0
+        self._at = 0.0  # when the rows were read
+
+    def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        cache = self.cache
+        now = time.time()
+        with cache._lock:
+            ahead = self._ahead
+            row = ahead.pop(key, None) if ahead else None
+            if row is not None and now - self._at > AHEAD_S:
+                ahead.clear()
+                row = None
+            if row is None:
+                row = cache._conn.execute(_SELECT_KEY, (key,)).fetchone()
+                if row is None:
+                    return None
+                rowid = row[4]
+                if rowid == self._last + 1:  # neighbours: read on from here
+                    ahead.clear()
+                    self._end, self._window = rowid, AHEAD_FIRST // 2
+                    self._read_ahead(rowid, now)
+                self._last = rowid
+            elif row[4] >= self._mark:
+                self._read_ahead(row[4], now)
+            if not cache._counted(key, row, now):
+                return None
+        return cache._decoded(row)
+
+    def _read_ahead(self, rowid: int, now: float) -> None:
+        """Under the lock: the next rows after those read ahead so far."""
+        window = self._window = min(self._window * 2, AHEAD_MOST)
+        ahead = self._ahead
+        if len(ahead) > 2 * window:  # rows nobody asked for (other workflows' entries)
+            low = rowid - window
+            self._ahead = ahead = {k: r for k, r in ahead.items() if r[4] >= low}
+        # read now, under the lock: after every entry it can see was stored
+        cursor = self.cache._conn.execute(_SELECT_AFTER, (self._end, window, time.time()))
+        count = size = 0
+        end = self._end
+        for got in cursor:
+            ahead[got[0]] = got[1:]
+            end = got[5]
+            count += 1
+            if got[1] is not None:
+                size += len(got[1])
+                if size > AHEAD_BYTES:
+                    break
+        cursor.close()
+        self._end = end
+        if count < window and size <= AHEAD_BYTES:  # the last entries: nothing more to read
+            self._mark = 1 << 62
+        else:
+            self._mark = end - count // 2
+        self._at = now
+
+
 _open: dict[str, ItemCache] = {}
 _open_lock = threading.Lock()
 
@@ -250,11 +368,17 @@ def open_cache(home: Path) -> ItemCache:
         return cache
 
 
+_NOTHING: tuple[list[Outcome], list[Attempt]] = ([], [])  # never added to: the driver only reads it
+
+
 class CacheCheck:
     """The cache's part of the driver's "already done?" for one node's batch."""
 
+    keyed = False  # its own key leaves the workflow out: the item key is not needed
+
     def __init__(self, cache: ItemCache, cn: CompiledNode, *, ttl: float | None, read: bool) -> None:
         self.cache = cache
+        self._get = cache.reader().get
         self.cn = cn
         self.ttl = ttl
         self.read = read
@@ -266,19 +390,21 @@ class CacheCheck:
         """An outcome from the cache, True when the attempt now waits for an identical
         one in flight, or None: it runs."""
         assert attempt.params is not None
-        cn = self.cn
-        key = cache_key(cn.node_type, cn.cls.cache_version, attempt.params)
+        key = self.cn.cache_key(attempt.params)
         if key is None:
             self.stats.not_cacheable += 1
             return None
         if self.read:
-            hit = self.cache.get(key)
+            hit = self._get(key)
             if hit is not None:
                 outputs, usage = hit
-                self.stats.hits += 1
-                for name in ("input_tokens", "output_tokens"):
-                    self.stats.saved[name] += float(usage.get(name) or 0)
-                self.stats.saved["cost_usd"] += float(usage.get("cost_usd") or 0)
+                stats = self.stats
+                stats.hits += 1
+                if usage:
+                    saved = stats.saved
+                    for name in ("input_tokens", "output_tokens"):
+                        saved[name] += float(usage.get(name) or 0)
+                    saved["cost_usd"] += float(usage.get("cost_usd") or 0)
                 out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
                 out.ok = True
                 out.cached = True
@@ -296,6 +422,8 @@ class CacheCheck:
     def after(self, out: Outcome) -> tuple[list[Outcome], list[Attempt]]:
         """The leader of a key finished: store its success and answer those waiting for
         it; when it failed, they run themselves."""
+        if not self._keys:  # no leader in flight (a batch of hits)
+            return _NOTHING
         key = self._keys.pop((out.index, out.attempt), None)
         if key is None:
             return [], []
@@ -328,4 +456,4 @@ class CacheCheck:
             self._keys[(out.index, out.attempt + 1)] = key
 
 
-__all__ = ["CacheCheck", "CacheStats", "ItemCache", "open_cache", "parse_duration"]
+__all__ = ["CacheCheck", "CacheReader", "CacheStats", "ItemCache", "open_cache", "parse_duration"]

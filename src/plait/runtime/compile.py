@@ -23,13 +23,13 @@ from plait.ir.values import ConversionError, convert_text
 from plait.nodes.base import NodeError, Param, PlaitNode
 from plait.runtime.keys import (
     NotCanonical,
+    canonical,
     canonical_param,
     digest,
     encode_str,
-    item_key,
     node_fingerprint,
 )
-from plait.runtime.redact import is_secret_name
+from plait.runtime.redact import hashed_in_keys
 from plait.templates import Base, Compiled, Local, TemplateError, compile_value, fresh
 from plait.templates.check import check_workflow, fits, value_type
 
@@ -65,25 +65,39 @@ class CompiledNode:
     #: the node's limiter: a declared name, False for none, None for the default
     rate: str | bool | None = None
     budget_usd: float | None = None
-    #: how ``item_key`` builds an item's canonical params (see ``_key_plan``)
-    key_plan: tuple[str, tuple[tuple[str, str | None], ...]] | None = None
+    #: how ``canonical_params`` builds an item's canonical params (see ``_key_plan``)
+    key_plan: tuple[tuple[str, str | None], ...] | None = None
 
     def item_key(self, params: dict[str, Any]) -> str | None:
         """``keys.item_key(self.fingerprint, params)`` for params this node resolved,
         with the static params' canonical text made once at compile time."""
+        try:
+            return digest(self.fingerprint + "\0" + self.canonical_params(params))
+        except NotCanonical:
+            return None
+
+    def cache_key(self, params: dict[str, Any]) -> str | None:
+        """``keys.cache_key(self.node_type, self.cls.cache_version, params)``, the same way."""
+        try:
+            return digest(f"{self.node_type}\0{self.cls.cache_version}\0" + self.canonical_params(params))
+        except NotCanonical:
+            return None
+
+    def canonical_params(self, params: dict[str, Any]) -> str:
+        """``keys.canonical(params)``: the static params' pieces as made at compile
+        time, the others' made now, in the names' order. Raises NotCanonical."""
         plan = self.key_plan
-        if plan is None or len(params) != len(plan[1]):
-            return item_key(self.fingerprint, params)
-        head, entries = plan
+        if plan is None or len(params) != len(plan):
+            return canonical(params)
         pieces = []
         try:
-            for name, fixed in entries:
+            for name, fixed in plan:
                 if fixed is None:
                     value = params[name]
                     kind = type(value)
                     if kind is int:  # what canonical_param gives for the usual values, without the call
                         text = int.__repr__(value)
-                    elif kind is str and not (value and is_secret_name(name)):
+                    elif kind is str and not (value and hashed_in_keys(name)):
                         text = encode_str(value)
                     else:
                         text = canonical_param(name, value)
@@ -91,10 +105,10 @@ class CompiledNode:
                 else:
                     pieces.append(fixed)
         except KeyError:  # not the params it resolves (a caller's own): the slow way
-            return item_key(self.fingerprint, params)
-        except (NotCanonical, ValueError):  # ValueError: an int past the digits Python prints
-            return None
-        return digest(head + ",".join(pieces) + "}")
+            return canonical(params)
+        except ValueError:  # an int past the digits Python prints: no canonical form
+            raise NotCanonical("an int with more digits than Python prints") from None
+        return "{" + ",".join(pieces) + "}"
 
     def resolve_params(self, base: Base, local: Local) -> dict[str, Any]:
         # A fresh dict (and fresh lists and dicts inside it) for every item: no
@@ -362,7 +376,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
         cache=spec.cache,
         cache_ttl=spec.cache_ttl,
         fingerprint=fingerprint,
-        key_plan=_key_plan(fingerprint, static, [name for name, _, _ in templated]),
+        key_plan=_key_plan(static, [name for name, _, _ in templated]),
         uses_item_key=any(
             r.root in ("__item_key__", "__attempt__") for v in spec.params.values() for r in compile_value(v).refs
         ),
@@ -372,9 +386,7 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
     )
 
 
-def _key_plan(
-    fingerprint: str, static: dict[str, Any], templated: list[str]
-) -> tuple[str, tuple[tuple[str, str | None], ...]] | None:
+def _key_plan(static: dict[str, Any], templated: list[str]) -> tuple[tuple[str, str | None], ...] | None:
     """The canonical params text of every item, in pieces: ``canonical(params)``
     is ``{"name":value,...}`` in the names' order, and a static param's piece is
     the same for every item. None when a static value has no canonical form
@@ -389,7 +401,7 @@ def _key_plan(
     if len({name for name, _ in entries}) != len(entries):
         return None
     entries.sort(key=lambda e: e[0])
-    return fingerprint + "\0{", tuple(entries)
+    return tuple(entries)
 
 
 def _retry_settings(spec: Any) -> tuple[int, float, str]:

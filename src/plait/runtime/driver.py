@@ -172,7 +172,9 @@ class ItemCheck(Protocol):
     settles it without running, True parks it (it waits for an identical item
     in flight), None lets it run. ``after`` hears every final outcome and
     returns the outcomes of parked items it answers and the parked items that
-    must run after all; ``retried`` hears an attempt that is retried.
+    must run after all; ``retried`` hears an attempt that is retried. A check
+    with ``keyed = False`` does without the item's key (``attempt.key`` is then
+    None unless the item events carry it to a listener).
     """
 
     def before(self, attempt: Attempt) -> Outcome | bool | None: ...
@@ -187,6 +189,7 @@ class Checks:
 
     def __init__(self, *checks: ItemCheck) -> None:
         self.checks = checks
+        self.keyed = any(getattr(c, "keyed", True) for c in checks)
 
     def before(self, attempt: Attempt) -> Outcome | bool | None:
         for check in self.checks:
@@ -231,6 +234,7 @@ class BatchDriver:
         #: "already done?": a recorded or cached outcome for an item, before the
         #: executor sees it (the driver then resolves the item's params itself)
         self.check = check
+        self._check_keyed = getattr(check, "keyed", True)
         #: may item N be launched now? (a results file's bounded reorder buffer says no
         #: while a slow item holds its head): the driver waits for outcomes meanwhile
         self.admit = admit
@@ -361,8 +365,12 @@ class BatchDriver:
     def _known(self, attempt: Attempt) -> bool:
         """Resolve the item here and ask ``check``; True when it was settled without running."""
         assert self.check is not None
+        # The item key only for whom it is for: a check that finds items by it (a
+        # resume), or the listeners of the events that carry it (the run record).
+        listening = self._bus.listening
+        keyed = self._check_keyed or ItemFinished in listening or ItemFailed in listening
         try:
-            attempt.params, attempt.key = resolve(self.job.node, self.job.base, attempt)
+            attempt.params, attempt.key = resolve(self.job.node, self.job.base, attempt, keyed)
         except TemplateError as exc:  # the item cannot run: its failure, now
             out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
             out.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
