@@ -106,9 +106,6 @@ class AsyncExecutor:
 
     def start(self, job: Job) -> None:
         self._job = job
-        if not self._gc_relaxed:
-            self._gc_relaxed = True
-            _relax_gc()
         self._loop = job.services.event_loop()
         self._aloop = self._loop.loop
         if job.node.cls.has_async_exec():
@@ -116,6 +113,9 @@ class AsyncExecutor:
         else:
             self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=f"{self._name}-sync")
             self._run = partial(run_attempt_async, job.node, job.base, job.services, run_sync=self._in_pool)
+        if not self._gc_relaxed:  # last: a start that failed is never closed
+            self._gc_relaxed = True
+            _relax_gc()
 
     async def _in_pool(self, fn: Any, arg: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
