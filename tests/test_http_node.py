@@ -502,6 +502,30 @@ def test_importing_the_node_imports_neither_client():
     assert out.stdout.strip() == "False False"
 
 
+def test_the_first_wave_of_an_async_batch_waits_for_one_import_of_aiohttp():
+    # In a fresh process: fifty tasks wait for the import at once; the one cancelled
+    # while it waits leaves the import going for the others, which all get it.
+    code = """
+import asyncio, sys
+from plait.nodes import http
+
+async def main():
+    waiters = [asyncio.ensure_future(http._imported()) for _ in range(50)]
+    await asyncio.sleep(0)
+    shared = len(http._IMPORTS)
+    waiters[0].cancel()
+    done = await asyncio.gather(*waiters, return_exceptions=True)
+    print(shared, sum(r is None for r in done), type(done[0]).__name__,
+          "plait.nodes.http_async" in sys.modules, len(http._IMPORTS))
+
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=plait_env(), check=True
+    )
+    assert out.stdout.split() == ["1", "49", "CancelledError", "True", "0"]
+
+
 def imported_by(*args: str, cwd: Path) -> set[str]:
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "plait", *args],

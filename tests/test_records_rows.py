@@ -7,6 +7,7 @@ in one commit window through the real recorder and read them back from SQLite.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,28 @@ def test_rows_of_every_form_keep_their_columns_and_their_order(tmp_path: Path) -
     by_index = {(r["node_id"], r["idx"]): r for r in rows}
     assert by_index[("n", 6)]["outputs_ref"] is not None
     assert all(r["outputs_ref"] is None for r in rows if r["idx"] != 6)
+
+
+def test_nested_outputs_are_masked_as_ever_and_clean_ones_kept_as_they_are(tmp_path: Path) -> None:
+    loc = Location("n")
+    headers = {"content-type": "application/json", "content-length": "9"}
+    many = {f"h{i}": "x" for i in range(100)}  # past what the short way looks at: the long way, same text
+    forms: list[tuple[dict[str, Any], str, int | None]] = [
+        ({"response": {"n": 1}, "status_code": 200, "response_headers": headers},
+         '{"response":{"n":1},"status_code":200,"response_headers":{"content-type":"application/json",'
+         '"content-length":"9"}}', None),
+        ({"response_headers": {**headers, "set-cookie": "sid=abcdef123456"}},
+         '{"response_headers":{"content-type":"application/json","content-length":"9","set-cookie":"***"}}', 1),
+        ({"response": {"note": "see https://bob:hunter22@example.com/x"}},
+         '{"response":{"note":"see https://bob:***@example.com/x"}}', 1),
+        ({"response": {"deeper": {"access_token": "tok-123456789"}}},
+         '{"response":{"deeper":{"access_token":"***"}}}', 1),
+        ({"a": many, "b": {"c": 1}}, '{"a":' + json.dumps(many, separators=(",", ":")) + ',"b":{"c":1}}', None),
+    ]
+    events = [
+        ItemFinished(loc, i, 1, 0, 1.0, item=i, outputs=outputs, key=f"k{i}")
+        for i, (outputs, _, _) in enumerate(forms)
+    ]
+    rows = record(tmp_path / "runs.db", events)
+    for row, (_, text, masked) in zip(rows, forms, strict=True):
+        assert (row["outputs"], row["outputs_masked"]) == (text, masked)

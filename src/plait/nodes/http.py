@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -312,12 +313,7 @@ class HttpNode(PlaitNode):
 
     async def exec_async(self, prep_res: PreparedRequest) -> dict[str, Any]:
         if not _ASYNC_PATH:
-            # Importing aiohttp takes ~0.2 s (it loads the system CA store): in
-            # a thread, so the run's loop keeps serving (a cancel, other nodes).
-            # The import also waits for warm_up's, if that came first.
-            import asyncio
-
-            await asyncio.get_running_loop().run_in_executor(None, _async_path)
+            await _imported()
         result: dict[str, Any] = await _ASYNC_PATH[0].send(prep_res)
         return result
 
@@ -337,6 +333,33 @@ def _async_path() -> Any:
         if not _ASYNC_PATH:
             _ASYNC_PATH.append(module)
     return _ASYNC_PATH[0]
+
+
+# per event loop: the one import its tasks wait for
+_IMPORTS: dict[Any, Any] = {}
+
+
+async def _imported() -> None:
+    """Importing aiohttp takes ~0.2 s (it loads the system CA store): in a thread,
+    so the run's loop keeps serving (a cancel, other nodes). The first wave of a
+    batch (hundreds of tasks) waits for one import, not a thread job each; the
+    import also waits for warm_up's, if that came first."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    pending = _IMPORTS.get(loop)
+    if pending is None:
+        pending = _IMPORTS[loop] = loop.run_in_executor(None, _async_path)
+        pending.add_done_callback(partial(_import_done, loop))
+    # shielded: a task cancelled while it waits leaves the import to the others
+    await asyncio.shield(pending)
+
+
+def _import_done(loop: Any, future: Any) -> None:
+    # imported, or failed (the next task tries again, as every task did before)
+    _IMPORTS.pop(loop, None)
+    if not future.cancelled():
+        future.exception()  # retrieved: no "never retrieved" warning when nobody waits
 
 
 # ---------------------------------------------------------------------------

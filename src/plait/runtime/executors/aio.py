@@ -15,12 +15,19 @@ second that cost more CPU than the engine's own work). Attempts go into a
 queue the loop reads; the loop is woken when the driver has nothing left to
 do but wait for outcomes (or a good number of attempts piled up). Outcomes
 finished in one turn of the loop go back to the driver as one list.
+
+While an async batch runs, the cyclic collector's middle generation is
+collected ten times less often (see :func:`_relax_gc`): hundreds of requests in
+flight keep tens of thousands of young objects alive, and every collection of
+that generation walked all of them again (a tenth of a large batch's CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import queue
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +44,40 @@ if TYPE_CHECKING:
 #: still busy with outcomes (so a long batch of outcomes does not leave the
 #: slots empty meanwhile)
 _WAKE_AT = 32
+
+#: the collector's generation-1 threshold while an async batch runs (CPython's
+#: default is 10): a generation-1 collection every ~70,000 surviving
+#: allocations instead of every ~7,000. Young garbage is still collected as
+#: often (generation 0 is untouched), and cycles that lived through one
+#: collection wait a little longer for the next.
+_GC_MIDDLE = 100
+_gc_lock = threading.Lock()
+_gc_users = [0]
+# (the thresholds to put back, the ones set here) while a batch relaxed them
+_gc_saved: list[tuple[tuple[int, int, int], tuple[int, int, int]]] = []
+
+
+def _relax_gc() -> None:
+    """One more async batch running: the first one raises the generation-1 threshold."""
+    with _gc_lock:
+        if _gc_users[0] == 0:
+            now = gc.get_threshold()
+            if now[0] > 0 and now[1] < _GC_MIDDLE:  # a threshold of 0 means "off": left alone
+                ours = (now[0], _GC_MIDDLE, now[2])
+                gc.set_threshold(*ours)
+                _gc_saved.append((now, ours))
+        _gc_users[0] += 1
+
+
+def _restore_gc() -> None:
+    """One async batch fewer: the last one puts the thresholds back, unless
+    someone else changed them meanwhile (theirs stay)."""
+    with _gc_lock:
+        _gc_users[0] -= 1
+        if _gc_users[0] == 0 and _gc_saved:
+            old, ours = _gc_saved.pop()
+            if gc.get_threshold() == ours:
+                gc.set_threshold(*old)
 
 
 class AsyncExecutor:
@@ -61,6 +102,7 @@ class AsyncExecutor:
         self._outcomes: deque[Outcome] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self._run: Any = None
+        self._gc_relaxed = False
 
     def start(self, job: Job) -> None:
         self._job = job
@@ -71,6 +113,9 @@ class AsyncExecutor:
         else:
             self._pool = ThreadPoolExecutor(self.slots, thread_name_prefix=f"{self._name}-sync")
             self._run = partial(run_attempt_async, job.node, job.base, job.services, run_sync=self._in_pool)
+        if not self._gc_relaxed:  # last: a start that failed is never closed
+            self._gc_relaxed = True
+            _relax_gc()
 
     async def _in_pool(self, fn: Any, arg: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, arg)
@@ -128,6 +173,9 @@ class AsyncExecutor:
         deadline = time.monotonic() + 1.0
         while self._tasks and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self._gc_relaxed:
+            self._gc_relaxed = False
+            _restore_gc()
 
     # -- on the loop
 

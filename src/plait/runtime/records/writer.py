@@ -59,6 +59,7 @@ PREVIEW_CHARS = 160
 # outputs longer than this (as JSON text) are kept as a file in blobs/, named by their hash
 BLOB_CHARS = 64 * 1024
 _NAMES_KEPT = 4096  # output names whose secrecy is remembered (a node's outputs have a few)
+_NESTED_VALUES = 64  # values in dicts inside an item's outputs that the short way looks at, at most
 _RECORDED = (
     RunStarted,
     RunFinished,
@@ -429,12 +430,14 @@ class RunRecorder:
             return None, blobs.store(self._blobs, text), 1 if masked else None
         return text, None, 1 if masked else None
 
-    def _flat_and_clean(self, outputs: dict[Any, Any]) -> bool:
+    def _flat_and_clean(self, outputs: dict[Any, Any], nested: bool = False) -> bool:
         """True when ``redactor.masked`` would keep these outputs as they are, found
         the short way for most items' outputs: names that are not secret (each name
-        asked once), values that are numbers, or text with nothing to mask."""
+        asked once), values that are numbers, text with nothing to mask, or a few
+        small dicts of those (an HTTP response and its headers)."""
         names = self._clean_names
         text = self.redactor.text
+        room = _NESTED_VALUES
         for name, value in outputs.items():
             clean = names.get(name)
             if clean is None:
@@ -447,8 +450,13 @@ class RunRecorder:
             if kind is str:
                 if value and text(value) != value:
                     return False
+            elif kind is dict and not nested:
+                # one level deeper, for a few values in all: a large one goes the long way at once
+                room -= len(value)
+                if room < 0 or not self._flat_and_clean(value, True):
+                    return False
             elif not (kind is int or kind is float or kind is bool or value is None):
-                return False  # nested, or not JSON data: the long way
+                return False  # a list, or not JSON data: the long way
         return True
 
     def _final(
