@@ -97,6 +97,18 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def on_a_terminal(cwd: Path, *args: str) -> tuple[int, str]:
+    """Exit code and stderr of `plait ARGS` run with a terminal on its standard input."""
+    master, slave = pty.openpty()
+    try:
+        proc = popen_cli(*args, cwd=cwd, stdin=slave)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, err
+
+
 def batch_node(node_id: str, items: Any, *, results: Any = None, **batch: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"items": items, "error_handling": "continue", **batch}
     if results is not None:
@@ -242,14 +254,8 @@ def test_standard_input_piped_and_items_file(plait, workflow, tmp_path):
     assert "batch 'x' reads standard input, and so does an input marked stdin: true" in r.stderr
 
     # standard input that is a terminal: an error that says how to pipe, not a wait for typing
-    master, slave = pty.openpty()
-    try:
-        proc = popen_cli("run", wf, cwd=tmp_path, stdin=slave)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert proc.returncode == 2, err
+    code, err = on_a_terminal(tmp_path, "run", wf)
+    assert code == 2, err
     assert "batch 's' reads its items from standard input, which is a terminal" in err
     assert f"plait run {wf} < items.jsonl" in err and "--items items.jsonl" in err
 
@@ -522,14 +528,8 @@ def test_a_resume_reads_the_items_file_the_run_read(plait, workflow, tmp_path):
     assert r.code == 1
     piped = r.stderr.split("plait resume ")[1].split()[0]
     assert f"resume:  plait resume {piped} (pipe the same items into it)" in r.stderr
-    master, slave = pty.openpty()
-    try:
-        proc = popen_cli("resume", piped, cwd=tmp_path, stdin=slave)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        os.close(slave)
-        os.close(master)
-    assert proc.returncode == 2, err
+    code, err = on_a_terminal(tmp_path, "resume", piped)
+    assert code == 2, err
     assert f"run {piped} read its items from standard input, and this one has none piped in" in err
     flag.unlink()
     r = plait("resume", piped, "-o", "json", "-q", input=text)
