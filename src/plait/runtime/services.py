@@ -495,9 +495,14 @@ class RunServices(Services):
         budget with the real cost. ``started`` False: the call was never made."""
         self._calls.pop(id(ctx), None)
         ticket = call.ticket
+        usage = call.usage
+        if exc is None and len(usage) == 1 and call.budget is None and call.headers is None and started:
+            # the usual call (one answer, no budget, no rate headers): what the rest does for it
+            if ticket is not None and call.limiter is not None:
+                call.limiter.settle(ticket, actual_tokens=usage[0].input_tokens + usage[0].output_tokens)
+            return
         cost: float | None = None
         tokens: int | None = None
-        usage = call.usage
         if len(usage) == 1:  # the usual case, without the sums
             tokens = usage[0].input_tokens + usage[0].output_tokens
             cost = usage[0].cost_usd
