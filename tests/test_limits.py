@@ -241,6 +241,25 @@ def test_a_plain_event_cancels_too(clock: ManualClock) -> None:
     assert limiter.acquire(cancelled=cancel) is None  # already cancelled: no wait at all
 
 
+def test_a_limiter_with_nothing_to_enforce_grants_at_once_and_counts_every_call(clock: ManualClock) -> None:
+    limiter = Limiter("llm:free", clock=clock)
+    cancel = CancelSignal()
+    first, second = limiter.acquire(40, cancel), limiter.acquire(2.7)  # a float estimate: the general path
+    assert first is not None and second is not None
+    assert (first.tokens, second.tokens, first.seq, second.seq) == (40, 2, 0, 1)
+    assert limiter.in_flight == 2 and limiter.stats()["acquired"] == 2
+    limiter.settle(first, actual_tokens=12)
+    limiter.settle(second)
+    assert limiter.in_flight == 0 and limiter.stats()["waits"] == 0
+    cancel.set()
+    assert limiter.acquire(5, cancel) is None and limiter.stats()["acquired"] == 2
+    # a throttle gives it something to enforce: the next call waits for the pause
+    held = limiter.acquire(1)
+    assert held is not None
+    limiter.settle(held, outcome="throttled", retry_after=3.0)
+    assert limiter.ready_in(1) == pytest.approx(3.0)
+
+
 class _Interrupt(BaseException):
     """What a Ctrl-C handler raises, without pytest taking it for a real one."""
 

@@ -25,7 +25,7 @@ import pytest
 from direct import DirectServices, with_defaults
 from openai_server import OpenAIServer, write_llm_config
 from plait.nodes.base import ItemContext, NodeError
-from plait.nodes.llm import LlmNode, estimate_prompt_tokens
+from plait.nodes.llm import LlmNode, estimate_prompt_tokens, prompt_tokens_bound
 from servers import LocalServer, Reply
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -287,6 +287,17 @@ def test_demand_without_an_output_cap_reserves_the_prompt_only(llm_home, service
     assert demand.key == "llm:echo/echo"
     assert demand.max_output_tokens is None
     assert demand.tokens == demand.input_tokens > 0
+
+
+def test_demand_of_a_prompt_alone_is_the_estimate_and_bound_of_any_other(llm_home, services):
+    # a prompt without system or images takes a shorter path: the same figures
+    for prompt in ("hi", "Classify this message: item 7 " * 9, "résumé 汉字", " x" * 333):
+        demand = demand_of(services, {"prompt": prompt, "model": "echo"})
+        assert demand.input_tokens == demand.tokens == estimate_prompt_tokens(prompt)
+        assert demand.input_tokens_bound == prompt_tokens_bound(prompt)
+        capped = demand_of(services, {"prompt": prompt, "model": "echo", "max_tokens": 9})
+        assert (capped.input_tokens, capped.tokens, capped.max_output_tokens) == (demand.input_tokens, demand.tokens + 9, 9)
+        assert capped.input_tokens_bound == demand.input_tokens_bound
 
 
 def test_demand_for_an_unknown_model_is_none_and_the_call_says_why(llm_home, services):

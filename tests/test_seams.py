@@ -299,3 +299,25 @@ def test_no_function_binds_the_standard_streams_at_import() -> None:
     for path in (SRC / "plait").rglob("*.py"):
         text = path.read_text()
         assert "= sys.stdout)" not in text and "= sys.stderr)" not in text, path
+
+
+def test_demand_and_usage_take_their_fields_in_order_with_their_defaults() -> None:
+    # Both write their __init__ out (for speed): it must stay the dataclass's own.
+    import dataclasses
+    import inspect
+
+    from plait.nodes.base import Demand, Usage
+
+    for cls in (Demand, Usage):
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        fields = dataclasses.fields(cls)
+        assert [p.name for p in params] == [f.name for f in fields]
+        for p, f in zip(params, fields, strict=True):
+            assert p.default == (inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+        values = {f.name: f"v{i}" for i, f in enumerate(fields)}
+        made = cls(**values)
+        assert dataclasses.asdict(made) == values
+        assert made == cls(**values) and hash(made) == hash(cls(**values))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(made, fields[0].name, "x")
+    assert dataclasses.replace(Usage(model="m", input_tokens=2), cost_usd=0.5) == Usage("m", 2, 0, 0, 0.5)

@@ -114,6 +114,27 @@ class Demand:
     #: must never be short (None: ``input_tokens`` is taken as the bound)
     input_tokens_bound: int | None = None
 
+    # Written out (dataclass keeps a class's own __init__): the generated one of a
+    # frozen dataclass sets each field through object.__setattr__, which costs
+    # about three times more, once per call on the per-item path. Same fields,
+    # defaults and order, so eq, hash, repr and dataclasses.replace are unchanged.
+    def __init__(
+        self,
+        key: str,
+        tokens: int = 0,
+        model: str | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int | None = None,
+        input_tokens_bound: int | None = None,
+    ) -> None:
+        fields = self.__dict__
+        fields["key"] = key
+        fields["tokens"] = tokens
+        fields["model"] = model
+        fields["input_tokens"] = input_tokens
+        fields["max_output_tokens"] = max_output_tokens
+        fields["input_tokens_bound"] = input_tokens_bound
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -129,6 +150,24 @@ class Usage:
     cached_tokens: int = 0
     cost_usd: float | None = None
     kind: str = "llm"
+
+    # Written out, as Demand's, for the same reason.
+    def __init__(
+        self,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_tokens: int = 0,
+        cost_usd: float | None = None,
+        kind: str = "llm",
+    ) -> None:
+        fields = self.__dict__
+        fields["model"] = model
+        fields["input_tokens"] = input_tokens
+        fields["output_tokens"] = output_tokens
+        fields["cached_tokens"] = cached_tokens
+        fields["cost_usd"] = cost_usd
+        fields["kind"] = kind
 
 
 class Services:

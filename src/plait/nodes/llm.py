@@ -258,15 +258,21 @@ class LlmNode(PlaitNode):
             except NodeError:
                 return None  # exec reports it
         prompt, system = call.prompt, call.system
-        images = _IMAGE_TOKENS * len(call.images) if call.images else 0
-        estimate = estimate_prompt_tokens(prompt, system) + images
-        cap = call.max_output_tokens if call.options else None
-        # an image's real token count depends on its size: its estimate is no bound
-        bound = prompt_tokens_bound(prompt, system) + images * 2
-        return Demand(
-            key=info.limiter_key, tokens=estimate + (cap or 0), model=info.id, input_tokens=estimate,
-            max_output_tokens=cap, input_tokens_bound=bound,
-        )
+        if system is None and not call.images and prompt.isascii():
+            # the usual item, estimate_prompt_tokens and prompt_tokens_bound written out
+            # (an ASCII text is as many UTF-8 bytes as characters)
+            size = len(prompt)
+            estimate = (size + 3) // 4 + 7
+            bound = size + 19
+        else:
+            images = _IMAGE_TOKENS * len(call.images) if call.images else 0
+            estimate = estimate_prompt_tokens(prompt, system) + images
+            # an image's real token count depends on its size: its estimate is no bound
+            bound = prompt_tokens_bound(prompt, system) + images * 2
+        if call.options:
+            cap = call.max_output_tokens
+            return Demand(info.limiter_key, estimate + (cap or 0), info.id, estimate, cap, bound)
+        return Demand(info.limiter_key, estimate, info.id, estimate, None, bound)
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
         call = prep_res

@@ -124,9 +124,22 @@ class Price:
         return self.input, (self.cached if self.cached is not None else self.input), self.output
 
     def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        input_tokens, output_tokens = max(0, input_tokens), max(0, output_tokens)
-        cached_tokens = min(max(0, cached_tokens), input_tokens)
-        inp, cached, out = self.rates(input_tokens)
+        # Once per call on the per-item path: the comparisons written out, not max/min calls.
+        if input_tokens < 0:
+            input_tokens = 0
+        if output_tokens < 0:
+            output_tokens = 0
+        if cached_tokens <= 0:
+            cached_tokens = 0
+        elif cached_tokens > input_tokens:
+            cached_tokens = input_tokens
+        if self.long_context is None:
+            if not cached_tokens:
+                return (input_tokens * self.input + output_tokens * self.output) / PER
+            inp, out = self.input, self.output
+            cached = self.cached if self.cached is not None else inp
+        else:
+            inp, cached, out = self.rates(input_tokens)
         return ((input_tokens - cached_tokens) * inp + cached_tokens * cached + output_tokens * out) / PER
 
     def to_dict(self) -> dict[str, Any]:

@@ -424,7 +424,7 @@ class RunServices(Services):
         """Before a call: price its worst case for its budget and find its limiter.
         The caller then reserves (:meth:`reserve` / :meth:`reserve_async`) and
         acquires a limiter ticket, and always ends with :meth:`close_call`."""
-        plan = self._plan(cn)
+        plan = self._root._plans.get(id(cn)) or self._plan(cn)
         call = Call(demand)
         budget = plan.budget
         if budget is not None:
@@ -443,7 +443,9 @@ class RunServices(Services):
                 raise NodeError(f"cannot reserve this call in budget '{budget.name}': {why}", retryable=False)
             call.budget_of = budget
             call.worst = worst
-        call.limiter = self._limiter(plan, demand.key)
+        # the default limiter of a key already met: found without the method call
+        limiter = plan.by_key.get(demand.key) if plan.rate is None else None
+        call.limiter = limiter if limiter is not None else self._limiter(plan, demand.key)
         self._calls[id(ctx)] = call
         return call
 
@@ -493,9 +495,14 @@ class RunServices(Services):
         budget with the real cost. ``started`` False: the call was never made."""
         self._calls.pop(id(ctx), None)
         ticket = call.ticket
+        usage = call.usage
+        if exc is None and len(usage) == 1 and call.budget is None and call.headers is None and started:
+            # the usual call (one answer, no budget, no rate headers): what the rest does for it
+            if ticket is not None and call.limiter is not None:
+                call.limiter.settle(ticket, actual_tokens=usage[0].input_tokens + usage[0].output_tokens)
+            return
         cost: float | None = None
         tokens: int | None = None
-        usage = call.usage
         if len(usage) == 1:  # the usual case, without the sums
             tokens = usage[0].input_tokens + usage[0].output_tokens
             cost = usage[0].cost_usd
@@ -547,13 +554,8 @@ class RunServices(Services):
             if price is _MISSING:
                 price = self._price_of[model] = self.price_table().resolve(model)
             if price is not None:
-                # Usage is a frozen dataclass, whose __init__ sets every field through
-                # object.__setattr__; a copy of its fields is the same value for less.
-                priced = object.__new__(Usage)
-                fields = priced.__dict__
-                fields.update(usage.__dict__)
-                fields["cost_usd"] = price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
-                usage = priced
+                inp, out, cached = usage.input_tokens, usage.output_tokens, usage.cached_tokens
+                usage = Usage(model, inp, out, cached, price.cost(inp, out, cached), usage.kind)
         call = self._calls.get(id(ctx))
         if call is not None:
             call.usage.append(usage)
