@@ -66,7 +66,8 @@ class CompiledNode:
     rate: str | bool | None = None
     budget_usd: float | None = None
     #: how ``canonical_params`` builds an item's canonical params (see ``_key_plan``)
-    key_plan: tuple[tuple[str, str | None], ...] | None = None
+    #: entries (name, its piece when static, else None; '"name":'; whether keys hash its text)
+    key_plan: tuple[tuple[str, str | None, str, bool], ...] | None = None
 
     def item_key(self, params: dict[str, Any]) -> str | None:
         """``keys.item_key(self.fingerprint, params)`` for params this node resolved,
@@ -91,17 +92,16 @@ class CompiledNode:
             return canonical(params)
         pieces = []
         try:
-            for name, fixed in plan:
+            for name, fixed, head, hashed in plan:
                 if fixed is None:
                     value = params[name]
                     kind = type(value)
                     if kind is int:  # what canonical_param gives for the usual values, without the call
-                        text = int.__repr__(value)
-                    elif kind is str and not (value and hashed_in_keys(name)):
-                        text = encode_str(value)
+                        pieces.append(head + int.__repr__(value))
+                    elif kind is str and not (hashed and value):
+                        pieces.append(head + encode_str(value))
                     else:
-                        text = canonical_param(name, value)
-                    pieces.append(f"{encode_str(name)}:{text}")
+                        pieces.append(head + canonical_param(name, value))
                 else:
                     pieces.append(fixed)
         except KeyError:  # not the params it resolves (a caller's own): the slow way
@@ -386,19 +386,20 @@ def _compile_node(spec: Any, cls: type[PlaitNode]) -> CompiledNode:
     )
 
 
-def _key_plan(static: dict[str, Any], templated: list[str]) -> tuple[tuple[str, str | None], ...] | None:
+def _key_plan(static: dict[str, Any], templated: list[str]) -> tuple[tuple[str, str | None, str, bool], ...] | None:
     """The canonical params text of every item, in pieces: ``canonical(params)``
     is ``{"name":value,...}`` in the names' order, and a static param's piece is
     the same for every item. None when a static value has no canonical form
     (no item of the node is then keyed; ``item_key`` finds that out itself)."""
-    entries: list[tuple[str, str | None]] = []
+    entries: list[tuple[str, str | None, str, bool]] = []
     try:
         for name in static:
-            entries.append((name, f"{encode_str(name)}:{canonical_param(name, static[name])}"))
+            head = f"{encode_str(name)}:"
+            entries.append((name, head + canonical_param(name, static[name]), head, hashed_in_keys(name)))
     except NotCanonical:
         return None
-    entries += [(name, None) for name in templated]
-    if len({name for name, _ in entries}) != len(entries):
+    entries += [(name, None, f"{encode_str(name)}:", hashed_in_keys(name)) for name in templated]
+    if len({entry[0] for entry in entries}) != len(entries):
         return None
     entries.sort(key=lambda e: e[0])
     return tuple(entries)
