@@ -531,6 +531,11 @@ def test_a_resume_reads_the_items_file_the_run_read(plait, workflow, tmp_path):
     code, err = on_a_terminal(tmp_path, "resume", piped)
     assert code == 2, err
     assert f"run {piped} read its items from standard input, and this one has none piped in" in err
+    # an empty pipe: it runs what it was given, and says the items were not the run's
+    r = plait("resume", piped, "-o", "json", "-q", input="")
+    assert r.code == 0 and r.json["outputs"]["n"] == 0
+    assert f"batch 'b' read 0 items from standard input, where run {piped} had 3" in r.stderr
     flag.unlink()
     r = plait("resume", piped, "-o", "json", "-q", input=text)
     assert r.code == 0 and r.json["outputs"]["n"] == 5
+    assert "warning" not in r.stderr

@@ -135,6 +135,8 @@ def run_command(
         sys.stderr.write(details)
         return 130
     _learn_secrets(redactor, compiled, result)
+    if old_run is not None and old_run.get("items_from") == "-" and items is None:
+        _fewer_piped(old_run, compiled, result)
     strict = strict or bool(compiled.workflow.fail_on_item_errors)
     if output_format == "json":
         payload = {"run_id": run_id, **result.to_json()}
@@ -237,6 +239,36 @@ def partial_line(result: RunResult, run_id: str | None, strict: bool) -> None:
     if run_id:
         text += f"; the failed items: plait show {run_id}"
     warning(text)
+
+
+def _fewer_piped(run: dict[str, Any], compiled: Any, result: RunResult) -> None:
+    """A resume of a run whose items were piped in, given fewer items than that run
+    had (an empty pipe, say): said, as the plan counted the items recorded."""
+    from plait.cli.inputs import stdin_batch
+    from plait.runtime.records.queries import Records
+
+    node_id = stdin_batch(compiled)
+    now = result.nodes[node_id].items if node_id in result.nodes else None
+    if node_id is None or now is None:
+        return
+    import sqlite3
+
+    try:
+        records = Records.open()
+        try:
+            row = records.conn.execute(
+                "SELECT items_total FROM nodes WHERE run = ? AND node_id = ?", (run["id"], node_id)
+            ).fetchone()
+        finally:
+            records.close()
+    except sqlite3.Error:
+        return  # only a warning: the run itself is over and reported
+    before = row[0] if row is not None else None
+    if before is not None and now[0] < before:
+        sys.stderr.write(
+            f"warning: batch '{node_id}' read {now[0]:,} items from standard input, where run {run['run_id']}"
+            f" had {before:,}: to resume it, pipe the same items in again\n"
+        )
 
 
 def _print_warning(ev: Any) -> None:
