@@ -97,6 +97,7 @@ def is_secret_name(name: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
 def hashed_in_keys(name: str) -> bool:
     """Whether an item or cache key hashes the value of a param named ``name``."""
     return bool(_HASHED_IN_KEYS.search(name))
@@ -187,23 +188,22 @@ class Redactor:
     def knows_any(self, text: str) -> bool:
         """Whether ``text`` holds a secret value this redactor was given or learned
         (what :meth:`text` masks besides the patterns every run masks alike)."""
-        if not self._secrets:
-            return False
+        return bool(self._secrets) and self._secrets_pattern().search(text) is not None
+
+    def _secrets_pattern(self) -> re.Pattern[str]:
+        """The values learned, longest first (a secret inside a longer one is masked with it)."""
         pattern = self._pattern
         if pattern is None:
             ordered = sorted(self._secrets, key=len, reverse=True)
             pattern = self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
-        return pattern.search(text) is not None
+        return pattern
 
     def text(self, text: str) -> str:
         """Free text with anything that looks like a credential masked."""
         if not text:
             return text
         if self._secrets:
-            if self._pattern is None:
-                ordered = sorted(self._secrets, key=len, reverse=True)
-                self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
-            text = self._pattern.sub(MASK, text)
+            text = self._secrets_pattern().sub(MASK, text)
         if not _SUSPECT.search(text):  # most text: one scan, nothing to mask
             return text
         if "://" in text:
