@@ -135,20 +135,7 @@ class ResultList(Sequence[Any]):
             head = int.__repr__(item) if type(item) is int else _encode(item)
         except (TypeError, ValueError):  # not JSON, or an int past the digits Python prints
             return False
-        data = ('{"item":' + head + tail).encode("utf-8", "surrogatepass")
-        starts = self._start
-        if index >= len(starts):
-            self._grow(index)
-            starts = self._start
-        if starts[index] == _MISSING and index not in self._objects:
-            self._count += 1
-        elif self._objects:
-            self._objects.pop(index, None)
-        starts[index] = self._text.append(data)
-        self._size[index] = len(data)
-        self._att[index] = attempts
-        if index >= self._high:
-            self._high = index + 1
+        self._place(index, ('{"item":' + head + tail).encode("utf-8", "surrogatepass"), attempts)
         return True
 
     def _grow(self, index: int) -> None:
@@ -159,16 +146,25 @@ class ResultList(Sequence[Any]):
         self._att.extend(array("B", [0]) * grow)
 
     def _store(self, index: int, result: Any, attempts: int) -> None:
-        starts = self._start
-        if index >= len(starts):
-            self._grow(index)
-        new = starts[index] == _MISSING and index not in self._objects
         try:
             data = _encode(result).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
             if attempts:
                 result = {"index": index, "item": result.pop("item"), "attempts": attempts, **result}
-            self._objects[index] = result
+            self._place(index, None, attempts, result)
+        else:
+            self._place(index, data, attempts)
+
+    def _place(self, index: int, data: bytes | None, attempts: int, whole: Any = None) -> None:
+        """Item ``index``'s result: its JSON text ``data``, or (None) the object ``whole``."""
+        starts = self._start
+        if index >= len(starts):
+            self._grow(index)
+            starts = self._start
+        if starts[index] == _MISSING and index not in self._objects:
+            self._count += 1
+        if data is None:
+            self._objects[index] = whole
             starts[index] = _MISSING
         else:
             if self._objects:
@@ -176,8 +172,6 @@ class ResultList(Sequence[Any]):
             starts[index] = self._text.append(data)
             self._size[index] = len(data)
             self._att[index] = attempts
-        if new:
-            self._count += 1
         if index >= self._high:
             self._high = index + 1
 
