@@ -623,19 +623,6 @@ class Limiter:
 
         Returns its :class:`Ticket`, or None when ``cancelled`` was set first.
         """
-        if self._free and type(tokens_estimate) is int and tokens_estimate >= 0:
-            # _arrive's first case written out: a limiter with nothing to enforce
-            # (most runs' default limiters) grants every call at once
-            if cancelled is not None and cancelled.is_set():
-                return None
-            with self._lock:
-                if self._free and not self._queue:
-                    self._in_flight += 1
-                    self._tokens_in_flight += tokens_estimate
-                    self.acquired += 1
-                    seq = self._next_seq
-                    self._next_seq = seq + 1
-                    return Ticket(self, tokens_estimate, self._now(), 0.0, seq)
         first = self._arrive(tokens_estimate, cancelled, _ThreadWaiter)
         if not isinstance(first, tuple):
             return first
