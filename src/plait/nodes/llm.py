@@ -258,17 +258,10 @@ class LlmNode(PlaitNode):
             except NodeError:
                 return None  # exec reports it
         prompt, system = call.prompt, call.system
-        if system is None and not call.images and prompt.isascii():
-            # the usual item, estimate_prompt_tokens and prompt_tokens_bound written out
-            # (an ASCII text is as many UTF-8 bytes as characters)
-            size = len(prompt)
-            estimate = (size + 3) // 4 + 7
-            bound = size + 19
-        else:
-            images = _IMAGE_TOKENS * len(call.images) if call.images else 0
-            estimate = estimate_prompt_tokens(prompt, system) + images
-            # an image's real token count depends on its size: its estimate is no bound
-            bound = prompt_tokens_bound(prompt, system) + images * 2
+        images = _IMAGE_TOKENS * len(call.images) if call.images else 0
+        estimate = estimate_prompt_tokens(prompt, system) + images
+        # an image's real token count depends on its size: its estimate is no bound
+        bound = prompt_tokens_bound(prompt, system) + images * 2
         if call.options:
             cap = call.max_output_tokens
             return Demand(info.limiter_key, estimate + (cap or 0), info.id, estimate, cap, bound)
@@ -943,7 +936,8 @@ def estimate_prompt_tokens(prompt: str, system: str | None = None) -> int:
 def prompt_tokens_bound(prompt: str, system: str | None = None) -> int:
     """A count the real prompt tokens cannot exceed: a token of a byte-level BPE
     is at least one byte, plus a generous allowance for each message's framing."""
-    total = len(prompt.encode("utf-8")) + 16 + 3
+    # an ASCII text is as many UTF-8 bytes as characters (most prompts: no encoding)
+    total = (len(prompt) if prompt.isascii() else len(prompt.encode("utf-8"))) + 16 + 3
     if system:
         total += len(system.encode("utf-8")) + 16
     return total
