@@ -496,11 +496,6 @@ class RunServices(Services):
         self._calls.pop(id(ctx), None)
         ticket = call.ticket
         usage = call.usage
-        if exc is None and len(usage) == 1 and call.budget is None and call.headers is None and started:
-            # the usual call (one answer, no budget, no rate headers): what the rest does for it
-            if ticket is not None and call.limiter is not None:
-                call.limiter.settle(ticket, actual_tokens=usage[0].input_tokens + usage[0].output_tokens)
-            return
         cost: float | None = None
         tokens: int | None = None
         if len(usage) == 1:  # the usual case, without the sums
