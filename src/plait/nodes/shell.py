@@ -283,6 +283,7 @@ class ShellNode(PlaitNode):
             _watchdog.start()
         except RuntimeError:
             pass  # each command tries again, and fails alone with a clear message
+        _reaper.start()
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -420,6 +421,9 @@ class ShellNode(PlaitNode):
                 f"cannot start the thread that enforces timeouts and interrupts ({exc}): "
                 "lower the batch's max_concurrent, or raise the system's limit on threads"
             ) from None
+        # the helper that kills it if plait dies runs before it does: a kill -9 of
+        # plait while that helper started would leave the command running
+        _reaper.start()
         try:
             try:
                 proc = start(argv or [_SHELL, "-c", script])
@@ -637,6 +641,13 @@ class _Reaper:
         self._page = page
         self._pid = os.getpid()
         return page
+
+    def start(self) -> None:
+        """Start the helper now if it is not running (add starts it otherwise)."""
+        if self._page is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            self._ensure()
 
     def add(self, pgid: int) -> int | None:
         with self._lock:
