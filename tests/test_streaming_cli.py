@@ -243,6 +243,8 @@ def test_standard_input_piped_and_items_file(plait, workflow, tmp_path):
     assert '{"from": "-"}' in r.stderr
     r = plait("run", wf, "--items", "missing.jsonl")
     assert r.code == 2 and "--items: file not found: missing.jsonl" in r.stderr
+    r = plait("--items", "missing.jsonl", wf)  # the shorthand, the option first: its value is not the workflow
+    assert r.code == 2 and "--items: file not found: missing.jsonl" in r.stderr
     two = workflow({"nodes": [batch_node("x", {"from": "-"}), batch_node("y", {"from": "-"})]}, "two.json")
     r = plait("run", two, input="a\n")
     assert r.code == 2 and "only one batch can read standard input, but x, y all do" in r.stderr

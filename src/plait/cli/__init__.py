@@ -25,6 +25,7 @@ _WORKFLOW_SUFFIXES = (".json", ".yaml", ".yml", ".pflow.md")
 
 _RUN_OPTIONS_WITH_VALUE = (
     "-o", "--output-format", "--nodes", "--executor", "--scheduler", "--resume", "--rerun", "--max-parallel-nodes",
+    "--items",
 )
 
 
