@@ -133,6 +133,12 @@ def test_a_glob_of_records_reads_every_file_by_its_own_format_with_one_index(tmp
 def test_a_glob_that_matches_nothing_is_empty_but_a_missing_folder_is_an_error(tmp_path):
     (tmp_path / "inbox").mkdir()
     assert read({"from": "inbox/*.json", "items": "records"}, tmp_path) == (0, [])
+    empty = open_source({"from": "inbox/*.json"}, base_dir=str(tmp_path))
+    assert empty.warning == (
+        f"batch.items: the glob 'inbox/*.json' matched no files (in {tmp_path}), so the batch has no items"
+    )
+    (tmp_path / "inbox" / "a.json").write_text("[]")
+    assert open_source({"from": "inbox/*.json"}, base_dir=str(tmp_path)).warning is None
     with pytest.raises(SourceError) as exc:
         open_source({"from": "nowhere/*.json"}, base_dir=str(tmp_path))
     assert "folder not found: nowhere" in exc.value.message
@@ -430,13 +436,18 @@ def test_validation_names_every_problem_with_its_path_and_a_hint():
         {"frm": "x.jsonl", "format": "jsnl", "skip": -1, "limit": 1.5, "items": "content"}
     )
     assert problems == [
+        # the misspelt 'from' is the one problem about 'from'
         ("unknown field 'frm' in the items source", ".frm", "did you mean 'from'?"),
-        ("the items source has no 'from'", "", problems[1][2]),
         ('unknown items format "jsnl"', ".format", "did you mean 'jsonl'?"),
-        ("'skip' must be an integer of at least 0, not -1", ".skip", problems[3][2]),
-        ("'limit' must be an integer of at least 0, not 1.5", ".limit", problems[4][2]),
+        ("'skip' must be an integer of at least 0, not -1", ".skip", problems[2][2]),
+        ("'limit' must be an integer of at least 0, not 1.5", ".limit", problems[3][2]),
         ('unknown \'items\' "content"', ".items", "did you mean 'contents'?"),
     ]
+    # 'form' is as close to 'format' as to 'from'; the missing 'from' is the likely one
+    assert validate_source({"form": "x.csv"}) == [
+        ("unknown field 'form' in the items source", ".form", "did you mean 'from'?")
+    ]
+    assert validate_source({"format": "csv"})[0][:2] == ("the items source has no 'from'", "")
     assert validate_source({"from": "-", "items": "paths"})[0][:2] == (
         "'items' applies to a glob, and standard input is one stream",
         ".items",

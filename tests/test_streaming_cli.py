@@ -243,6 +243,12 @@ def test_standard_input_piped_and_items_file(plait, workflow, tmp_path):
     assert '{"from": "-"}' in r.stderr
     r = plait("run", wf, "--items", "missing.jsonl")
     assert r.code == 2 and "--items: file not found: missing.jsonl" in r.stderr
+    # a glob that matches nothing: an empty batch, and a warning saying so (-q keeps warnings)
+    empty = workflow({"nodes": [batch_node("g", {"from": "inbox/*.jsonl"})]}, "empty.json")
+    (tmp_path / "inbox").mkdir()
+    r = plait("run", empty, "-q")
+    assert r.code == 0, r
+    assert "warning: g: batch.items: the glob 'inbox/*.jsonl' matched no files" in r.stderr
     r = plait("--items", "missing.jsonl", wf)  # the shorthand, the option first: its value is not the workflow
     assert r.code == 2 and "--items: file not found: missing.jsonl" in r.stderr
     two = workflow({"nodes": [batch_node("x", {"from": "-"}), batch_node("y", {"from": "-"})]}, "two.json")

@@ -251,6 +251,10 @@ def _open_items(cn: CompiledNode, base: Base, services: RunServices, start_at: i
             source = open_source(resolved, base_dir=services.workflow_dir, stdin=services.root.stdin, start_at=start_at)
         except NodeError as exc:
             raise BatchFailed(exc.message, None, {}) from None
+        if source.warning is not None:
+            from plait.runtime.events import RunWarning
+
+            services.bus.emit(RunWarning(services.location(cn.id), source.warning))
         return iter(source), source.total, source
     items, owned = resolve_items(cn, base)
     if owned:

@@ -279,11 +279,8 @@ def _stream_problems(wf: Workflow) -> list[Problem]:
             continue
         path = f"nodes[{n.position}].batch"
         if isinstance(b.items, dict):
-            from plait.runtime.sources import is_source, validate_source
+            from plait.runtime.sources import validate_source
 
-            if not is_source(b.items):
-                problems.append(Problem("batch.items as an object must be a source with 'from'", f"{path}.items",
-                                        'e.g. {"from": "issues.jsonl"}', node_id=n.id))
             for message, suffix, hint in validate_source(b.items):
                 problems.append(Problem(message, f"{path}.items{suffix}", hint, node_id=n.id))
             if b.items.get("from") == "-":

@@ -120,17 +120,23 @@ def _problems(obj: Any, *, static: bool) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
     if not isinstance(obj, dict):
         return [("an items source must be an object with 'from'", "", 'e.g. {"from": "items.jsonl"}')]
+    misspelt_from = False
     for key in obj:
         if key not in SOURCE_FIELDS:
+            # {"form": ...}: the missing 'from' first, before fields that are as close
+            hint = did_you_mean(str(key), ["from"]) if "from" not in obj else ""
+            misspelt_from = misspelt_from or bool(hint)
             out.append(
                 (
                     f"unknown field '{key}' in the items source",
                     f".{key}",
-                    did_you_mean(str(key), SOURCE_FIELDS) or f"allowed fields: {', '.join(SOURCE_FIELDS)}",
+                    hint or did_you_mean(str(key), SOURCE_FIELDS) or f"allowed fields: {', '.join(SOURCE_FIELDS)}",
                 )
             )
     src = obj.get("from")
-    if "from" not in obj:
+    if "from" not in obj and misspelt_from:
+        pass  # said above, with the fix
+    elif "from" not in obj:
         out.append(
             (
                 "the items source has no 'from'",
@@ -313,6 +319,26 @@ def _glob_source(
         n for n in glob.glob(pattern, root_dir=root, recursive=True) if os.path.isfile(_join(root, n))
     )
     files = [(_join(root, n), n) for n in names]
+    warning = None
+    if not files:  # an empty batch, and most often a mistyped pattern: said, not silent
+        where = f" (in {base_dir})" if relative and base_dir else ""
+        warning = f"batch.items: the glob {pattern!r} matched no files{where}, so the batch has no items"
+    source = _glob_files(pattern, files, names, relative, mode, fmt, skip, limit, start_at)
+    source.warning = warning
+    return source
+
+
+def _glob_files(
+    pattern: str,
+    files: list[tuple[str, str]],
+    names: list[str],
+    relative: bool,
+    mode: str,
+    fmt: str | None,
+    skip: int,
+    limit: int | None,
+    start_at: int,
+) -> ItemSource:
     if mode == "records":
         parts = [(p, n, fmt or format_for(n)) for p, n in files]
         total: int | None = 0
@@ -370,6 +396,8 @@ class ItemSource:
         self._outer: Iterator[Iterator[Any]] | None = None
         self._started = False
         self._closed = False
+        #: something the user should hear about the source (a glob that matched nothing)
+        self.warning: str | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         if self._started:
