@@ -129,6 +129,17 @@ def test_a_long_batch_without_a_terminal_prints_a_summary_now_and_then(
     assert result.stderr.splitlines()[-2].startswith("✓ work  24 items")
 
 
+def test_a_grouped_batch_counts_items_not_groups(plait: Plait, workflow: Workflow) -> None:
+    wf = two_nodes(24, "sleep 0.2", group=4)  # 6 groups, 2 at a time
+    result = plait("run", workflow(wf), env={"PLAIT_PROGRESS_EVERY": "0.15"})
+    assert result.code == 0, result
+    summaries = [line for line in result.stderr.splitlines() if line.startswith("work: ")]
+    counts = [int(line.split()[1].split("/")[0]) for line in summaries]
+    assert counts and all(c % 4 == 0 for c in counts) and max(counts) >= 8, result.stderr
+    assert all(line.split()[1].endswith("/24") for line in summaries)
+    assert result.stderr.splitlines()[-2].startswith("✓ work  24 items")
+
+
 def test_quiet_silences_progress(plait: Plait, workflow: Workflow) -> None:
     result = plait("run", workflow(two_nodes(3)), "-q")
     assert result.code == 0

@@ -448,6 +448,35 @@ def test_groups_map_back_fail_per_group_and_resume_per_group(plait, workflow, tm
     assert [x["first"] for x in shared_out] == [0, 0, 0, 0, 4, 4, 4, 4, 8, 8]
 
 
+def test_a_group_counts_as_its_items_in_the_record_and_in_max_failures(plait, workflow, tmp_path):
+    nodes_file = write_nodes(tmp_path)
+    jsonl(tmp_path / "ten.jsonl", [{"n": i} for i in range(10)])
+    flag = tmp_path / "refuse"
+    flag.write_text("")
+
+    def grouped(**batch):
+        return {
+            "id": "g",
+            "type": "hold",
+            "params": {"value": "${item}", "fail_while": str(flag), "fail_on": [4]},
+            "batch": {"items": {"from": "ten.jsonl"}, "group": 3, "error_handling": "continue", **batch},
+        }
+
+    r = plait("run", workflow({"nodes": [grouped()]}, "counted.json"), "--nodes", nodes_file, "-o", "json", "-q")
+    assert r.code == 0, r
+    assert r.json["nodes"]["g"]["items"] == {"count": 10, "succeeded": 7, "failed": 3}
+    # the record counts items too (4 groups ran: 3 of them, holding 7 items, succeeded)
+    shown = plait("show", r.json["run_id"])
+    assert "7 ok, 3 failed" in shown.stdout and "7/10 ok" in shown.stdout, shown
+    listed = plait("runs")
+    assert "7 ok, 3 failed" in listed.stdout, listed
+
+    # the failed group is 3 failed items: more than max_failures=2 (as a group it was 1)
+    r = plait("run", workflow({"nodes": [grouped(max_failures=2)]}, "limited.json"), "--nodes", nodes_file, "-q")
+    assert r.code == 1, r
+    assert "batch aborted: 3 items failed, more than max_failures=2" in r.stderr
+
+
 def test_the_python_api_takes_items_as_a_path_or_an_open_file(workflow, tmp_path):
     import io
 

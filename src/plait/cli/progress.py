@@ -40,7 +40,9 @@ RATE_WINDOW_S = 10.0  # rate and ETA follow the last seconds, not the whole batc
 
 
 class NodeProgress:
-    __slots__ = ("batch", "cached", "done", "failed", "id", "loc", "retries", "reused", "started", "total", "type")
+    __slots__ = (
+        "batch", "cached", "done", "failed", "grouped", "id", "loc", "retries", "reused", "started", "total", "type",
+    )
 
     def __init__(self, node_id: str, type_: str, batch: bool, loc: Location | None = None) -> None:
         self.id = node_id
@@ -54,6 +56,7 @@ class NodeProgress:
         self.retries = 0
         self.reused = 0  # items whose recorded result was reused (resume)
         self.cached = 0  # items answered from the item cache
+        self.grouped = False  # batch.group: an item event stands for each item of its list
 
 
 class Rate:
@@ -112,13 +115,15 @@ class Tracker:
                 if kind is ItemRetried:
                     node.retries += 1
                 else:
-                    node.done += 1
+                    item = ev.item  # type: ignore[attr-defined]
+                    n = len(item) if node.grouped and type(item) is list else 1
+                    node.done += n
                     if kind is ItemFailed:
-                        node.failed += 1
+                        node.failed += n
                     if ev.reused:  # type: ignore[attr-defined]
-                        node.reused += 1
+                        node.reused += n
                     elif kind is ItemFinished and ev.cached:  # type: ignore[attr-defined]
-                        node.cached += 1
+                        node.cached += n
             return
         loc = getattr(ev, "loc", None)
         if loc is None or not loc.top_level:  # run events, and the insides of sub-workflows
@@ -133,6 +138,7 @@ class Tracker:
             node = self.running.get(loc.node_id)
             if node is not None:
                 node.total = ev.total
+                node.grouped = ev.grouped
                 node.started = time.monotonic()
         elif isinstance(ev, NodeFinished):
             node = self.running.pop(loc.node_id, None)

@@ -434,7 +434,8 @@ def _drive(
     assert spec is not None
     bus = services.bus
     if bus.active:
-        bus.emit(BatchStarted(services.location(cn.id), total, spec.parallel, spec.max_concurrent))
+        bus.emit(BatchStarted(services.location(cn.id), total, spec.parallel, spec.max_concurrent,
+                              grouped=groups is not None))
     reuse = _reuse(cn, services)
     cache = _cache(cn, services)
     collected = _Collected(cn, services, sink, total, cache)
@@ -456,6 +457,7 @@ def _drive(
         on_final=on_final,
         check=_check(reuse, cache),
         admit=_admit(sink, groups),
+        grouped=groups is not None,
     )
     try:
         stop = driver.run(items)

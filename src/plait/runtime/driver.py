@@ -212,6 +212,11 @@ class Checks:
             check.retried(out)
 
 
+def _items_in(group: Any) -> int:
+    """The items a grouped attempt stands for (a malformed record fails alone: one)."""
+    return len(group) if type(group) is list else 1
+
+
 class BatchDriver:
     """Runs every item of one batch (or the one item of a node) through an executor."""
 
@@ -225,8 +230,12 @@ class BatchDriver:
         on_final: Callable[[Outcome], None],
         check: ItemCheck | None = None,
         admit: Callable[[int], bool] | None = None,
+        grouped: bool = False,
     ) -> None:
         self.job = job
+        #: batch.group: an attempt's item is a list of items, each counted in
+        #: ``finished`` and ``failed`` (max_failures and max_failure_rate count items)
+        self._grouped = grouped
         self.executor = executor
         self.retry = retry
         self.failures = failures
@@ -432,7 +441,7 @@ class BatchDriver:
                         record=out.record,
                     )
                 )
-            self.finished += 1
+            self.finished += _items_in(out.item) if self._grouped else 1
             if self._throttles:
                 self._throttles.pop(out.index, None)
             self.on_final(out)
@@ -496,8 +505,9 @@ class BatchDriver:
                     at=out.started + out.duration,
                 )
             )
-        self.failed += 1
-        self.finished += 1
+        items = _items_in(out.item) if self._grouped else 1
+        self.failed += items
+        self.finished += items
         if self._throttles:
             self._throttles.pop(out.index, None)
         self.on_final(out)

@@ -125,9 +125,12 @@ class NodeStarted(Event):
 @dataclass(slots=True)
 class BatchStarted(Event):
     loc: Location
-    total: int | None
+    total: int | None  # items (not groups)
     parallel: bool = False
     max_concurrent: int = 1
+    #: batch.group: each item event's ``item`` is a list of items, and stands for
+    #: that many of ``total`` (a malformed record, failing alone, for one)
+    grouped: bool = False
 
 
 @dataclass(slots=True)

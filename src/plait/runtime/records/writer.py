@@ -350,7 +350,9 @@ class RunRecorder:
             if node.started is None:
                 node.started = ev.at
         elif isinstance(ev, BatchStarted):
-            self._node(ev.loc.key).total = ev.total
+            node = self._node(ev.loc.key)
+            node.total = ev.total
+            node.grouped = ev.grouped
         elif isinstance(ev, NodeFinished):
             self._node_finished(ev)
         elif isinstance(ev, RunFinished) and not ev.path:
@@ -360,14 +362,15 @@ class RunRecorder:
         """A successful attempt without tokens: the row of most items, with fewer columns to bind."""
         key = ev.loc.key
         node = self._nodes.get(key) or self._node(key)
-        node.ok += 1
+        item = ev.item
+        n = len(item) if node.grouped and type(item) is list else 1  # a group: its items
+        node.ok += n
         node.dirty = True
         idx = ev.index
         shown = None
         top = not ev.loc.path
         if idx is not None and top:
-            self._items_ok += 1
-            item = ev.item
+            self._items_ok += n
             shown = str(item) if type(item) is int else self._preview(item)
             record = ev.record
             if record is not None and record[1] == shown and not self.redactor.knows_any(record[2]):
@@ -476,15 +479,16 @@ class RunRecorder:
         final = status in ("success", "failed") and ev.loc.top_level
         text, ref, masked = self._outputs(getattr(ev, "outputs", None)) if final else (None, None, None)
         preview = None
+        n = len(item) if node.grouped and type(item) is list else 1  # a group: its items
         if status == "success":
-            node.ok += 1
+            node.ok += n
             if top_item:
-                self._items_ok += 1
+                self._items_ok += n
                 preview = self._preview(item)
         elif status == "failed":
-            node.failed += 1
+            node.failed += n
             if top_item:
-                self._items_failed += 1
+                self._items_failed += n
                 preview = self._preview(item)
         elif status == "retried":
             node.retries += 1
@@ -651,8 +655,13 @@ def _passing(exc: BaseException) -> bool:
 
 def _batch_summary(spec: Any) -> dict[str, Any]:
     b = spec.batch
-    items = b.items if isinstance(b.items, str) else f"<inline list of {len(b.items)}>"
-    return {
+    if isinstance(b.items, str):
+        items: Any = b.items
+    elif isinstance(b.items, dict):  # a source: {"from": ..., "format": ...} as written
+        items = b.items
+    else:
+        items = f"<inline list of {len(b.items)}>"
+    summary = {
         "items": items,
         "as": b.alias,
         "parallel": b.parallel,
@@ -660,6 +669,11 @@ def _batch_summary(spec: Any) -> dict[str, Any]:
         "error_handling": b.error_handling,
         "max_retries": b.max_retries,
     }
+    if b.group:
+        summary["group"] = b.group
+        if b.group_bytes is not None:
+            summary["group_bytes"] = b.group_bytes
+    return summary
 
 
 class _NodeState:
@@ -671,6 +685,7 @@ class _NodeState:
         "error",
         "error_index",
         "failed",
+        "grouped",
         "llm",
         "node_id",
         "ok",
@@ -694,6 +709,7 @@ class _NodeState:
         self.error: str | None = None
         self.error_index: int | None = None
         self.total: int | None = None
+        self.grouped = False  # batch.group: a row stands for the items of its group
         self.ok = 0
         self.failed = 0
         self.retries = 0
