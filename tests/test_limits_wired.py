@@ -347,6 +347,19 @@ def test_estimate_counts_prices_and_times_without_calling_the_model(server, run,
     assert node["cost_usd"]["low"] <= actual <= node["cost_usd"]["high"]
 
 
+def test_estimate_of_a_free_model_costs_nothing_even_with_its_output_unknown(plait, workflow):
+    ir = {"nodes": [{"id": "a", "type": "llm", "params": {"prompt": "hi ${item}", "model": "echo"},
+                     "batch": {"items": [1, 2]}}]}
+
+    result = plait("run", workflow(ir), "--estimate", "-o", "json")
+
+    assert result.code == 0, result
+    node = result.json["nodes"][0]
+    assert node["output_tokens"]["expected"] is None  # no cap, no past runs
+    assert node["cost_usd"] == {"low": 0.0, "expected": 0.0, "high": 0.0}
+    assert result.json["total"]["cost_complete"] is True
+
+
 def test_estimate_of_a_workflow_without_paid_calls_says_so(plait, workflow):
     ir = {"nodes": [{"id": "s", "type": "shell", "params": {"command": "echo hi"}}]}
 

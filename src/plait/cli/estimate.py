@@ -184,7 +184,9 @@ def _node(compiled: CompiledWorkflow, cn: CompiledNode, base: dict[str, Any], se
 
         def dollars(tokens_in: float, tokens_out: float | None) -> float | None:
             if tokens_out is None:
-                return None
+                if rates[2]:
+                    return None
+                tokens_out = 0  # output is free: its count does not matter
             return round((tokens_in * rates[0] + tokens_out * rates[2]) / PER_MILLION, 6)
 
         out["price"] = {"model": price.model, "input": price.input, "output": price.output}
