@@ -429,6 +429,13 @@ def test_url_with_a_bad_port_is_an_invalid_request_not_retried(http):
     assert err.retryable is False
 
 
+def test_a_url_that_does_not_parse_is_an_invalid_request_not_a_crash(http):
+    err = http.failure({"url": "http://[::1/x?key=SECRET"})  # an unclosed IPv6 bracket
+    assert "invalid request: the URL is malformed (Invalid IPv6 URL)" in err.message
+    assert "SECRET" not in err.message and "ValueError" not in err.message
+    assert err.retryable is False
+
+
 def test_unknown_method_suggests_the_nearest(server, http):
     err = http.failure({"url": server.url("/json"), "method": "GTE"})
     assert "unknown HTTP method 'GTE'" in err.message

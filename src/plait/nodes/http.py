@@ -484,7 +484,10 @@ def _check_authority(url: str, what: str) -> None:
 
 
 def _port_problem(url: str, exc: Exception) -> str:
-    authority = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    try:
+        authority = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    except ValueError:  # the URL itself does not split ("http://[::1": an unclosed bracket)
+        return f"the URL is malformed ({exc})"
     port = authority.rpartition(":")[2] if ":" in authority else ""
     if port and not port.isdigit():
         return f"the port '{port}' is not a number"
