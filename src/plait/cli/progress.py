@@ -33,6 +33,7 @@ from plait.runtime.events import (
     NodeFinished,
     NodeStarted,
     RunWarning,
+    items_in,
 )
 
 SUMMARY_EVERY_S = 5.0  # plain mode: a batch running longer than this gets summary lines
@@ -115,8 +116,7 @@ class Tracker:
                 if kind is ItemRetried:
                     node.retries += 1
                 else:
-                    item = ev.item  # type: ignore[attr-defined]
-                    n = len(item) if node.grouped and type(item) is list else 1
+                    n = items_in(ev.item) if node.grouped else 1  # type: ignore[attr-defined]
                     node.done += n
                     if kind is ItemFailed:
                         node.failed += n

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried
+from plait.runtime.events import ItemFailed, ItemFinished, ItemInterrupted, ItemRetried, items_in
 from plait.runtime.executors import Executor, Job
 from plait.runtime.items import Attempt, BadItem, Outcome, resolve
 from plait.templates import TemplateError
@@ -210,11 +210,6 @@ class Checks:
     def retried(self, out: Outcome) -> None:
         for check in self.checks:
             check.retried(out)
-
-
-def _items_in(group: Any) -> int:
-    """The items a grouped attempt stands for (a malformed record fails alone: one)."""
-    return len(group) if type(group) is list else 1
 
 
 class BatchDriver:
@@ -441,7 +436,7 @@ class BatchDriver:
                         record=out.record,
                     )
                 )
-            self.finished += _items_in(out.item) if self._grouped else 1
+            self.finished += items_in(out.item) if self._grouped else 1
             if self._throttles:
                 self._throttles.pop(out.index, None)
             self.on_final(out)
@@ -505,7 +500,7 @@ class BatchDriver:
                     at=out.started + out.duration,
                 )
             )
-        items = _items_in(out.item) if self._grouped else 1
+        items = items_in(out.item) if self._grouped else 1
         self.failed += items
         self.finished += items
         if self._throttles:

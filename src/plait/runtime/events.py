@@ -133,6 +133,12 @@ class BatchStarted(Event):
     grouped: bool = False
 
 
+def items_in(item: Any) -> int:
+    """The items an item event of a grouped batch stands for: its list's length (a
+    malformed record, which fails alone, is one)."""
+    return len(item) if type(item) is list else 1
+
+
 @dataclass(slots=True)
 class NodeFinished(Event):
     loc: Location

@@ -36,6 +36,7 @@ from plait.runtime.events import (
     RunFinished,
     RunStarted,
     UsageRecorded,
+    items_in,
 )
 from plait.runtime.jsontext import compact
 from plait.runtime.records.schema import connect, records_dir
@@ -363,7 +364,7 @@ class RunRecorder:
         key = ev.loc.key
         node = self._nodes.get(key) or self._node(key)
         item = ev.item
-        n = len(item) if node.grouped and type(item) is list else 1  # a group: its items
+        n = items_in(item) if node.grouped else 1  # a group: its items
         node.ok += n
         node.dirty = True
         idx = ev.index
@@ -479,7 +480,7 @@ class RunRecorder:
         final = status in ("success", "failed") and ev.loc.top_level
         text, ref, masked = self._outputs(getattr(ev, "outputs", None)) if final else (None, None, None)
         preview = None
-        n = len(item) if node.grouped and type(item) is list else 1  # a group: its items
+        n = items_in(item) if node.grouped else 1  # a group: its items
         if status == "success":
             node.ok += n
             if top_item:
