@@ -319,26 +319,6 @@ def _glob_source(
         n for n in glob.glob(pattern, root_dir=root, recursive=True) if os.path.isfile(_join(root, n))
     )
     files = [(_join(root, n), n) for n in names]
-    warning = None
-    if not files:  # an empty batch, and most often a mistyped pattern: said, not silent
-        where = f" (in {base_dir})" if relative and base_dir else ""
-        warning = f"batch.items: the glob {pattern!r} matched no files{where}, so the batch has no items"
-    source = _glob_files(pattern, files, names, relative, mode, fmt, skip, limit, start_at)
-    source.warning = warning
-    return source
-
-
-def _glob_files(
-    pattern: str,
-    files: list[tuple[str, str]],
-    names: list[str],
-    relative: bool,
-    mode: str,
-    fmt: str | None,
-    skip: int,
-    limit: int | None,
-    start_at: int,
-) -> ItemSource:
     if mode == "records":
         parts = [(p, n, fmt or format_for(n)) for p, n in files]
         total: int | None = 0
@@ -346,15 +326,19 @@ def _glob_files(
             count = _count_file(p, n, f)
             total = None if total is None or count is None else total + count
         total = _apply(total, skip - start_at, None if limit is None else limit + start_at)
-        return ItemSource(pattern, total, parts, skip, limit, start_at)
-    # Paths usable from the working directory (where file nodes take them from).
-    usable = [_usable(p) if relative else p for p, _ in files]
-    total = _apply(len(files), skip - start_at, None if limit is None else limit + start_at)
-    chosen = usable[skip:] if limit is None else usable[skip : skip + limit]
-    names = names[skip:] if limit is None else names[skip : skip + limit]
-    if mode == "paths":
-        return ItemSource(pattern, total, [], 0, None, start_at, items=chosen)
-    return ItemSource(pattern, total, [], 0, None, start_at, items=_contents(chosen, names))
+        source = ItemSource(pattern, total, parts, skip, limit, start_at)
+    else:
+        # Paths usable from the working directory (where file nodes take them from).
+        usable = [_usable(p) if relative else p for p, _ in files]
+        total = _apply(len(files), skip - start_at, None if limit is None else limit + start_at)
+        chosen = usable[skip:] if limit is None else usable[skip : skip + limit]
+        names = names[skip:] if limit is None else names[skip : skip + limit]
+        items = chosen if mode == "paths" else _contents(chosen, names)
+        source = ItemSource(pattern, total, [], 0, None, start_at, items=items)
+    if not files:  # an empty batch, and most often a mistyped pattern: said, not silent
+        where = f" (in {base_dir})" if relative and base_dir else ""
+        source.warning = f"batch.items: the glob {pattern!r} matched no files{where}, so the batch has no items"
+    return source
 
 
 def _join(root: str | None, name: str) -> str:
