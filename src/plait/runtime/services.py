@@ -48,7 +48,9 @@ class UsageLedger:
 
     def add(self, node_id: str, usage: Usage) -> None:
         cost = usage.cost_usd
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # by hand, not ``with``: half the cost, once per call and level
+        try:
             row = self._by_node.get(node_id)
             if row is None:
                 row = self._by_node[node_id] = [0, 0, 0, 0, None]
@@ -58,6 +60,8 @@ class UsageLedger:
             row[3] += usage.cached_tokens
             if cost is not None:
                 row[4] = cost if row[4] is None else row[4] + cost
+        finally:
+            lock.release()
 
     def of(self, node_id: str) -> dict[str, Any]:
         with self._lock:
