@@ -71,7 +71,9 @@ _MIN_SECRET = 6
 class LlmCall:
     """Everything ``exec`` needs, taken from the item's params in ``prep``."""
 
-    __slots__ = ("api_base", "ctx", "images", "key", "model", "model_key", "options", "prompt", "schema", "system")
+    __slots__ = (
+        "api_base", "ctx", "images", "info", "key", "model", "model_key", "options", "prompt", "schema", "system",
+    )
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class LlmCall:
         self.api_base = api_base
         # A model made for an api_base differs with and without a key (see llm_models).
         self.model_key = (model or "", api_base or "", bool(api_base and key))
+        self.info: ModelInfo | None = None  # the resolved model, once demand or exec found it
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -251,10 +254,10 @@ class LlmNode(PlaitNode):
 
     def demand(self, prep_res: LlmCall) -> Demand | None:
         call = prep_res
-        info = self._models.get(call.model_key)
+        info = call.info = self._models.get(call.model_key)
         if info is None:
             try:
-                info = self._model(call)
+                info = call.info = self._model(call)
             except NodeError:
                 return None  # exec reports it
         prompt, system = call.prompt, call.system
@@ -269,7 +272,7 @@ class LlmNode(PlaitNode):
 
     def exec(self, prep_res: LlmCall) -> dict[str, Any]:
         call = prep_res
-        info = self._models.get(call.model_key) or self._model(call)
+        info = call.info or self._models.get(call.model_key) or self._model(call)
         # Only what is set: llm folds unknown keywords into options, which costs.
         extra: dict[str, Any] = {}
         if call.options or call.schema is not None or call.images:
@@ -299,12 +302,14 @@ class LlmNode(PlaitNode):
         except Exception as exc:
             raise self._call_error(exc, call, info) from exc
         details = usage.details
+        input_tokens = usage.input
+        output_tokens = usage.output
         return self.finish(
             call,
             info.id,
             text,
-            _tokens(usage.input),
-            _tokens(usage.output),
+            input_tokens if type(input_tokens) is int else 0,  # _tokens, written out
+            output_tokens if type(output_tokens) is int else 0,
             _cached_tokens(details) if details else 0,
             llm_models.last_headers() if info.openai else None,
         )
@@ -386,10 +391,8 @@ class LlmNode(PlaitNode):
         turn the answer into the node's outputs."""
         ctx = call.ctx
         services = ctx.services
-        recorded = services.record_usage(
-            ctx,
-            Usage(model=model_id, input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=cached_tokens),
-        )
+        # positional: Usage(model, input_tokens, output_tokens, cached_tokens), keywords cost more
+        recorded = services.record_usage(ctx, Usage(model_id, input_tokens, output_tokens, cached_tokens))
         if headers:
             rate = rate_headers(headers)
             if rate:

@@ -43,35 +43,39 @@ class UsageLedger:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_node: dict[str, list[float]] = {}
-        self._cost: dict[str, float | None] = {}
+        # node id -> [calls, input, output, cached, cost (None: no call had a known cost)]
+        self._by_node: dict[str, list[Any]] = {}
 
     def add(self, node_id: str, usage: Usage) -> None:
-        with self._lock:
+        cost = usage.cost_usd
+        lock = self._lock
+        lock.acquire()  # by hand, not ``with``: half the cost, once per call and level
+        try:
             row = self._by_node.get(node_id)
             if row is None:
-                row = self._by_node[node_id] = [0, 0, 0, 0]
+                row = self._by_node[node_id] = [0, 0, 0, 0, None]
             row[0] += 1
             row[1] += usage.input_tokens
             row[2] += usage.output_tokens
             row[3] += usage.cached_tokens
-            if usage.cost_usd is not None:
-                self._cost[node_id] = (self._cost.get(node_id) or 0.0) + usage.cost_usd
+            if cost is not None:
+                row[4] = cost if row[4] is None else row[4] + cost
+        finally:
+            lock.release()
 
     def of(self, node_id: str) -> dict[str, Any]:
         with self._lock:
-            row = list(self._by_node.get(node_id, (0, 0, 0, 0)))
-            cost = self._cost.get(node_id)
-        return self._shape(row, cost)
+            row = list(self._by_node.get(node_id, (0, 0, 0, 0, None)))
+        return self._shape(row, row[4])
 
     def total(self) -> dict[str, Any]:
         with self._lock:
-            rows = list(self._by_node.values())
-            costs = [c for c in self._cost.values() if c is not None]
+            rows = [list(r) for r in self._by_node.values()]
+        costs = [r[4] for r in rows if r[4] is not None]
         row = [sum(r[i] for r in rows) for i in range(4)]
         return self._shape(row, sum(costs) if costs else None)
 
-    def _shape(self, row: list[float], cost: float | None) -> dict[str, Any]:
+    def _shape(self, row: list[Any], cost: float | None) -> dict[str, Any]:
         out: dict[str, Any] = {"calls": int(row[0]), "input_tokens": int(row[1]), "output_tokens": int(row[2])}
         if row[3]:
             out["cached_tokens"] = int(row[3])
@@ -89,20 +93,22 @@ class BudgetRefused(Exception):
 
 
 class Call:
-    """One paid or rate-limited call of an item, between its demand and its settling."""
+    """One paid or rate-limited call of an item, between its demand and its settling:
+    what it asked, the limiter and budget it holds, and the usage it reported."""
 
-    __slots__ = ("budget", "budget_of", "demand", "headers", "limiter", "model", "ticket", "usage", "worst")
+    __slots__ = ("budget", "budget_of", "demand", "headers", "limiter", "more", "ticket", "usage", "worst")
 
-    def __init__(self, demand: Demand) -> None:
+    def __init__(self, demand: Demand, limiter: Limiter | None = None) -> None:
         self.demand = demand
-        self.model = demand.model
-        self.limiter: Limiter | None = None
+        self.limiter = limiter
         self.ticket: Ticket | None = None
         self.budget: BudgetTicket | None = None
         self.budget_of: Budget | None = None  # the budget it must be reserved in
         self.worst = 0.0  # its worst-case cost, in dollars
         self.headers: Any = None  # the x-ratelimit-* headers of a successful answer
-        self.usage: list[Usage] = []
+        # what it used: the first record_usage (the usual one and only), then any more
+        self.usage: Usage | None = None
+        self.more: list[Usage] | None = None
 
 
 class _CallPlan:
@@ -425,7 +431,9 @@ class RunServices(Services):
         The caller then reserves (:meth:`reserve` / :meth:`reserve_async`) and
         acquires a limiter ticket, and always ends with :meth:`close_call`."""
         plan = self._root._plans.get(id(cn)) or self._plan(cn)
-        call = Call(demand)
+        # the default limiter of a key already met: found without the method call
+        limiter = plan.by_key.get(demand.key) if plan.rate is None else None
+        call = Call(demand, limiter if limiter is not None else self._limiter(plan, demand.key))
         budget = plan.budget
         if budget is not None:
             root = self._root
@@ -443,9 +451,6 @@ class RunServices(Services):
                 raise NodeError(f"cannot reserve this call in budget '{budget.name}': {why}", retryable=False)
             call.budget_of = budget
             call.worst = worst
-        # the default limiter of a key already met: found without the method call
-        limiter = plan.by_key.get(demand.key) if plan.rate is None else None
-        call.limiter = limiter if limiter is not None else self._limiter(plan, demand.key)
         self._calls[id(ctx)] = call
         return call
 
@@ -494,35 +499,44 @@ class RunServices(Services):
         limiter ticket with the real usage and what the provider said, and the
         budget with the real cost. ``started`` False: the call was never made."""
         self._calls.pop(id(ctx), None)
-        ticket = call.ticket
-        usage = call.usage
+        first = call.usage
         cost: float | None = None
         tokens: int | None = None
-        if len(usage) == 1:  # the usual case, without the sums
-            tokens = usage[0].input_tokens + usage[0].output_tokens
-            cost = usage[0].cost_usd
-        elif usage:
-            tokens = sum(u.input_tokens + u.output_tokens for u in usage)
-            costs = [u.cost_usd for u in usage]
-            cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
-        if ticket is not None and call.limiter is not None:
-            if not started:
-                call.limiter.release(ticket)
+        if first is not None:
+            more = call.more
+            if more is None:  # the usual case, without the sums
+                tokens = first.input_tokens + first.output_tokens
+                cost = first.cost_usd
+            else:
+                usage = [first, *more]
+                tokens = sum(u.input_tokens + u.output_tokens for u in usage)
+                costs = [u.cost_usd for u in usage]
+                cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+        ticket = call.ticket
+        limiter = call.limiter
+        if ticket is not None and limiter is not None:
+            if exc is None:
+                if started:
+                    limiter.settle(ticket, actual_tokens=tokens, outcome="ok", headers=call.headers)
+                else:
+                    limiter.release(ticket)
+            elif not started:
+                limiter.release(ticket)
             elif isinstance(exc, NodeError) and exc.throttled:
-                call.limiter.settle(ticket, actual_tokens=0, outcome="throttled",
-                                    retry_after=exc.retry_after, headers=exc.headers)
+                limiter.settle(ticket, actual_tokens=0, outcome="throttled",
+                               retry_after=exc.retry_after, headers=exc.headers)
             else:
                 headers = call.headers
                 if headers is None and isinstance(exc, NodeError):
                     headers = exc.headers
-                outcome: Literal["ok", "error"] = "ok" if exc is None or call.usage else "error"
-                call.limiter.settle(ticket, actual_tokens=tokens, outcome=outcome, headers=headers)
+                outcome: Literal["ok", "error"] = "ok" if first is not None else "error"
+                limiter.settle(ticket, actual_tokens=tokens, outcome=outcome, headers=headers)
         if call.budget is not None:
             budget = call.budget.budget
-            if not started or (not call.usage and isinstance(exc, NodeError) and (exc.throttled or not exc.retryable)):
+            if not started or (first is None and isinstance(exc, NodeError) and (exc.throttled or not exc.retryable)):
                 # never made, refused by the provider, or refused before the call: nothing was paid
                 budget.release(call.budget)
-            elif not call.usage and exc is not None:
+            elif first is None and exc is not None:
                 budget.settle(call.budget, None)  # it may have been paid: keep the worst case as spent
             else:
                 budget.settle(call.budget, cost)
@@ -553,7 +567,12 @@ class RunServices(Services):
                 usage = Usage(model, inp, out, cached, price.cost(inp, out, cached), usage.kind)
         call = self._calls.get(id(ctx))
         if call is not None:
-            call.usage.append(usage)
+            if call.usage is None:
+                call.usage = usage
+            elif call.more is None:
+                call.more = [usage]
+            else:
+                call.more.append(usage)
         # One event, where the call happened; the usage is added at every level,
         # so the enclosing workflow node and the run count it too. The event is
         # made only when someone listens (it costs more than the rest here).
