@@ -11,7 +11,6 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 
 from plait.nodes.base import NodeError
@@ -19,7 +18,7 @@ from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
-from plait.runtime.items import BadItem, Outcome, run_attempt
+from plait.runtime.items import BadItem, Outcome, attempt_runner
 from plait.runtime.results import ResultList
 from plait.runtime.services import RunServices
 from plait.templates import Base, TemplateError
@@ -39,7 +38,7 @@ class BatchFailed(Exception):
 
 def _job(cn: CompiledNode, base: Base, services: RunServices, workflow: CompiledWorkflow | None = None) -> Job:
     return Job(
-        node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services, lazy_key=True), workflow=workflow
+        node=cn, base=base, services=services, run=attempt_runner(cn, base, services, lazy_key=True), workflow=workflow
     )
 
 

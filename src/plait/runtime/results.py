@@ -48,11 +48,15 @@ class _Text:
         start = self._open_base + len(self._open)
         self._open += data
         if len(self._open) >= BLOCK:
-            self._blocks.append(zlib.compress(self._open, 1))
-            self._bases.append(self._open_base)
-            self._open_base += len(self._open)
-            self._open = bytearray()
+            self.seal()
         return start
+
+    def seal(self) -> None:
+        """The open block, compressed: the next text starts a new one."""
+        self._blocks.append(zlib.compress(self._open, 1))
+        self._bases.append(self._open_base)
+        self._open_base += len(self._open)
+        self._open = bytearray()
 
     def get(self, start: int, size: int) -> bytes | bytearray:
         base = self._open_base
@@ -120,7 +124,28 @@ class ResultList(Sequence[Any]):
             body.update(outputs)
         if error is not _NO_ERROR:
             body["error"] = error
-        self._store(index, body, attempts)
+        # _store, _place and _Text.append, written out for the usual result: JSON
+        # text for an index not given yet, within the arrays (one call, not four, per item)
+        try:
+            data = _encode(body).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
+            self._store(index, body, attempts)
+            return
+        starts = self._start
+        if index >= len(starts) or starts[index] != _MISSING or self._objects:
+            self._place(index, data, attempts)
+            return
+        store = self._text
+        pending = store._open
+        starts[index] = store._open_base + len(pending)
+        pending += data
+        if len(pending) >= BLOCK:
+            store.seal()
+        self._size[index] = len(data)
+        self._att[index] = attempts
+        self._count += 1
+        if index >= self._high:
+            self._high = index + 1
 
     def _put_text(self, index: int, item: Any, attempts: int, text: str) -> bool:
         """``{"item": item, **outputs}`` from the outputs' own JSON text (an object of
