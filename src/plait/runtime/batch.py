@@ -345,7 +345,12 @@ class _Collected:
         self.throttled = 0
         self.timing = Timing()
 
-    def add(self, i: int, item: Any, out: Outcome, outputs: dict[str, Any] | None) -> None:
+    def add(self, out: Outcome, spread: tuple[int, Any, dict[str, Any] | None] | None = None) -> None:
+        """A final outcome: its item's own, or (``spread``) one item's of the group it ran."""
+        if spread is None:
+            i, item, outputs = out.index, out.item, out.outputs  # a batch item's index: never None
+        else:
+            i, item, outputs = spread
         if out.reused:
             self.reused += 1
         self.finished += 1
@@ -358,9 +363,9 @@ class _Collected:
             if ok:
                 record = out.record  # a reused item: its outputs' stored text, not encoded again
                 text = record[2] if record is not None and outputs is out.outputs else None
-                self.results.put_item(i, item, out.attempt, outputs, text=text)
+                self.results.put_item(i, item, out.attempt, outputs, text=text)  # type: ignore[arg-type]
             else:
-                self.results.put_item(i, item, out.attempt, outputs, out.error)
+                self.results.put_item(i, item, out.attempt, outputs, out.error)  # type: ignore[arg-type]
         else:
             result: dict[str, Any] = {"index": i, "item": item, "attempts": out.attempt}
             if outputs:
@@ -435,12 +440,12 @@ def _drive(
     collected = _Collected(cn, services, sink, total, cache)
     primary = cn.cls.primary_output
 
-    def on_final(out: Outcome) -> None:  # called by the driver, in this thread
-        if groups is None:
-            collected.add(out.index, out.item, out, out.outputs)  # type: ignore[arg-type]
-            return
-        for index, item, outputs in groups.spread(out, primary):
-            collected.add(index, item, out, outputs)
+    def spread(out: Outcome) -> None:  # called by the driver, in this thread
+        assert groups is not None
+        for one in groups.spread(out, primary):
+            collected.add(out, one)
+
+    on_final = collected.add if groups is None else spread
 
     policy = FailurePolicy(spec.error_handling == "fail_fast", total, spec.max_failures, spec.max_failure_rate)
     driver = BatchDriver(
