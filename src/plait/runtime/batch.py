@@ -139,8 +139,11 @@ class Timing:
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
-        b = 0 if seconds <= self._FLOOR else int(math.log(seconds * _INV_FLOOR) * _INV_LOG_RATIO) + 1
-        self._buckets[b] = self._buckets.get(b, 0) + 1
+        # floor() is int() here, for less: past the floor, seconds * _INV_FLOOR >= 1.0
+        # (floor * _INV_FLOOR is 1.0 exactly), so the log is never negative
+        b = 0 if seconds <= _FLOOR_S else _floor(_log(seconds * _INV_FLOOR) * _INV_LOG_RATIO) + 1
+        buckets = self._buckets
+        buckets[b] = buckets.get(b, 0) + 1
 
     def percentile(self, q: float) -> float:
         if not self.count:
@@ -165,7 +168,9 @@ class Timing:
 
 
 # one log per item instead of math.log(x, base)'s two
-_INV_FLOOR = 1.0 / Timing._FLOOR
+_FLOOR_S = Timing._FLOOR
+_INV_FLOOR = 1.0 / _FLOOR_S
+_log, _floor = math.log, math.floor
 _INV_LOG_RATIO = 1.0 / math.log(Timing._RATIO)
 
 
