@@ -187,3 +187,25 @@ def test_key_and_token_mask_as_words_of_a_name_not_as_parts_of_other_words() -> 
     assert {n for n, v in masked.items() if v == "***"} == set(secret)
     # item and cache keys hash what they always hashed, so keys computed before still match
     assert all(hashed_in_keys(n) for n in secret + ordinary)
+
+
+def test_the_quick_scan_for_credentials_finds_what_the_full_pattern_finds() -> None:
+    """Most text skips masking on a quick scan (substring tests for ASCII text):
+    it must say "suspect" exactly when the case-insensitive pattern would."""
+    import random
+
+    from plait.runtime.redact import _SUSPECT, _suspect
+
+    pieces = [
+        "item 5", "Classify this message", "BeArEr", "bearer", "basi", "BASIC", "tok", "en", "TOKEN",
+        "Authorization", "authorizatio", "COOKIE", "cook", "ie", "api-key", "API-KEY", "api_key", "apikey",
+        ":/", "/", "://", "=", '"', ":", " ", "\t", "\x1c", "\n", '" :', '"\x1f:', "to\u212aen", "ba\u017fic",
+        "\u212a", "é", "ĸ", "İ", "x",
+    ]
+    rng = random.Random(11)
+    texts = ["", "=", "://", '":', '" \x0b :', "tok en", "Token", "to\u212aen", "coo\u212aie", "ba\u017fic"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 7))) for _ in range(5000)]
+    for text in texts:
+        assert _suspect(text) == (_SUSPECT.search(text) is not None), repr(text)
+    # both kinds were met: the test says something about each
+    assert any(_suspect(t) for t in texts) and not all(_suspect(t) for t in texts)

@@ -126,6 +126,28 @@ def test_results_across_many_compressed_blocks_read_in_any_order() -> None:
     assert rl.nbytes() < plain_text / 2
 
 
+def test_iterating_reads_results_stored_in_any_order_with_gaps_and_objects() -> None:
+    import random
+
+    n = 20_000
+    rng = random.Random(3)
+    order = list(range(n))
+    rng.shuffle(order)  # each block of text holds results from all over the list
+    rl = ResultList(n)
+    want: list[object] = [None] * n
+    marker = object()
+    for i in order:
+        if i % 997 == 0:
+            continue  # no result (yet)
+        outputs = {"text": "é" * (i % 7) + "x" * (i % 300), "n": i}
+        if i % 1231 == 0:
+            outputs["v"] = marker  # not JSON: kept as the object
+        rl.put_item(i, i, 1 + i % 3, outputs)
+        want[i] = full(i, i, 1 + i % 3, outputs)
+    assert list(rl) == want
+    assert list(rl.present()) == [w for w in want if w is not None]
+
+
 def test_plain_and_json_default_turn_results_into_lists() -> None:
     rl = ResultList(1)
     rl.put_item(0, 1, 1, {"v": 2})

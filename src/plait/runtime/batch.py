@@ -11,7 +11,6 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from functools import partial
 from typing import Any
 
 from plait.nodes.base import NodeError
@@ -19,7 +18,7 @@ from plait.runtime.compile import CompiledNode, CompiledWorkflow
 from plait.runtime.driver import BatchDriver, Checks, FailurePolicy, RetryPolicy, Stop, StopReason
 from plait.runtime.events import BatchStarted
 from plait.runtime.executors import Executor, Job
-from plait.runtime.items import BadItem, Outcome, run_attempt
+from plait.runtime.items import BadItem, Outcome, attempt_runner
 from plait.runtime.results import ResultList
 from plait.runtime.services import RunServices
 from plait.templates import Base, TemplateError
@@ -39,7 +38,7 @@ class BatchFailed(Exception):
 
 def _job(cn: CompiledNode, base: Base, services: RunServices, workflow: CompiledWorkflow | None = None) -> Job:
     return Job(
-        node=cn, base=base, services=services, run=partial(run_attempt, cn, base, services, lazy_key=True), workflow=workflow
+        node=cn, base=base, services=services, run=attempt_runner(cn, base, services, lazy_key=True), workflow=workflow
     )
 
 
@@ -140,8 +139,11 @@ class Timing:
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
-        b = 0 if seconds <= self._FLOOR else int(math.log(seconds * _INV_FLOOR) * _INV_LOG_RATIO) + 1
-        self._buckets[b] = self._buckets.get(b, 0) + 1
+        # floor() is int() here, for less: past the floor, seconds * _INV_FLOOR >= 1.0
+        # (floor * _INV_FLOOR is 1.0 exactly), so the log is never negative
+        b = 0 if seconds <= _FLOOR_S else _floor(_log(seconds * _INV_FLOOR) * _INV_LOG_RATIO) + 1
+        buckets = self._buckets
+        buckets[b] = buckets.get(b, 0) + 1
 
     def percentile(self, q: float) -> float:
         if not self.count:
@@ -166,7 +168,9 @@ class Timing:
 
 
 # one log per item instead of math.log(x, base)'s two
-_INV_FLOOR = 1.0 / Timing._FLOOR
+_FLOOR_S = Timing._FLOOR
+_INV_FLOOR = 1.0 / _FLOOR_S
+_log, _floor = math.log, math.floor
 _INV_LOG_RATIO = 1.0 / math.log(Timing._RATIO)
 
 
@@ -350,7 +354,12 @@ class _Collected:
         self.throttled = 0
         self.timing = Timing()
 
-    def add(self, i: int, item: Any, out: Outcome, outputs: dict[str, Any] | None) -> None:
+    def add(self, out: Outcome, spread: tuple[int, Any, dict[str, Any] | None] | None = None) -> None:
+        """A final outcome: its item's own, or (``spread``) one item's of the group it ran."""
+        if spread is None:
+            i, item, outputs = out.index, out.item, out.outputs  # a batch item's index: never None
+        else:
+            i, item, outputs = spread
         if out.reused:
             self.reused += 1
         self.finished += 1
@@ -363,9 +372,9 @@ class _Collected:
             if ok:
                 record = out.record  # a reused item: its outputs' stored text, not encoded again
                 text = record[2] if record is not None and outputs is out.outputs else None
-                self.results.put_item(i, item, out.attempt, outputs, text=text)
+                self.results.put_item(i, item, out.attempt, outputs, text=text)  # type: ignore[arg-type]
             else:
-                self.results.put_item(i, item, out.attempt, outputs, out.error)
+                self.results.put_item(i, item, out.attempt, outputs, out.error)  # type: ignore[arg-type]
         else:
             result: dict[str, Any] = {"index": i, "item": item, "attempts": out.attempt}
             if outputs:
@@ -441,12 +450,12 @@ def _drive(
     collected = _Collected(cn, services, sink, total, cache)
     primary = cn.cls.primary_output
 
-    def on_final(out: Outcome) -> None:  # called by the driver, in this thread
-        if groups is None:
-            collected.add(out.index, out.item, out, out.outputs)  # type: ignore[arg-type]
-            return
-        for index, item, outputs in groups.spread(out, primary):
-            collected.add(index, item, out, outputs)
+    def spread(out: Outcome) -> None:  # called by the driver, in this thread
+        assert groups is not None
+        for one in groups.spread(out, primary):
+            collected.add(out, one)
+
+    on_final = collected.add if groups is None else spread
 
     policy = FailurePolicy(spec.error_handling == "fail_fast", total, spec.max_failures, spec.max_failure_rate)
     driver = BatchDriver(

@@ -34,10 +34,17 @@ class Interrupt(BaseException):
     signals): the item ends as interrupted and the run winds down."""
 
 
-class _MainExec:
+class _Depth:
     """How deep the main thread is inside node ``exec`` calls (sub-workflows nest)."""
 
-    depth = 0
+    __slots__ = ("depth",)
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+
+# an instance, not a class attribute: setting one of those twice per item costs more
+_MainExec = _Depth()
 
 
 def main_thread_in_exec() -> bool:
@@ -222,62 +229,100 @@ def run_attempt(
     executor that runs attempts elsewhere leaves it False, since the events
     are emitted where the outcome arrives.
     """
-    # _begin and _context, written out: this is the per-item path of every in-process executor
-    if services.cancelled.is_set():  # queued before the interrupt: it does not start
-        return Outcome.dropped(attempt, slot)
-    started = time.time()
-    out = Outcome(attempt.index, attempt.item, attempt.number, slot, started)
-    listening = services.bus.listening
-    if ItemStarted in listening:
-        services.bus.emit(ItemStarted(services.location(cn.id), attempt.index, attempt.number, slot, at=started))
-    t0 = time.perf_counter()
-    in_main = threading.get_ident() == _MAIN
-    try:
-        if attempt.params is not None:
-            params, out.key = attempt.params, attempt.key
-        else:
-            keyed = not lazy_key or ItemFinished in listening or ItemFailed in listening
-            params, out.key = resolve(cn, base, attempt, keyed)
-        ctx = ItemContext(cn.id, attempt.index, params, services, attempt.number)
-        prep_res = cn.node.prep(ctx)
-        # One attribute for types without demand(); the rest only for those with one.
-        call = _open(cn, services, ctx, prep_res) if cn.demands else None
-        if call is not None:
-            services.reserve(cn, call)
-            if call.limiter is not None:
-                call.ticket = call.limiter.acquire(call.demand.tokens, services.cancelled)
-                if call.ticket is None:  # Ctrl-C while it waited: it does not start
-                    services.close_call(ctx, call, None, started=False)
-                    raise Interrupt
-            # the item's time is its call's, not its wait for the limiter or the budget
-            out.started, t0 = time.time(), time.perf_counter()
+    return attempt_runner(cn, base, services, lazy_key=lazy_key)(attempt, slot)
+
+
+def attempt_runner(
+    cn: CompiledNode, base: Base, services: RunServices, *, lazy_key: bool = False
+) -> Callable[[Attempt, int], Outcome]:
+    """:func:`run_attempt` for every attempt of one node: ``runner(attempt, slot)``,
+    with what does not change from one item to the next (the node's methods, its
+    params' plan, the run's flags) looked up once, not per item."""
+    node = cn.node
+    prep, node_exec, post = node.prep, node.exec, node.post
+    demands = cn.demands
+    node_id = cn.id
+    bus = services.bus
+    is_cancelled = services.cancelled.is_set
+    now, clock, thread = time.time, time.perf_counter, threading.get_ident
+    alias = cn.batch.alias if cn.batch is not None else ""
+    resolve_params, item_key = cn.resolve_params, cn.item_key
+    # an item's key comes from the params resolved without ${__item_key__}: resolve() makes it
+    plain_params = not cn.uses_item_key
+    main_exec = _MainExec
+
+    def run(attempt: Attempt, slot: int) -> Outcome:
+        # _begin and _context, written out: this is the per-item path of every in-process executor
+        if is_cancelled():  # queued before the interrupt: it does not start
+            return Outcome.dropped(attempt, slot)
+        started = now()
+        index, number = attempt.index, attempt.number
+        out = Outcome(index, attempt.item, number, slot, started)
+        listening = bus.listening
+        if listening and ItemStarted in listening:
+            bus.emit(ItemStarted(services.location(node_id), index, number, slot, at=started))
+        t0 = clock()
         try:
-            if in_main:
-                _MainExec.depth += 1
-                try:
-                    exec_res = cn.node.exec(prep_res)
-                finally:
-                    _MainExec.depth -= 1
+            if attempt.params is not None:
+                params, out.key = attempt.params, attempt.key
             else:
-                exec_res = cn.node.exec(prep_res)
-        except BaseException as exc:
+                keyed = not lazy_key or ItemFinished in listening or ItemFailed in listening
+                if plain_params and index is not None:
+                    params = resolve_params(base, {alias: attempt.item, "__index__": index, "__attempt__": number})
+                    out.key = item_key(params) if keyed else None
+                else:
+                    params, out.key = resolve(cn, base, attempt, keyed)
+            ctx = ItemContext(node_id, index, params, services, number)
+            prep_res = prep(ctx)
+            # One attribute for types without demand(); the rest only for those with one.
+            call = _open(cn, services, ctx, prep_res) if demands else None
             if call is not None:
-                services.close_call(ctx, call, exc)
-            raise
-        if call is not None:
-            services.close_call(ctx, call, None)
-        _post(out, cn, ctx, prep_res, exec_res)
-    except Interrupt:
-        out.error = "interrupted"
-        out.retryable = False
-    except BudgetRefused as exc:
-        _refused(out, exc, services, ctx)
-    except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
-        # SystemExit too (a library calling sys.exit): in a worker thread it
-        # would end the thread silently and leave the batch waiting forever.
-        _failed(out, exc)
-    out.duration = time.perf_counter() - t0
-    return out
+                services.reserve(cn, call)
+                if call.limiter is not None:
+                    call.ticket = call.limiter.acquire(call.demand.tokens, services.cancelled)
+                    if call.ticket is None:  # Ctrl-C while it waited: it does not start
+                        services.close_call(ctx, call, None, started=False)
+                        raise Interrupt
+                # the item's time is its call's, not its wait for the limiter or the budget
+                out.started, t0 = now(), clock()
+            try:
+                if thread() == _MAIN:
+                    main_exec.depth += 1
+                    try:
+                        exec_res = node_exec(prep_res)
+                    finally:
+                        main_exec.depth -= 1
+                else:
+                    exec_res = node_exec(prep_res)
+            except BaseException as exc:
+                if call is not None:
+                    services.close_call(ctx, call, exc)
+                raise
+            if call is not None:
+                services.close_call(ctx, call, None)
+            # _post, written out
+            action = post(ctx, prep_res, exec_res)
+            if action != "default":
+                out.action = action or "default"
+            outputs = ctx.outputs if ctx.outputs is not None else exec_res
+            out.outputs = outputs
+            if type(outputs) is dict and not outputs.get("error"):
+                out.ok = True
+            else:
+                settle(out, outputs)
+        except Interrupt:
+            out.error = "interrupted"
+            out.retryable = False
+        except BudgetRefused as exc:
+            _refused(out, exc, services, ctx)
+        except (Exception, SystemExit) as exc:  # a node's bug is an item failure, not a crash of the run
+            # SystemExit too (a library calling sys.exit): in a worker thread it
+            # would end the thread silently and leave the batch waiting forever.
+            _failed(out, exc)
+        out.duration = clock() - t0
+        return out
+
+    return run
 
 
 async def run_attempt_async(

@@ -48,11 +48,15 @@ class _Text:
         start = self._open_base + len(self._open)
         self._open += data
         if len(self._open) >= BLOCK:
-            self._blocks.append(zlib.compress(self._open, 1))
-            self._bases.append(self._open_base)
-            self._open_base += len(self._open)
-            self._open = bytearray()
+            self.seal()
         return start
+
+    def seal(self) -> None:
+        """The open block, compressed: the next text starts a new one."""
+        self._blocks.append(zlib.compress(self._open, 1))
+        self._bases.append(self._open_base)
+        self._open_base += len(self._open)
+        self._open = bytearray()
 
     def get(self, start: int, size: int) -> bytes | bytearray:
         base = self._open_base
@@ -68,6 +72,28 @@ class _Text:
             cache[no] = block
         offset = start - self._bases[no]
         return block[offset : offset + size]
+
+    def many(self, starts: Sequence[int], sizes: Sequence[int]) -> list[bytes | bytearray]:
+        """``get(start, size)`` for each pair, in one call (a block found once for the texts in it)."""
+        pending, base = self._open, self._open_base
+        texts: list[bytes | bytearray] = []
+        lo = hi = 0  # the block at hand holds [lo, hi) of the whole text
+        block: bytes | bytearray = b""
+        for start, size in zip(starts, sizes, strict=True):
+            if start >= base:
+                texts.append(pending[start - base : start - base + size])
+            elif lo <= start < hi:
+                texts.append(block[start - lo : start - lo + size])
+            else:
+                block = self.get(start, size)
+                texts.append(block)
+                no = bisect_right(self._bases, start) - 1
+                lo = self._bases[no]
+                hi = self._bases[no + 1] if no + 1 < len(self._bases) else base
+                block = self._cache.get(no, b"")
+                if not block:  # not kept (a cache of none): the next text looks again
+                    lo = hi = 0
+        return texts
 
     def nbytes(self) -> int:
         return len(self._open) + sum(map(len, self._blocks)) + 8 * len(self._bases)
@@ -120,7 +146,28 @@ class ResultList(Sequence[Any]):
             body.update(outputs)
         if error is not _NO_ERROR:
             body["error"] = error
-        self._store(index, body, attempts)
+        # _store, _place and _Text.append, written out for the usual result: JSON
+        # text for an index not given yet, within the arrays (one call, not four, per item)
+        try:
+            data = _encode(body).encode("utf-8", "surrogatepass")
+        except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
+            self._store(index, body, attempts)
+            return
+        starts = self._start
+        if index >= len(starts) or starts[index] != _MISSING or self._objects:
+            self._place(index, data, attempts)
+            return
+        store = self._text
+        pending = store._open
+        starts[index] = store._open_base + len(pending)
+        pending += data
+        if len(pending) >= BLOCK:
+            store.seal()
+        self._size[index] = len(data)
+        self._att[index] = attempts
+        self._count += 1
+        if index >= self._high:
+            self._high = index + 1
 
     def _put_text(self, index: int, item: Any, attempts: int, text: str) -> bool:
         """``{"item": item, **outputs}`` from the outputs' own JSON text (an object of
@@ -238,16 +285,17 @@ class ResultList(Sequence[Any]):
 
     def __iter__(self) -> Iterator[Any]:
         starts, sizes, atts, orig = self._start, self._size, self._att, self._orig
-        get = self._text.get
+        store = self._text
         n = len(starts)
         i = 0
         while i < n:
             j = min(i + _CHUNK, n)
-            run = i
-            while run < j and starts[run] != _MISSING:
-                run += 1
+            try:
+                run = starts.index(_MISSING, i, j)
+            except ValueError:
+                run = j
             if run > i:  # a run of JSON texts: decoded with one call
-                texts = b",".join(get(starts[k], sizes[k]) for k in range(i, run))
+                texts = b",".join(store.many(starts[i:run], sizes[i:run]))
                 for k, value in enumerate(_loads(b"[" + texts + b"]"), i):
                     attempts = atts[k]
                     if attempts:
