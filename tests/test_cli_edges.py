@@ -303,3 +303,34 @@ def test_running_out_of_threads_is_reported_and_the_batch_still_runs(tmp_path: P
     assert json.loads(proc.stdout)["outputs"]["success_count"] == 300
     assert re.search(r"warning: w: could start only \d+ of 2000 threads", proc.stderr), proc.stderr
     assert "lower max_concurrent" in proc.stderr
+
+
+def test_damaged_records_and_cache_files_are_named_with_a_way_out_and_the_run_goes_on(
+    plait: Plait, workflow: Workflow
+) -> None:
+    home = Path(os.environ["PLAIT_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("runs.db", "cache.db"):  # not databases at all: an editor's save, a truncated copy
+        (home / name).write_text("these are not the records you are looking for\n")
+    wf = workflow({"nodes": [{"id": "e", "type": "shell", "params": {"command": "echo ${item}"}, "cache": True,
+                              "batch": {"items": [1, 2]}}]})
+
+    r = plait("run", wf, "-q", "-o", "json")
+
+    assert r.code == 0, r  # without a record and without the cache, each said once
+    assert r.json["status"] == "success"
+    assert f"warning: this run is not recorded: the run records in {home / 'runs.db'} cannot be read" in r.stderr
+    assert f"hint: move the file aside (mv {home / 'runs.db'} {home / 'runs.db.damaged'})" in r.stderr
+    assert r.stderr.count(f"the item cache in {home / 'cache.db'} cannot be read") == 1
+    assert "this run goes without it" in r.stderr
+    for args in (("runs",), ("show", "last"), ("cache", "stats")):
+        r = plait(*args)
+        assert r.code == 2, (args, r)
+        assert "cannot be read: file is not a database" in r.stderr and "internal error" not in r.stderr
+        assert "hint: move the file aside" in r.stderr
+
+    (home / "runs.db").rename(home / "runs.db.damaged")
+    (home / "cache.db").rename(home / "cache.db.damaged")
+    r = plait("run", wf, "-q")
+    assert r.code == 0 and "warning" not in r.stderr, r
+    assert plait("runs").code == 0 and plait("cache", "stats").code == 0

@@ -383,7 +383,8 @@ def _start_recorder(redactor: Any) -> Any:
     try:
         return RunRecorder(redactor=redactor, on_trouble=trouble, on_recovered=recovered)
     except PlaitError as exc:
-        sys.stderr.write(f"warning: this run is not recorded: {exc.message}\n")
+        hint = f"\n  hint: {exc.hint}" if exc.hint else ""
+        sys.stderr.write(f"warning: this run is not recorded: {exc.message}{hint}\n")
     except Exception as exc:  # an unwritable folder, a locked or damaged database
         sys.stderr.write(f"warning: this run is not recorded: {type(exc).__name__}: {exc}\n")
     return None

@@ -524,9 +524,12 @@ def _cache(cn: CompiledNode, services: RunServices) -> Any:
     wanted = mode in ("on", "refresh") or (cn.cache if cn.cache is not None else cn.cls.cacheable)
     if not wanted:
         return None
+    cache = services.item_cache()
+    if cache is None:  # its file cannot be read: said once, and the run goes without it
+        return None
     from plait.runtime.cache import CacheCheck
 
-    return CacheCheck(services.item_cache(), cn, ttl=cn.cache_ttl, read=mode != "refresh")
+    return CacheCheck(cache, cn, ttl=cn.cache_ttl, read=mode != "refresh")
 
 
 def _check(*checks: Any) -> Any:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from plait.errors import UsageError
 from plait.ir.values import parse_duration
 from plait.runtime import blobs
 from plait.runtime.items import Attempt, Outcome
@@ -90,20 +91,37 @@ class CacheStats:
         return out
 
 
+class CacheUnreadable(UsageError):
+    """The cache file is not a database, or a damaged one: no command can use it as it is."""
+
+    def __init__(self, path: Path, exc: Exception) -> None:
+        super().__init__(
+            f"the item cache in {path} cannot be read: {exc}",
+            hint=f"move the file aside (mv {path} {path}.damaged): plait then starts a new cache there",
+        )
+
+
 class ItemCache:
     """The cache database, for one process (thread-safe)."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(home / DB_NAME), timeout=10.0, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        # Keys are hashes, so a batch of hits reads pages all over the key index:
-        # kept in SQLite's cache (and mapped, not read) they are read once, not per item.
-        self._conn.execute("PRAGMA cache_size = -16384")
-        self._conn.execute("PRAGMA mmap_size = 134217728")
-        self._conn.executescript(_SCHEMA)
+        path = home / DB_NAME
+        self._conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            # Keys are hashes, so a batch of hits reads pages all over the key index:
+            # kept in SQLite's cache (and mapped, not read) they are read once, not per item.
+            self._conn.execute("PRAGMA cache_size = -16384")
+            self._conn.execute("PRAGMA mmap_size = 134217728")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, a full disk: it may pass
+                raise
+            raise CacheUnreadable(path, exc) from None
         self._lock = threading.Lock()
         self._hits: dict[tuple[int, str], tuple[int, float]] = {}  # (rowid, key) -> (hits not yet written, last hit)
         #: hits of entries read ahead, a stretch of consecutive rowids at a time:

@@ -229,16 +229,23 @@ class RunServices(Services):
             return value
 
     def item_cache(self) -> Any:
-        """The item cache (runtime/cache.py), opened on first use."""
+        """The item cache (runtime/cache.py), opened on first use; None when its file
+        cannot be read (the run goes on without it, and says so once)."""
         root = self._root
         if root._cache is None:
             from plait.paths import home
-            from plait.runtime.cache import open_cache
+            from plait.runtime.cache import CacheUnreadable, open_cache
 
             with root._resource_lock:
                 if root._cache is None:
-                    root._cache = open_cache(home())
-        return root._cache
+                    try:
+                        root._cache = open_cache(home())
+                    except CacheUnreadable as exc:
+                        root._cache = False
+                        from plait.runtime.events import RunWarning
+
+                        root.bus.emit(RunWarning(None, f"{exc.message}; this run goes without it ({exc.hint})"))
+        return root._cache or None
 
     # -- the run's event loop
 
@@ -306,7 +313,7 @@ class RunServices(Services):
                 close(value)
             except Exception:
                 pass
-        if self._root is self and self._cache is not None:
+        if self._root is self and self._cache:
             self._cache.flush()  # the hit counts it keeps in memory
 
     # -- limits, budgets, prices

@@ -175,9 +175,19 @@ def connect(path: Path | None = None, *, create: bool = True) -> sqlite3.Connect
     timeout = busy_timeout()
     conn = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    migrate(conn)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, a full disk: it may pass
+            raise
+        # not a database, or a damaged one: no command can use it as it is
+        raise UsageError(
+            f"the run records in {path} cannot be read: {exc}",
+            hint=f"move the file aside (mv {path} {path}.damaged): plait then starts new records there",
+        ) from None
     return conn
 
 
