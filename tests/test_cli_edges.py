@@ -305,6 +305,14 @@ def test_running_out_of_threads_is_reported_and_the_batch_still_runs(tmp_path: P
     assert "lower max_concurrent" in proc.stderr
 
 
+def test_a_workflow_on_standard_input_is_refused_saying_where_it_goes(plait: Plait) -> None:
+    for args in (("run", "-"), ("validate", "-"), ("convert", "-", "--to", "md")):
+        r = plait(*args, input='{"nodes": []}')
+        assert r.code == 2, (args, r)
+        assert "the workflow is read from a file, not from standard input ('-')" in r.stderr
+        assert "no such option" not in r.stderr and "not found" not in r.stderr
+
+
 def test_damaged_records_and_cache_files_are_named_with_a_way_out_and_the_run_goes_on(
     plait: Plait, workflow: Workflow
 ) -> None:

@@ -295,7 +295,7 @@ def run(
 def _refuse_unknown_options(workflow: str, params: tuple[str, ...]) -> None:
     """`run` passes words it does not know on as name=value inputs: a word that is
     an option (``-x``, ``--qiet``) is an unknown option, not a workflow or an input."""
-    for word in (workflow, *params):
+    for word in (workflow if workflow != "-" else "", *params):  # "-": the loader says what it is
         if word.startswith("-") and "=" not in word.split("-", 2)[-1][:1] and not _is_number(word):
             from plait.errors import UsageError, did_you_mean
 

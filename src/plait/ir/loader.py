@@ -116,6 +116,15 @@ def load_file(path: str | Path) -> Any:
         from plait.ir.markdown import load_markdown
 
         return load_markdown(_read(p), file=str(p))
+    if str(path) == "-" and not p.exists():
+        raise WorkflowInvalid(
+            [Problem(
+                "the workflow is read from a file, not from standard input ('-')",
+                hint="save it first (plait run wf.json); standard input is for a batch's items "
+                '({"from": "-"}) and for an input marked stdin: true',
+            )],
+            file="-",
+        )
     if not p.exists():
         raise WorkflowInvalid(
             [Problem(f"workflow file not found: {p}", hint="check the path and the current directory")],
