@@ -146,8 +146,8 @@ class ResultList(Sequence[Any]):
             body.update(outputs)
         if error is not _NO_ERROR:
             body["error"] = error
-        # _store, _place and _Text.append, written out for the usual result: JSON
-        # text for an index not given yet, within the arrays (one call, not four, per item)
+        # _store and _place, written out for the usual result: JSON text for an
+        # index not given yet, within the arrays (two calls, not four, per item)
         try:
             data = _encode(body).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError):  # not JSON (or circular): the object itself, whole
@@ -157,12 +157,7 @@ class ResultList(Sequence[Any]):
         if index >= len(starts) or starts[index] != _MISSING or self._objects:
             self._place(index, data, attempts)
             return
-        store = self._text
-        pending = store._open
-        starts[index] = store._open_base + len(pending)
-        pending += data
-        if len(pending) >= BLOCK:
-            store.seal()
+        starts[index] = self._text.append(data)
         self._size[index] = len(data)
         self._att[index] = attempts
         self._count += 1
