@@ -56,6 +56,9 @@ def test_identical_items_share_one_execution_and_a_second_run_executes_nothing(
     assert meta(second) == {"cache_hits": 6, "cache_stored": 0}
     assert second.json["outputs"]["results"] == first.json["outputs"]["results"]
     assert "6 from the cache" in second.stderr
+    shown = plait("show", second.json["run_id"])  # the record says so too
+    assert "6/6 ok, 6 from the cache" in shown.stdout, shown
+    assert plait("show", second.json["run_id"], "--json").json["nodes"][0]["items_cached"] == 6
 
 
 def test_only_successes_are_cached(plait: Plait, workflow: Workflow, tmp_path: Path) -> None:

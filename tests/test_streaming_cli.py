@@ -435,8 +435,16 @@ def test_groups_map_back_fail_per_group_and_resume_per_group(plait, workflow, tm
     assert (tmp_path / "groups.log").read_text().splitlines()[:3] == ["start 0", "end 0", "start 3"]
 
     flag.unlink()
-    r = plait("resume", "last", "--nodes", nodes_file, "-o", "json", "-q")
+    r = plait("resume", "last", "--nodes", nodes_file, "-o", "json")
     assert r.code == 0, r
+    # the plan counts items, as the node's total does (it counted groups against items)
+    # (7 + 10 + 6 items finished; 3 + 3 failed; the resumed node's last group never ran)
+    assert "reuse 23 · rerun 6 failed · run 1 unfinished" in r.stderr, r.stderr
+    assert "resumed  10 items, 6 reused" in r.stderr, r.stderr  # 6 kept by the results file
+    shown = plait("show", r.json["run_id"]).stdout
+    assert "items     30 ok" in shown, shown
+    assert "10/10 ok, 7 reused" in shown and "10/10 ok, 10 reused" in shown, shown
+    assert "10/10 ok, 6 reused" in shown, shown  # the file's rows, though they sent no item events
     final = rows(tmp_path / "groups.jsonl")
     assert [x["index"] for x in final] == list(range(10))
     assert [x["value"] for x in final] == [{"n": i} for i in range(10)]  # one item's own value each
@@ -468,6 +476,8 @@ def test_a_group_counts_as_its_items_in_the_record_and_in_max_failures(plait, wo
     # the record counts items too (4 groups ran: 3 of them, holding 7 items, succeeded)
     shown = plait("show", r.json["run_id"])
     assert "7 ok, 3 failed" in shown.stdout and "7/10 ok" in shown.stdout, shown
+    # the failed row is a group: named as one, its items counted
+    assert "failed items (3, in 1 group)" in shown.stdout and "g group 1  item: [" in shown.stdout, shown
     listed = plait("runs")
     assert "7 ok, 3 failed" in listed.stdout, listed
 

@@ -139,6 +139,10 @@ class Tracker:
             if node is not None:
                 node.total = ev.total
                 node.grouped = ev.grouped
+                if ev.carried:  # a resumed results file held these: no item events come for them
+                    node.done += ev.carried
+                    node.failed += ev.carried_failed
+                    node.reused += ev.carried - ev.carried_failed
                 node.started = time.monotonic()
         elif isinstance(ev, NodeFinished):
             node = self.running.pop(loc.node_id, None)

@@ -160,6 +160,10 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
             details.append(f"{n['items_ok']}/{n['items_total']} ok")
             if n["items_failed"]:
                 details.append(f"{n['items_failed']} failed")
+        if n.get("items_reused"):
+            details.append(f"{n['items_reused']} reused")
+        if n.get("items_cached"):
+            details.append(f"{n['items_cached']} from the cache")
         if n["retries"]:
             details.append(f"{n['retries']} retried")
         if n.get("throttled"):
@@ -193,9 +197,25 @@ def show_command(ref: str, as_json: bool, stream: TextIO | None = None) -> int:
         stream.write(f"  (and {nested} node runs inside sub-workflows)\n")
 
     if failed:
-        stream.write(f"\nfailed items ({len(failed)})\n")
+        # batch.group: a failed row is a group of items, its index the group's
+        grouped = {n["node_id"] for n in top if (n.get("batch") or {}).get("group")}
+        groups = sum(1 for item in failed if item["node_id"] in grouped)
+        if groups:
+            items = sum(n["items_failed"] for n in top if n["node_id"] in grouped) + len(failed) - groups
+            in_groups = f"{groups} group{'s' if groups != 1 else ''}"
+            alone = len(failed) - groups
+            how = f"in {in_groups}" if not alone else f"{in_groups} and {alone} alone"
+            stream.write(f"\nfailed items ({items}, {how})\n")
+        else:
+            stream.write(f"\nfailed items ({len(failed)})\n")
         for item in failed:
-            where = item["node_id"] + (f"[{item['idx']}]" if item["idx"] is not None else "")
+            idx = item["idx"]
+            if idx is None:
+                where = item["node_id"]
+            elif item["node_id"] in grouped:
+                where = f"{item['node_id']} group {idx}"
+            else:
+                where = f"{item['node_id']}[{idx}]"
             line = f"  {where}"
             if item.get("attempt", 1) > 1:
                 line += f"  after {item['attempt']} attempts"

@@ -443,8 +443,10 @@ def _drive(
     assert spec is not None
     bus = services.bus
     if bus.active:
+        carried = len(sink.done) if sink is not None else 0
         bus.emit(BatchStarted(services.location(cn.id), total, spec.parallel, spec.max_concurrent,
-                              grouped=groups is not None))
+                              grouped=groups is not None, carried=carried,
+                              carried_failed=sink.error_count if carried else 0))
     reuse = _reuse(cn, services)
     cache = _cache(cn, services)
     collected = _Collected(cn, services, sink, total, cache)

@@ -131,6 +131,11 @@ class BatchStarted(Event):
     #: batch.group: each item event's ``item`` is a list of items, and stands for
     #: that many of ``total`` (a malformed record, failing alone, for one)
     grouped: bool = False
+    #: a resume's results file already held this many of the items (their rows were
+    #: kept, so they do not run or send item events): reused, ``carried_failed`` of
+    #: them failed rows kept as they were (--only-unfinished)
+    carried: int = 0
+    carried_failed: int = 0
 
 
 def items_in(item: Any) -> int:

@@ -139,10 +139,15 @@ class ReuseSource:
                         (self._run, node_id),
                     ).fetchall()
                 )
-                total = conn.execute(
-                    "SELECT items_total FROM nodes WHERE run = ? AND node_id = ?", (self._run, node_id)
+                row = conn.execute(
+                    "SELECT items_total, items_ok, items_failed, batch FROM nodes WHERE run = ? AND node_id = ?",
+                    (self._run, node_id),
                 ).fetchone()
                 ok, failed = counts.get("success", 0), counts.get("failed", 0)
+                if row is not None and row[3] and '"group"' in row[3] and (ok or failed):
+                    # a row stands for a group: the node's own counts are of items, as its total is
+                    ok, failed = row[1], row[2]
+                total = row
                 plan.reuse += ok
                 if self.only_unfinished:
                     plan.reuse += failed

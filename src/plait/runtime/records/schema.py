@@ -135,6 +135,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN items_from TEXT;
     """,
+    # 8: per node, how many of its items the item cache answered and how many a
+    # resume reused (plait show says so, as the progress line did)
+    """
+    ALTER TABLE nodes ADD COLUMN items_cached INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN items_reused INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -354,6 +354,15 @@ class RunRecorder:
             node = self._node(ev.loc.key)
             node.total = ev.total
             node.grouped = ev.grouped
+            if ev.carried:  # rows a resumed results file kept: reused, though no item event comes
+                ok = ev.carried - ev.carried_failed
+                node.ok += ok
+                node.failed += ev.carried_failed
+                node.reused += ok
+                node.dirty = True
+                if not ev.loc.path:
+                    self._items_ok += ok
+                    self._items_failed += ev.carried_failed
         elif isinstance(ev, NodeFinished):
             self._node_finished(ev)
         elif isinstance(ev, RunFinished) and not ev.path:
@@ -367,6 +376,10 @@ class RunRecorder:
         n = items_in(item) if node.grouped else 1  # a group: its items
         node.ok += n
         node.dirty = True
+        if ev.reused is not None:
+            node.reused += n
+        elif ev.cached:
+            node.cached += n
         idx = ev.index
         shown = None
         top = not ev.loc.path
@@ -483,6 +496,10 @@ class RunRecorder:
         n = items_in(item) if node.grouped else 1  # a group: its items
         if status == "success":
             node.ok += n
+            if getattr(ev, "reused", None) is not None:
+                node.reused += n
+            elif getattr(ev, "cached", False):
+                node.cached += n
             if top_item:
                 self._items_ok += n
                 preview = self._preview(item)
@@ -679,6 +696,7 @@ def _batch_summary(spec: Any) -> dict[str, Any]:
 
 class _NodeState:
     __slots__ = (
+        "cached",
         "cost",
         "dirty",
         "duration_ms",
@@ -691,6 +709,7 @@ class _NodeState:
         "node_id",
         "ok",
         "retries",
+        "reused",
         "started",
         "status",
         "throttled",
@@ -715,6 +734,8 @@ class _NodeState:
         self.failed = 0
         self.retries = 0
         self.throttled = 0
+        self.cached = 0  # items answered from the item cache
+        self.reused = 0  # items whose result an earlier run recorded (a resume)
         self.llm = [0, 0, 0]
         self.cost: float | None = None
         self.dirty = True
@@ -738,6 +759,8 @@ class _NodeState:
             *self.llm,
             None if self.cost is None else round(self.cost, 9),
             self.throttled,
+            self.cached,
+            self.reused,
         )
 
 
@@ -773,10 +796,11 @@ _INSERT_ITEM = (
 )
 _NODE_COLUMNS = (
     "status, visits, started, ended, duration_ms, error, error_index, items_total, items_ok,"
-    " items_failed, retries, llm_calls, input_tokens, output_tokens, cost_usd, throttled"
+    " items_failed, retries, llm_calls, input_tokens, output_tokens, cost_usd, throttled,"
+    " items_cached, items_reused"
 )
 _UPSERT_NODE = (
-    f"INSERT INTO nodes (run, node_id, type, {_NODE_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+    f"INSERT INTO nodes (run, node_id, type, {_NODE_COLUMNS}) VALUES ({', '.join('?' * 21)})"
     " ON CONFLICT (run, node_id) DO UPDATE SET type = coalesce(nodes.type, excluded.type), "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _NODE_COLUMNS.split(","))
 )
