@@ -114,7 +114,8 @@ def test_an_empty_list_is_a_successful_batch_of_zero(plait, workflow):
     [
         ({"a": [1, 2], "b": 1}, "an object"),
         ("just text", "a string"),
-        (42, "a int"),
+        (42, "gave an integer"),
+        (2.5, "gave a number"),
         (None, "null"),
         (True, "a boolean"),
     ],

@@ -154,6 +154,25 @@ def test_write_file_creates_parent_folders(plait: Run, workflow: Write, tmp_path
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "deep"
 
 
+def test_a_folder_that_cannot_be_made_is_said_so_not_a_raw_os_error(
+    plait: Run, workflow: Write, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("in the way")
+    for target, said in (
+        ("afile/sub/c.txt", "cannot create the folder afile/sub for afile/sub/c.txt: afile is a file, not a folder"),
+        ("afile/c.txt", "cannot create the folder afile for afile/c.txt: afile is a file, not a folder"),
+        ("/proc/plait-none/c.txt", "cannot create the folder /proc/plait-none for /proc/plait-none/c.txt: "),
+    ):
+        r = plait("run", workflow({"nodes": [node("w", "write-file", file_path=target, content="x")]}))
+        assert r.code == 1, r
+        assert said in r.stderr and "Error:" not in r.stderr, r.stderr
+    r = plait("run", workflow({"nodes": [
+        node("c", "copy-file", source_path="afile", dest_path="afile/sub/copy.txt"),
+    ]}))
+    assert r.code == 1 and "afile is a file, not a folder" in r.stderr, r.stderr
+    assert (tmp_path / "afile").read_text() == "in the way"
+
+
 def test_write_file_without_create_dirs(plait: Run, workflow: Write, tmp_path: Path) -> None:
     wf = {"nodes": [node("w", "write-file", file_path="missing/c.txt", content="x", create_dirs=False)]}
     r = plait("run", workflow(wf))

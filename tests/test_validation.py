@@ -103,8 +103,20 @@ def test_unknown_node_type_far_from_any_lists_them() -> None:
 def test_unknown_param_suggests_the_nearest() -> None:
     found = problems({"nodes": [{"id": "a", "type": "shell", "params": {"comand": "echo"}}]})
     paths = by_path(found)
-    assert "did you mean 'command'" in paths["nodes[0].params.comand"][0].hint
+    assert "did you mean 'command'? (a required param, missing)" in paths["nodes[0].params.comand"][0].hint
+    # one problem for one typo: the required param it misspells is not missing a second time
+    assert "nodes[0].params" not in paths, found
+
+
+def test_a_missing_required_param_not_misspelt_is_its_own_problem() -> None:
+    found = problems({"nodes": [{"id": "a", "type": "shell", "params": {"zzzq": "echo"}}]})
+    paths = by_path(found)
+    assert "'shell' takes: command" in paths["nodes[0].params.zzzq"][0].hint
     assert "missing required param 'command'" in paths["nodes[0].params"][0].message
+    # a misspelling of a param that is given is no stand-in for a missing one
+    found = problems({"nodes": [{"id": "a", "type": "shell", "params": {"command": "x", "comand": "y"}}]})
+    assert [p.path for p in found] == ["nodes[0].params.comand"]
+    assert found[0].hint == "did you mean 'command'?"
 
 
 # -- ids, edges, start node ---------------------------------------------------------

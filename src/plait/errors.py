@@ -11,12 +11,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """A ' Did you mean 'x'?' suffix, or '' when nothing is close."""
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice ``name`` most likely misspells, or None when nothing is close."""
     import difflib  # only when something is wrong
 
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else ""
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' Did you mean 'x'?' suffix, or '' when nothing is close."""
+    close = closest(name, choices)
+    return f"did you mean '{close}'?" if close else ""
 
 
 @dataclass

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from plait.errors import Problem, did_you_mean
+from plait.errors import Problem, closest, did_you_mean
 from plait.ir.format import (
     BATCH,
     COMPAT_NODE,
@@ -503,19 +503,24 @@ def _check_param_names(
     node_id: str, type_: str, params: dict[str, Any], info: NodeTypeInfo, path: str, c: _Collector
 ) -> None:
     declared = {p.name: p for p in info.param_specs}
+    misspelt: set[str] = set()  # required params an unknown one is taken for: one problem, not two
     if not info.open_params:
         for key in params:
             if key not in declared:
+                meant = closest(str(key), declared)
+                hint = f"did you mean '{meant}'?" if meant else ""
+                if meant is not None and declared[meant].required and meant not in params:
+                    misspelt.add(meant)
+                    hint += " (a required param, missing)"
                 c.add(
                     f"unknown param '{key}' for node type '{type_}'",
                     f"{path}.params.{key}",
-                    did_you_mean(str(key), declared)
-                    or f"'{type_}' takes: {', '.join(declared) or 'no params'}",
+                    hint or f"'{type_}' takes: {', '.join(declared) or 'no params'}",
                     node_id=node_id,
                     param=str(key),
                 )
     for p in info.param_specs:
-        if p.required and p.name not in params:
+        if p.required and p.name not in params and p.name not in misspelt:
             c.add(
                 f"missing required param '{p.name}' for node type '{type_}'",
                 f"{path}.params",

@@ -214,7 +214,7 @@ class WriteFileNode(PlaitNode):
         else:
             data = _text_bytes(content, p["encoding"])
         if p["create_dirs"]:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(path.parent, path)
         elif not path.parent.exists():
             raise NodeError(
                 f"folder {path.parent} does not exist", retryable=False
@@ -347,10 +347,24 @@ def _destination(p: dict[str, Any], *, follow_source: bool) -> tuple[Path, Path]
     if src.is_dir() and dest.resolve().is_relative_to(src.resolve()):
         raise NodeError(f"cannot put the folder {src} inside itself ({dest})", retryable=False)
     if p["create_dirs"]:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(dest.parent, dest)
     elif not dest.parent.exists():
         raise NodeError(f"folder {dest.parent} does not exist", retryable=False)
     return src, dest
+
+
+def _make_folder(folder: Path, for_path: Path) -> None:
+    """``create_dirs``: the folder and its parents, or a NodeError saying why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file stands where a folder should
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise NodeError(f"cannot create the folder {folder} for {for_path}: {blocker} is a file, not a folder",
+                        retryable=False) from None
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(folder) else ""
+        raise NodeError(f"cannot create the folder {folder} for {for_path}: {why}{where}", retryable=False) from None
 
 
 def _copy_file_atomically(src: Path, dest: Path) -> None:

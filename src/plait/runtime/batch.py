@@ -86,9 +86,10 @@ def resolve_items(cn: CompiledNode, base: Base) -> tuple[Sequence[Any], bool]:
     if isinstance(value, ResultList):  # another batch's results: read one by one, not copied
         return value, False
     if not isinstance(value, list):
-        kind = {dict: "an object", str: "a string", type(None): "null", bool: "a boolean"}.get(
-            type(value), f"a {type(value).__name__}"
-        )
+        kind = {
+            dict: "an object", str: "a string", type(None): "null", bool: "a boolean",
+            int: "an integer", float: "a number",
+        }.get(type(value), f"a {type(value).__name__}")
         hint = ""
         if isinstance(value, dict):
             lists = [k for k, v in value.items() if isinstance(v, list)]
