@@ -160,12 +160,14 @@ def test_validate_checks_mcp_nodes_statically(plait: Any, workflow: Any, mcp_env
     assert "`plait mcp sync demo`" in hint
     hint = errors[("nodes[1].type", "unknown node type 'mcp-dmeo-echo'")]
     assert "no synced MCP server matches" in hint and "did you mean 'mcp-demo-echo'" in hint
-    assert errors[("nodes[2].params.txt", "unknown param 'txt' for node type 'mcp-demo-echo'")] == "did you mean 'text'?"
-    assert ("nodes[2].params", "missing required param 'text' for node type 'mcp-demo-echo'") in errors
+    assert errors[("nodes[2].params.txt", "unknown param 'txt' for node type 'mcp-demo-echo'")] == (
+        "did you mean 'text'? (a required param, missing)"
+    )
+    assert ("nodes[2].params", "missing required param 'text' for node type 'mcp-demo-echo'") not in errors
     assert ("nodes[2].params.times", "param 'times' of node 'p' must be integer, not string ('two')") in errors
     assert ("nodes[2].params.style", 'param \'style\' must be one of "plain", "upper", not "loud"') in errors
     assert any(m.startswith("${p.shouted}: node 'p' (mcp-demo-echo) has no output 'shouted'") for _, m in errors)
-    assert len(errors) == 7  # node 'ok' and ${ok.result} are fine
+    assert len(errors) == 6  # the misspelt required param is one problem; node 'ok' and ${ok.result} are fine
 
 
 def test_an_mcp_type_without_a_cache_says_to_sync(plait: Any, workflow: Any) -> None:
