@@ -21,6 +21,7 @@ import pytest
 import direct
 import plait
 from direct import DirectServices
+from plait.errors import WorkflowInvalid
 from plait.nodes._code_worker import Task, WorkerPool, raise_in_thread
 from plait.nodes.base import NodeError
 from plait.nodes.code import CodeNode, straight_line
@@ -846,3 +847,28 @@ def test_straight_line_code_that_outlasts_its_timeout_fails_as_timed_out(service
     assert err.retryable
     assert err.outputs == {"result": None, "stdout": "", "stderr": ""}
     assert code_threads() == []
+
+
+def test_a_syntax_error_in_code_as_written_is_found_before_anything_runs(tmp_path):
+    marker = tmp_path / "ran"
+    workflow = {
+        "nodes": [
+            {"id": "first", "type": "write-file", "params": {"file_path": str(marker), "content": "x"}},
+            {"id": "calc", "type": "code", "params": {"code": "x = 1\nif x > 0\n    result = x"}},
+        ]
+    }
+
+    check = plait.validate(workflow)
+
+    assert not check.ok
+    (problem,) = check.problems
+    assert problem.path == "nodes[1].params.code"
+    assert problem.message == "line 2: SyntaxError: expected ':'\n    2 | if x > 0\n      |         ^"
+    with pytest.raises(WorkflowInvalid) as refused:
+        plait.run(workflow)
+    assert [p.path for p in refused.value.problems] == ["nodes[1].params.code"]
+    assert not marker.exists()  # refused whole: the first node did not run either
+    # code holding a template is compiled once it is resolved, at run time
+    templated = {"nodes": [{"id": "calc", "type": "code", "params": {"code": "result = '${x}' +"}}],
+                 "inputs": {"x": {"type": "string", "default": "a"}}}
+    assert plait.validate(templated).ok

@@ -126,7 +126,8 @@ class CodeNode(PlaitNode):
             "code",
             "string",
             required=True,
-            description="Python source; it reads its inputs as variables and sets `result`",
+            description="Python source; it reads its inputs as variables and sets `result`. "
+            "Code without templates is compiled when the workflow is validated: a syntax error stops the run before anything runs",
         ),
         Param(
             "inputs",
@@ -166,10 +167,21 @@ class CodeNode(PlaitNode):
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        problems: list[tuple[str, str | None]] = []
+        source = params.get("code")
+        # Code given as it is (no template in it) is compiled now: a syntax error is
+        # found before anything runs. The compiled code is not kept; the run compiles it again.
+        if isinstance(source, str) and source.strip() and "${" not in source:
+            try:
+                compile(source, "<code>", "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                problems.append((_syntax_message(exc, source.splitlines()), "code"))
+            except ValueError as exc:
+                problems.append((f"'code' cannot be compiled: {exc}", "code"))
         requires = params.get("requires")
-        if not isinstance(requires, list):  # absent, or a template resolved at run time
-            return []
-        return [(message, "requires") for message in missing_requirements(requires, static=True)]
+        if isinstance(requires, list):  # else absent, or a template resolved at run time
+            problems += [(message, "requires") for message in missing_requirements(requires, static=True)]
+        return problems
 
     def prep(self, shared: ItemContext) -> CodeRun:
         p = shared.params
