@@ -528,3 +528,20 @@ def test_a_missing_key_in_one_item_names_the_template_the_index_and_the_keys(pla
     assert err["index"] == 1
     assert "${item.name}" in err["error"] and "batch item 1" in err["error"]
     assert "nom, id" in err["error"]
+
+
+def test_item_time_percentiles_are_nearest_rank() -> None:
+    from plait.runtime.batch import Timing
+
+    timing = Timing()
+    for seconds in (0.004, 0.005):
+        timing.add(seconds)
+    assert timing.percentile(0.5) == pytest.approx(0.004, rel=0.02)
+    assert timing.percentile(0.95) == pytest.approx(0.005, rel=0.02)  # the slower of two, not the faster
+    many = Timing()
+    for ms in range(1, 101):
+        many.add(ms / 1000.0)
+    assert many.percentile(0.5) == pytest.approx(0.050, rel=0.02)
+    assert many.percentile(0.95) == pytest.approx(0.095, rel=0.02)
+    assert many.percentile(1.0) == pytest.approx(0.100, rel=0.02)
+    assert Timing().percentile(0.95) == 0.0

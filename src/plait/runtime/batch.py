@@ -149,11 +149,11 @@ class Timing:
     def percentile(self, q: float) -> float:
         if not self.count:
             return 0.0
-        rank = q * (self.count - 1)
+        rank = math.ceil(q * self.count)  # nearest rank: p95 of two items is the slower one
         seen = 0
         for b in sorted(self._buckets):
             seen += self._buckets[b]
-            if seen > rank:
+            if seen >= rank:
                 value = self._FLOOR * self._RATIO ** max(b - 0.5, 0) if b else self._FLOOR
                 return min(value, self.max)
         return self.max
