@@ -167,6 +167,7 @@ def test_every_format_glob_skip_limit_malformed_records_and_chained_batches(plai
     assert out["j"]["count"] == 3 and out["j"]["success_count"] == 2
     assert [x for i, x in enumerate(items("j")) if i != 1] == [{"id": 1}, {"id": 4}]
     assert errors("j")[1].startswith("a.jsonl:4:10: invalid JSON")
+    assert items("j")[1] == '{"id": 3,,}'  # the malformed record shown as its text, not an object's repr
     # csv: quoted commas and newlines; a short row gets nulls; a long row fails alone
     assert items("csv")[0] == {"id": "1", "name": "Smith, J", "note": "x"}
     assert items("csv")[1] == {"id": "2", "name": "Lee", "note": None}
@@ -219,6 +220,7 @@ def test_standard_input_piped_and_items_file(plait, workflow, tmp_path):
     assert s["errors"][0]["error"].startswith("<stdin>:4:2: invalid JSON")
     got = rows(tmp_path / "s.jsonl")
     assert [g.get("got", {}).get("n") for g in got] == [1, 2, None, 4, 5, 6]
+    assert got[2]["item"] == "{oops" and s["errors"][0]["item"] == "{oops"
 
     # --items FILE: the same batch reads the file, named in errors as given, and counted first
     (tmp_path / "given.jsonl").write_text(text)

@@ -196,7 +196,7 @@ class _Groups:
                 if group:
                     yield self._close(gi, group)
                     gi, group, used = gi + 1, [], 0
-                self.members[gi] = [(index, item)]
+                self.members[gi] = [(index, item.raw)]  # shown as the start of its text
                 self.next_item = index + 1
                 yield gi, item
                 gi += 1

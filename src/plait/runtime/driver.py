@@ -361,8 +361,10 @@ class BatchDriver:
         return timeout
 
     def _bad(self, attempt: Attempt) -> None:
-        out = Outcome(attempt.index, attempt.item, 1, 0, time.time())
-        out.error = attempt.item.message
+        bad = attempt.item
+        # its item, wherever it is shown (errors, results file, record): the start of its text
+        out = Outcome(attempt.index, bad.raw, 1, 0, time.time())
+        out.error = bad.message
         out.retryable = False
         self._handle(out)
 
