@@ -223,3 +223,68 @@ def test_a_json_file_with_parameters_converts_to_markdown_with_its_params(plait:
     assert r.code == 0, r
     assert "Greets whoever it is given." in r.stdout  # the wrapper's description
     assert "printf 'hi %s' ${name}" in r.stdout
+
+
+def test_outputs_without_a_source_take_the_input_or_the_one_node_output_of_their_name(
+    plait: Any, workflow: Any
+) -> None:
+    # pflow's older form: an output is the value of its name. Bound before the run:
+    # an input of that name, else the one node declaring that output.
+    text = """# Sourceless
+
+Outputs named as what gives them.
+
+## Inputs
+
+### topic
+
+What to write about.
+
+- type: string
+
+## Steps
+
+### say
+
+Say it.
+
+- type: shell
+
+```shell command
+printf 'on %s' ${topic}
+```
+
+## Outputs
+
+### topic
+
+The topic, as given.
+
+### stdout
+
+What say printed.
+
+### dynamic_result
+
+Written by nothing here.
+"""
+    path = workflow(text, "sourceless.pflow.md")
+    r: Result = plait("run", path, "topic=owls", "-o", "json", "-q")
+    assert r.code == 0, r
+    assert r.json["outputs"] == {"topic": "owls", "stdout": "on owls"}  # the untraceable one is left out
+    assert "warning: output 'dynamic_result' has no 'source', and no input or node output is named" in r.stderr
+    checked = plait("validate", path, "-o", "json")
+    assert checked.code == 0 and len(checked.json["warnings"]) == 1, checked
+
+    # two nodes giving that name: which one is not guessed
+    two = {
+        "nodes": [
+            {"id": "a", "type": "shell", "params": {"command": "echo a"}},
+            {"id": "b", "type": "shell", "params": {"command": "echo b"}},
+        ],
+        "outputs": {"stdout": {"description": "one of them"}},
+    }
+    r = plait("validate", workflow(two, "two.json"))
+    assert r.code == 2, r
+    assert "output 'stdout' has no 'source', and nodes a, b all give an output 'stdout'" in r.stderr
+    assert 'say which: {"source": "${a.stdout}"}' in r.stderr

@@ -48,6 +48,8 @@ def run_command(
     for path in nodes_paths:
         registry.load_path(path)
     compiled = load_and_compile(workflow, registry)
+    for text in compiled.warnings:  # what validation warns of (warnings are not progress: -q keeps them)
+        sys.stderr.write(f"warning: {text}\n")
     old_run = resumed or (_run_to_resume(resume) if resume is not None else None)
     if (only_unfinished or rerun) and old_run is None:
         from plait.errors import UsageError

@@ -387,14 +387,12 @@ def _outputs(raw: Any, c: _Collector) -> dict[str, OutputSpec]:
             )
             continue
         c.unknown_fields(spec, OUTPUT_FIELDS, path, f"output '{name}'")
-        if "source" not in spec:
-            c.add(f"output '{name}' has no 'source'", path, 'e.g. {"source": "${node.stdout}"}')
-            continue
         desc = spec.get("description", "")
         type_ = spec.get("type")
         out[name] = OutputSpec(
             name=str(name),
-            source=spec["source"],
+            # None: pflow's older form, an output named as what gives it (bound by the template check)
+            source=spec.get("source"),
             description=desc if isinstance(desc, str) else "",
             type=type_ if isinstance(type_, str) else None,
         )

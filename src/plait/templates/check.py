@@ -208,7 +208,17 @@ def check_workflow(
                         hint=f"`plait nodes {n.type}` describes its params",
                     )
                 )
-    for name, out in wf.outputs.items():
+    for name, out in list(wf.outputs.items()):
+        if out.source is None:
+            source, problem, warning = _bind_output(name, wf, node_types)
+            if problem is not None:
+                problems.append(problem)
+            if warning is not None:
+                warnings.append(warning)
+            if source is None:
+                del wf.outputs[name]  # nothing gives it: left out, as pflow leaves it
+                continue
+            out.source = source
         for ref in compile_value(out.source).refs:
             check_ref(ref, f"outputs.{name}.source", None, ())
         check_broken(out.source, f"outputs.{name}.source", None)
@@ -236,6 +246,31 @@ def _json_list(text: str) -> bool:
 
 def _aliases(wf: Workflow) -> set[str]:
     return {n.batch.alias for n in wf.nodes if n.batch is not None}
+
+
+def _bind_output(
+    name: str, wf: Workflow, node_types: Mapping[str, Any]
+) -> tuple[str | None, Problem | None, str | None]:
+    """An output without a source (pflow's older form: the value of that name): the
+    input of that name, else the one node declaring an output of that name.
+    Returns (its source, a problem, a warning)."""
+    if name in wf.inputs:
+        return "${" + name + "}", None, None
+    givers = [n.id for n in wf.nodes if name in (_outputs_of(n, node_types) or ())]
+    if len(givers) == 1:
+        return "${" + givers[0] + "." + name + "}", None, None
+    example = '{"source": "${' + (givers[0] if givers else "node") + "." + name + '}"}'
+    if givers:
+        problem = Problem(
+            f"output '{name}' has no 'source', and nodes {', '.join(givers)} all give an output '{name}'",
+            path=f"outputs.{name}",
+            hint=f"say which: {example}",
+        )
+        return None, problem, None
+    return None, None, (
+        f"output '{name}' has no 'source', and no input or node output is named '{name}': it is left out "
+        f"(give it one: {example})"
+    )
 
 
 def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | None:
