@@ -319,8 +319,8 @@ def test_an_invalid_child_names_its_problems(workflow, plait):
         {"nodes": [{"id": "sub", "type": "workflow", "params": {"workflow": "child.json"}}]}
     )
     r = plait("run", parent, "-q")
-    assert r.code == 1, r
-    assert "sub-workflow child.json is invalid" in r.stderr
+    assert r.code == 2, r  # found when the parent is validated, before anything runs
+    assert "nodes[0].params.workflow: sub-workflow child.json is invalid" in r.stderr
     assert "unknown node type 'shel'" in r.stderr
     assert "nodes[0].type" in r.stderr
 
@@ -355,8 +355,8 @@ def test_a_cycle_between_workflows_is_reported_with_its_chain(workflow, plait):
         {"nodes": [{"id": "to_a", "type": "workflow", "params": {"workflow": "a.json"}}]}, "b.json"
     )
     r = plait("run", a, "-q")
-    assert r.code == 1, r
-    assert "sub-workflow cycle: a.json -> b.json -> a.json" in r.stderr
+    assert r.code == 2, r  # found by validation: the paths are written out
+    assert "sub-workflow b.json is invalid: nodes[0].params.workflow: sub-workflow cycle: a.json -> b.json -> a.json" in r.stderr
 
 
 def test_a_workflow_calling_itself_is_a_cycle(workflow, plait):
@@ -365,8 +365,60 @@ def test_a_workflow_calling_itself_is_a_cycle(workflow, plait):
         "me.json",
     )
     r = plait("run", me, "-q")
+    assert r.code == 2, r
+    assert "nodes[0].params.workflow: sub-workflow cycle: me.json -> me.json" in r.stderr
+    # a path given by a template is known only at run time: the cycle is found there
+    templated = workflow(
+        {
+            "inputs": {"child": {"type": "string", "default": "again.json"}},
+            "nodes": [{"id": "again", "type": "workflow", "params": {"workflow": "${child}"}}],
+        },
+        "again.json",
+    )
+    r = plait("run", templated, "-q")
     assert r.code == 1, r
-    assert "sub-workflow cycle: me.json -> me.json" in r.stderr
+    assert "sub-workflow cycle: again.json -> again.json" in r.stderr
+
+
+def test_a_child_named_by_its_path_is_checked_before_anything_runs(workflow, plait, tmp_path):
+    workflow(
+        {
+            "inputs": {"name": {"type": "string"}, "greeting": {"type": "string", "default": "hi"}},
+            "nodes": [{"id": "g", "type": "shell", "params": {"command": "printf '%s %s' ${greeting} ${name}"}}],
+            "outputs": {"said": {"source": "${g.stdout}"}},
+        },
+        "greet.json",
+    )
+    marker = tmp_path / "ran"
+    first = {"id": "first", "type": "write-file", "params": {"file_path": str(marker), "content": "x"}}
+
+    def parent(params, name="parent.json"):
+        return workflow({"nodes": [first, {"id": "sub", "type": "workflow", "params": params}]}, name)
+
+    # a misspelt input is one problem (its hint names the input it is taken for)
+    r = plait("run", parent({"workflow": "greet.json", "inputs": {"nam": "ada"}}), "-q")
+    assert r.code == 2, r
+    assert "nodes[1].params.inputs.nam: sub-workflow greet.json has no input 'nam'" in r.stderr
+    assert "did you mean 'name'? (a required input, missing)" in r.stderr
+    assert "1 problem" in r.stderr
+    # a required input not given, through pflow's param_mapping too
+    r = plait("run", parent({"workflow_ref": "greet.json", "param_mapping": {}}), "-q")
+    assert r.code == 2 and "sub-workflow greet.json needs input name" in r.stderr, r
+    assert "add 'name' to the 'param_mapping' of node 'sub'" in r.stderr
+    assert not marker.exists()  # refused whole: nothing ran
+    # a child not there yet may be written by an earlier node: a warning, and the run goes on
+    r = plait("run", parent({"workflow": "later.json"}), "-q")
+    assert r.code == 1, r
+    assert "warning: node 'sub': sub-workflow later.json is not there yet" in r.stderr
+    assert marker.exists()
+    # ~ is the home folder, as for pflow's saved workflows
+    home = tmp_path / "home"
+    (home / ".pflow" / "workflows").mkdir(parents=True)
+    (home / ".pflow" / "workflows" / "greet.json").write_text((tmp_path / "greet.json").read_text())
+    r = plait("run", parent({"workflow": "~/.pflow/workflows/greet.json", "inputs": {"name": "ada"}}), "-q",
+              env={"HOME": str(home)})
+    assert r.code == 0, r
+    assert json.loads(r.stdout) == {"said": "hi ada"}
 
 
 def test_the_child_reads_the_environment(workflow, plait):

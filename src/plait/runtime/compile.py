@@ -7,12 +7,14 @@ resolves pre-parsed templates and calls the node.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plait.errors import Problem, WorkflowInvalid
+from plait.errors import PlaitError, Problem, WorkflowInvalid, closest
 from plait.ir import Workflow, build_workflow
 from plait.ir.format import BATCH
 from plait.ir.graph import effective_edges, start_node
@@ -141,7 +143,19 @@ class CompiledWorkflow:
         return str(Path(self.file).resolve().parent) if self.file else None
 
 
+#: the workflow files being compiled, outermost first (a child naming one of them is a cycle)
+_COMPILING: ContextVar[tuple[str, ...]] = ContextVar("plait_compiling", default=())
+
+
 def load_and_compile(path: str | Path, registry: Mapping[str, type[PlaitNode]]) -> CompiledWorkflow:
+    token = _COMPILING.set((*_COMPILING.get(), str(Path(path).resolve())))
+    try:
+        return _load_and_compile(path, registry)
+    finally:
+        _COMPILING.reset(token)
+
+
+def _load_and_compile(path: str | Path, registry: Mapping[str, type[PlaitNode]]) -> CompiledWorkflow:
     doc = load_document(path)
     # One report: what reading the file found (a .pflow.md's markdown problems) and what
     # validation finds, the latter placed at their markdown lines.
@@ -164,6 +178,9 @@ def compile_raw(
     types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
     more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
     problems += more + _executor_problems(wf) + _stream_problems(wf) + _budget_problems(wf, types)
+    children, child_warnings = _child_problems(wf, types, registry, file)
+    problems += children
+    warnings += child_warnings
     if problems:
         raise WorkflowInvalid(document_order(problems), file=file)
     nodes = {n.id: _compile_node(n, types[n.type]) for n in wf.nodes}
@@ -181,6 +198,87 @@ def compile_raw(
         file=file,
         warnings=warnings,
     )
+
+
+def _child_problems(
+    wf: Workflow, types: Mapping[str, type[PlaitNode]], registry: Mapping[str, type[PlaitNode]], file: str | None
+) -> tuple[list[Problem], list[str]]:
+    """A ``workflow`` node naming its child by a path as written: the child is
+    compiled now, so a missing input, an unknown one, an invalid child or a cycle
+    is found before anything runs, not when the node is reached. A child file that
+    is not there yet (an earlier node may write it) is a warning."""
+    from plait.nodes.workflow import WorkflowNode
+    from plait.runtime.subworkflows import problems_text
+
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    base = Path(file).resolve().parent if file else Path.cwd()
+    for i, n in enumerate(wf.nodes):
+        cls = types.get(n.type)
+        if cls is None or not issubclass(cls, WorkflowNode):
+            continue
+        which = "workflow" if "workflow" in n.params else "workflow_ref"
+        path = n.params.get(which)
+        if not isinstance(path, str) or not path.strip() or "${" in path:
+            continue  # none (workflow_ir), or a template: known at run time
+        where = f"nodes[{i}].params.{which}"
+        resolved = (base / os.path.expanduser(path)).resolve()
+        stack = _COMPILING.get() or ((str(Path(file).resolve()),) if file else ())
+        if str(resolved) in stack:
+            chain = " -> ".join(_shown(k, base) for k in (*stack[stack.index(str(resolved)):], str(resolved)))
+            problems.append(Problem(f"sub-workflow cycle: {chain}", path=where, node_id=n.id,
+                                    hint="a workflow cannot run itself, directly or through its children"))
+            continue
+        if not resolved.is_file():
+            warnings.append(
+                f"node '{n.id}': sub-workflow {path} is not there yet ({resolved}); it must be when the node runs"
+            )
+            continue
+        try:
+            child = load_and_compile(resolved, registry)
+        except WorkflowInvalid as exc:
+            problems.append(Problem(f"sub-workflow {path} is invalid: {problems_text(exc)}", path=where,
+                                    node_id=n.id, hint=f"`plait validate {path}` lists its problems by line"))
+            continue
+        except PlaitError as exc:
+            problems.append(Problem(f"sub-workflow {path}: {exc.message}", path=where, node_id=n.id, hint=exc.hint))
+            continue
+        key = "param_mapping" if "param_mapping" in n.params and "inputs" not in n.params else "inputs"
+        given = n.params.get(key)
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            continue  # the node says so when it runs
+        declared = child.workflow.inputs
+        needed = [name for name, spec in declared.items()
+                  if spec.required and not spec.has_default and name not in given]
+        misspelt: set[str] = set()  # needed inputs an unknown one is taken for: one problem, not two
+        for name in given:
+            if name not in declared:
+                meant = closest(str(name), declared)
+                hint = f"did you mean '{meant}'?" if meant else ""
+                if meant in needed:
+                    misspelt.add(meant)
+                    hint += " (a required input, missing)"
+                problems.append(Problem(
+                    f"sub-workflow {path} has no input '{name}'", path=f"nodes[{i}].params.{key}.{name}",
+                    node_id=n.id,
+                    hint=hint or (f"its inputs: {', '.join(declared)}" if declared else "it declares no inputs"),
+                ))
+        missing = [name for name in needed if name not in misspelt]
+        if missing:
+            problems.append(Problem(
+                f"sub-workflow {path} needs input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+                path=f"nodes[{i}].params",
+                node_id=n.id,
+                hint=f"add {', '.join(repr(m) for m in missing)} to the '{key}' of node '{n.id}'",
+            ))
+    return problems, warnings
+
+
+def _shown(path: str, base: Path) -> str:
+    rel = os.path.relpath(path, base)
+    return path if rel.startswith("..") else rel
 
 
 def _budget_problems(wf: Workflow, types: Mapping[str, type[PlaitNode]]) -> list[Problem]:

@@ -61,7 +61,7 @@ class SubWorkflows:
                 retryable=False,
             )
         if path is not None:
-            resolved = Path(path)
+            resolved = Path(os.path.expanduser(path))  # pflow's saved files: ~/.pflow/workflows/NAME.json
             if not resolved.is_absolute() and services.workflow_dir:
                 resolved = Path(services.workflow_dir) / resolved
             resolved = resolved.resolve()
@@ -72,7 +72,7 @@ class SubWorkflows:
             try:
                 compiled = self._compile(key, lambda: load_and_compile(key, services.registry))
             except PlaitError as exc:
-                raise NodeError(f"sub-workflow {path} is invalid: {_flatten(exc)}", retryable=False)
+                raise NodeError(f"sub-workflow {path} is invalid: {problems_text(exc)}", retryable=False)
             child_dir: str | None = str(resolved.parent)
             name = path
         else:
@@ -80,7 +80,7 @@ class SubWorkflows:
             try:
                 compiled = self._compile(_ir_key(ir), lambda: compile_raw(ir, services.registry, file=None))
             except PlaitError as exc:
-                raise NodeError(f"inline workflow_ir is invalid: {_flatten(exc)}", retryable=False)
+                raise NodeError(f"inline workflow_ir is invalid: {problems_text(exc)}", retryable=False)
             child_dir = services.workflow_dir
             name = "workflow_ir"
         child = RunServices(
@@ -132,7 +132,8 @@ def _ir_key(ir: Any) -> str | None:
         return None
 
 
-def _flatten(exc: PlaitError) -> str:
+def problems_text(exc: PlaitError) -> str:
+    """An error's problems on one line (``path: message; ...``), or its message."""
     problems = getattr(exc, "problems", None)
     if problems:
         return "; ".join(f"{p.path}: {p.message}" if p.path else p.message for p in problems)
