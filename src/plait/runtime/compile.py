@@ -207,15 +207,13 @@ def _child_problems(
     compiled now, so a missing input, an unknown one, an invalid child or a cycle
     is found before anything runs, not when the node is reached. A child file that
     is not there yet (an earlier node may write it) is a warning."""
-    from plait.nodes.workflow import WorkflowNode
-    from plait.runtime.subworkflows import problems_text
-
     problems: list[Problem] = []
     warnings: list[str] = []
     base = Path(file).resolve().parent if file else Path.cwd()
     for i, n in enumerate(wf.nodes):
         cls = types.get(n.type)
-        if cls is None or not issubclass(cls, WorkflowNode):
+        # by its module, not issubclass: a workflow without one does not import it (start-up)
+        if cls is None or not any(c.__module__ == _WORKFLOW_NODE for c in cls.__mro__):
             continue
         which = "workflow" if "workflow" in n.params else "workflow_ref"
         path = n.params.get(which)
@@ -237,6 +235,8 @@ def _child_problems(
         try:
             child = load_and_compile(resolved, registry)
         except WorkflowInvalid as exc:
+            from plait.runtime.subworkflows import problems_text
+
             problems.append(Problem(f"sub-workflow {path} is invalid: {problems_text(exc)}", path=where,
                                     node_id=n.id, hint=f"`plait validate {path}` lists its problems by line"))
             continue
@@ -274,6 +274,9 @@ def _child_problems(
                 hint=f"add {', '.join(repr(m) for m in missing)} to the '{key}' of node '{n.id}'",
             ))
     return problems, warnings
+
+
+_WORKFLOW_NODE = "plait.nodes.workflow"
 
 
 def _shown(path: str, base: Path) -> str:
