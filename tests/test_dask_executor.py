@@ -377,6 +377,11 @@ def test_an_unreachable_scheduler_is_a_clear_error(plait: Callable[..., Result],
     res = plait("run", str(wf), "--scheduler", f"tcp://127.0.0.1:{port}", env={"PLAIT_DASK_TIMEOUT": "0.5"})
     assert res.code == 2, res
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in res.stderr
+    # a refused connection is said at once by a probe (the client retries for its whole
+    # timeout, 30 s by default, and then says only that it timed out)
+    res = plait("run", str(wf), "--scheduler", f"127.0.0.1:{port}", env={"PLAIT_DASK_TIMEOUT": "30"})
+    assert res.code == 2, res
+    assert "nothing listens there (connection refused)" in res.stderr
     assert "PLAIT_DASK_SCHEDULER" in res.stderr
 
 

@@ -193,6 +193,7 @@ def _open(address: str | None) -> _Connection:
             cluster.close()
             raise
         return _Connection("local", client, cluster)
+    _probe(address, timeout)
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -209,6 +210,36 @@ def _open(address: str | None) -> _Connection:
             hint=f"start some with `dask worker {address}`",
         ) from None
     return _Connection(address, client)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """A TCP scheduler that refuses the connection, or a host that does not resolve,
+    is said so at once: the client itself retries until its whole timeout (30 s)."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return  # the client says what is wrong with it
+    if scheme != "tcp" or not port:
+        return
+    why = None
+    try:
+        socket.create_connection((host, port), timeout=min(timeout, 5.0)).close()
+    except ConnectionRefusedError:
+        why = "nothing listens there (connection refused)"
+    except socket.gaierror as exc:
+        why = f"the host {host!r} does not resolve ({exc.strerror})"
+    except OSError:
+        return  # slow, or filtered: left to the client and its timeout
+    if why is not None:
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address}: {why}",
+            hint=f"check --scheduler (or {ENV_SCHEDULER}); start one with `dask scheduler`",
+        )
 
 
 def _acquire(address: str | None) -> _Connection:
