@@ -422,6 +422,32 @@ def test_url_without_a_scheme_is_refused_with_a_hint(http):
 
 
 
+def test_a_url_or_method_written_out_is_checked_before_the_run() -> None:
+    import plait
+
+    check = plait.validate(
+        {
+            "inputs": {"host": {"type": "string", "default": "example.com"}},
+            "nodes": [
+                {"id": "a", "type": "http", "params": {"url": "ftp://example.com/x", "method": "FETCH"}},
+                {"id": "b", "type": "http", "params": {"url": "example.com/api"}},
+                # templates are known at run time only
+                {"id": "c", "type": "http", "params": {"url": "${host}/x", "method": "${host}"}},
+                {"id": "d", "type": "http", "params": {"url": "https://example.com", "method": "post"}},
+            ],
+        }
+    )
+    found = {(p.path, p.message) for p in check.problems}
+    assert found == {
+        ("nodes[0].params.url", "'url' must start with http:// or https://, got 'ftp://example.com/x'"),
+        ("nodes[0].params.method", "unknown HTTP method 'FETCH'; did you mean 'PATCH'?"),
+        (
+            "nodes[1].params.url",
+            "'url' must start with http:// or https://, got 'example.com/api' (did you forget 'http://'?)",
+        ),
+    }
+
+
 def test_url_with_a_bad_port_is_an_invalid_request_not_retried(http):
     err = http.failure({"url": "http://localhost:abc/x?key=SECRET"})
     assert "invalid request" in err.message and "abc" in err.message

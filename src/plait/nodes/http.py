@@ -223,15 +223,31 @@ class HttpNode(PlaitNode):
 
             http_sync.pool(services).client()
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        """A URL or a method written out (no template in it) is checked before the run."""
+        problems: list[tuple[str, str | None]] = []
+        url = params.get("url")
+        if isinstance(url, str) and "${" not in url and url.strip():
+            problem = _scheme_problem(url.strip())
+            if problem:
+                problems.append((problem, "url"))
+        method = params.get("method")
+        if isinstance(method, str) and "${" not in method and method.strip():
+            problem = _method_problem(method)
+            if problem:
+                problems.append((problem, "method"))
+        return problems
+
     def prep(self, shared: ItemContext) -> PreparedRequest:
         p = shared.params
         url = p.get("url")
         if not isinstance(url, str) or not url.strip():
             raise _invalid(f"'url' must be a non-empty string, got {_preview(url)}")
         url = url.strip()
-        if not _HTTP_URL.match(url):
-            hint = " (did you forget 'http://'?)" if "://" not in url else ""
-            raise _invalid(f"'url' must start with http:// or https://, got '{url}'{hint}")
+        problem = _scheme_problem(url)
+        if problem:
+            raise _invalid(problem)
 
         json_body = _maybe_json(p.get("json"))
         body = p.get("body")
@@ -377,14 +393,28 @@ def _method(value: Any, *, has_body: bool) -> str:
         return "POST" if has_body else "GET"
     if not isinstance(value, str):
         raise _invalid(f"'method' must be a string, got {type(value).__name__}")
-    method = value.strip().upper()
-    if method not in METHODS:
-        import difflib
+    problem = _method_problem(value)
+    if problem:
+        raise _invalid(problem)
+    return value.strip().upper()
 
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; use one of {', '.join(METHODS)}"
-        raise _invalid(f"unknown HTTP method '{value}'{hint}")
-    return method
+
+def _method_problem(value: str) -> str | None:
+    method = value.strip().upper()
+    if method in METHODS:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(method, METHODS, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; use one of {', '.join(METHODS)}"
+    return f"unknown HTTP method '{value}'{hint}"
+
+
+def _scheme_problem(url: str) -> str | None:
+    if _HTTP_URL.match(url):
+        return None
+    hint = " (did you forget 'http://'?)" if "://" not in url else ""
+    return f"'url' must start with http:// or https://, got '{url}'{hint}"
 
 
 def _maybe_json(value: Any) -> Any:
