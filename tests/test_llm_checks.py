@@ -362,3 +362,26 @@ def test_a_parallel_batch_on_the_async_path_never_imports_openai(server, llm_hom
         "print(r.ok, deferred_loaded('openai'))\n"
     )
     assert _python(code, {"LLM_USER_PATH": str(llm_home)}).split() == ["True", "False"]
+
+
+def test_a_model_that_needs_a_key_none_gives_is_a_warning_before_the_run(
+    plait: Any, workflow: Any, llm_home: Path, tmp_path: Path
+) -> None:
+    nodes = [
+        {"id": "keyless", "type": "llm", "params": {"prompt": "hi", "model": "gpt-4o-mini"}},
+        {"id": "given", "type": "llm", "params": {"prompt": "hi", "model": "gpt-4o-mini", "key": "sk-test"}},
+        {"id": "offline", "type": "llm", "params": {"prompt": "hi", "model": "echo"}},
+    ]
+    path = workflow({"nodes": nodes})
+    env = {"LLM_USER_PATH": str(llm_home)}  # and no OPENAI_API_KEY (the fixture drops it)
+
+    checked = plait("validate", path, "-o", "json", env=env)
+    assert checked.code == 0, checked  # a warning: the run may store the key before it reaches the node
+    (warning,) = checked.json["warnings"]
+    assert warning.startswith("node 'keyless': model 'gpt-4o-mini' needs an API key and none is set (No key found")
+
+    ran = plait("run", path, "-q", env=env)
+    assert ran.code == 1 and "warning: node 'keyless': model 'gpt-4o-mini' needs an API key" in ran.stderr, ran
+
+    with_key = plait("validate", path, "-o", "json", env={**env, "OPENAI_API_KEY": "sk-from-env"})
+    assert with_key.code == 0 and with_key.json["warnings"] == [], with_key

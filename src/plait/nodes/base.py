@@ -320,6 +320,12 @@ class PlaitNode(_PocketFlowNode):
         return []
 
     @classmethod
+    def check_warnings(cls, params: dict[str, Any]) -> list[str]:
+        """Optional: what may go wrong that validation cannot refuse (the run goes on),
+        shown by `plait validate` and at the start of a run."""
+        return []
+
+    @classmethod
     def warm_up(cls, services: Services) -> None:
         """Optional: prepare slow shared resources in the background at run start."""
 

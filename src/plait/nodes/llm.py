@@ -209,6 +209,29 @@ class LlmNode(PlaitNode):
         return _static_problems(params)
 
     @classmethod
+    def check_warnings(cls, params: dict[str, Any]) -> list[str]:
+        # A model that needs a key none gives: the node fails when it is reached, after
+        # the nodes before it ran. Not refused: a branch may never reach it, and the key
+        # may be stored before then.
+        model, key, api_base = params.get("model"), params.get("key"), params.get("api_base")
+        if key is not None or api_base is not None or not isinstance(model, str) or not model.strip():
+            return []
+        if _templated(model):
+            return []
+        try:
+            found = llm_models.resolve(model.strip(), None)
+        except Exception:  # check_params reports what is wrong with the model
+            return []
+        if not getattr(found, "needs_key", None):
+            return []
+        try:
+            found.get_key()  # llm's own look-up: its stored keys, then the model's environment variable
+        except Exception as exc:  # llm's NeedsKeyException, or a keys file it cannot read
+            return [f"model '{model.strip()}' needs an API key and none is set ({str(exc) or _detail(exc)}); "
+                    "the node fails when it runs unless one is set before then, or the node is given a 'key'"]
+        return []
+
+    @classmethod
     def warm_up(cls, services: Services) -> None:
         llm_models.load_llm()
 

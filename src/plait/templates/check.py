@@ -186,6 +186,7 @@ def check_workflow(
                         hint=f"`plait nodes {n.type}` describes its params",
                     )
                 )
+            warnings += [f"node '{n.id}': {text}" for text in cls.check_warnings(n.params)]
         for key, value in n.params.items():
             ppath = f"{npath}.params.{key}"
             spec = specs.get(key)
