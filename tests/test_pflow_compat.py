@@ -288,3 +288,27 @@ Written by nothing here.
     assert r.code == 2, r
     assert "output 'stdout' has no 'source', and nodes a, b all give an output 'stdout'" in r.stderr
     assert 'say which: {"source": "${a.stdout}"}' in r.stderr
+
+
+def test_warnings_reach_the_python_api_and_the_json_result(workflow: Any, plait: Any, tmp_path: Path) -> None:
+    import plait as api
+
+    wf = {
+        "nodes": [
+            {"id": "a", "type": "echo", "params": {"v": 1}},
+            {"id": "g", "type": "echo", "params": {"v": "${item}"}, "batch": {"items": {"from": "data/*.csv"}}},
+        ],
+        "edges": [{"from": "a", "to": "g"}],
+        "outputs": {"nothing": {"description": "no source, and nothing of that name"}},
+    }
+    (tmp_path / "data").mkdir()  # a folder with no CSV in it
+    path = workflow(wf)
+    result = api.run(path)
+    assert result.ok, result
+    assert result.warnings[0].startswith("output 'nothing' has no 'source'")
+    assert any("the glob 'data/*.csv' matched no files" in w for w in result.warnings[1:]), result.warnings
+    r: Result = plait("run", path, "-o", "json", "-q")
+    assert r.code == 0 and r.json["warnings"] == result.warnings, r
+    # a run without any keeps the JSON as it was
+    quiet = plait("run", workflow({"nodes": [{"id": "a", "type": "echo", "params": {"v": 1}}]}, "q.json"), "-o", "json")
+    assert "warnings" not in quiet.json

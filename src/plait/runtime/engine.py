@@ -14,7 +14,7 @@ from plait.ir.graph import Reachability
 from plait.ir.values import fit_input
 from plait.runtime.batch import BatchFailed, run_batch, run_single
 from plait.runtime.compile import CompiledNode, CompiledWorkflow
-from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStarted
+from plait.runtime.events import NodeFinished, NodeStarted, RunFinished, RunStarted, RunWarning
 from plait.runtime.executors import AUTO, make_executor
 from plait.runtime.executors.local import SequentialExecutor
 from plait.runtime.results import plain
@@ -53,6 +53,8 @@ class RunResult:
     primary: Any = None  # what plain-text output prints when nothing is declared
     values: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
+    #: what validation warned of, then what the run did (an empty glob, a damaged cache...)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -77,6 +79,7 @@ class RunResult:
             "duration_ms": round(self.duration_ms, 3),
             "errors": self.errors,
             "llm_usage": self.llm_usage,
+            **({"warnings": self.warnings} if self.warnings else {}),
         }
 
 
@@ -157,6 +160,14 @@ class Runner:
         bus = self.bus
         if cw.file and not services.stack:  # the top level: a child calling it back is a cycle
             services.stack = (str(Path(cw.file).resolve()),)
+        warnings = list(cw.warnings)
+
+        def warned(ev: Any) -> None:  # a RunWarning
+            warnings.append(f"{ev.loc}: {ev.message}" if ev.loc is not None else ev.message)
+
+        top = services.parent is None
+        if top:
+            bus.subscribe(warned, kinds=(RunWarning,))
         if bus.active:
             bus.emit(
                 RunStarted(
@@ -203,6 +214,8 @@ class Runner:
         usage = services.ledger.total()
         if bus.active:
             bus.emit(RunFinished(services.run_id, status, duration_ms, errors, usage, path=services.path))
+        if top:
+            bus.unsubscribe(warned)
         return RunResult(
             status=status,
             outputs=outputs,
@@ -214,6 +227,7 @@ class Runner:
             primary=primary,
             values=base,
             run_id=services.run_id,
+            warnings=warnings,
         )
 
     def _executor_name(self, cn: CompiledNode) -> str:
