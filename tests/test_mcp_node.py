@@ -51,6 +51,7 @@ def synced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 "broken": {"command": str(root / "no-such-server")},
                 "needs_env": _stdio(env={"TOKEN": "${PLAIT_TEST_MCP_UNSET}"}),
                 "odd": {"url": "ftp://example.invalid/mcp"},
+                "typo": {"comand": "true"},
             }
         },
     )
@@ -102,6 +103,7 @@ def test_sync_caches_each_server_and_reports_each_failure(synced: dict[str, Any]
     assert "no-such-server" in rows["broken"]["error"] and "No such file" in rows["broken"]["error"]
     assert "PLAIT_TEST_MCP_UNSET" in rows["needs_env"]["error"] and "not set" in rows["needs_env"]["error"]
     assert "http:// or https://" in rows["odd"]["error"]
+    assert "'command' (the program to start) is missing; is 'comand' meant to be 'command'?" in rows["typo"]["error"]
 
     cache = json.loads(synced["cache"])
     assert sorted(cache["servers"]) == ["demo", "pf"]

@@ -113,6 +113,11 @@ def _lookup(match: re.Match[str], missing: list[str]) -> str:
     return ""
 
 
+#: fields of a server entry in the configs plait reads (its own, pflow's, Claude's)
+_KNOWN_FIELDS = frozenset({"type", "transport", "command", "args", "env", "cwd", "url", "headers", "auth",
+                           "timeout", "reconnects", "description", "disabled"})
+
+
 def _entry(name: str, raw: Any, source: Path) -> ServerConfig:
     if not isinstance(raw, dict):
         return ServerConfig(name, source, {}, problems=[f"its entry must be an object, not {type(raw).__name__}"])
@@ -132,7 +137,15 @@ def _entry(name: str, raw: Any, source: Path) -> ServerConfig:
             if key in raw and not isinstance(raw[key], dict):
                 problems.append(f"'{key}' must be an object")
     elif kind == "stdio":
-        if not isinstance(raw.get("command"), str) or not raw["command"]:
+        if "command" not in raw:
+            from plait.errors import closest
+
+            # a misspelt field is named: "comand" or "cmd" for "command", "uri" for "url"
+            meant = {k: closest(str(k), ("command", "url")) for k in raw if k not in _KNOWN_FIELDS}
+            typo = next(((k, m) for k, m in meant.items() if m), None)
+            extra = f"; is '{typo[0]}' meant to be '{typo[1]}'?" if typo else ""
+            problems.append(f"'command' (the program to start) is missing{extra}")
+        elif not isinstance(raw.get("command"), str) or not raw["command"]:
             problems.append("'command' (the program to start) must be a non-empty string")
         args = raw.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
