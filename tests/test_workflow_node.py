@@ -733,3 +733,28 @@ def test_a_sub_workflows_own_budget_is_reported_as_not_applied(tmp_path, plait):
     assert r.stderr.count("declares budget.usd=0.5, which is not applied") == 1, r.stderr
     assert "set the budget on the top-level workflow" in r.stderr
     assert [x["said"] for x in r.json["outputs"]["results"]] == ["hi a", "hi b", "hi c"]
+
+
+def test_an_inline_child_is_checked_before_anything_runs(workflow, plait, tmp_path):
+    marker = tmp_path / "ran"
+    child = {
+        "inputs": {"name": {"type": "string"}},
+        "nodes": [{"id": "g", "type": "shel", "params": {"command": "printf 'hi %s' ${name}"}}],
+        "outputs": {"said": {"source": "${g.stdout}"}},
+    }
+
+    def parent(ir, inputs):
+        first = {"id": "first", "type": "write-file", "params": {"file_path": str(marker), "content": "x"}}
+        sub = {"id": "sub", "type": "workflow", "params": {"workflow_ir": ir, "inputs": inputs}}
+        return workflow({"nodes": [first, sub]})
+
+    r = plait("run", parent(child, {"name": "ada"}), "-q")
+    assert r.code == 2, r
+    assert "nodes[1].params.workflow_ir: inline workflow_ir is invalid: nodes[0].type: unknown node type 'shel'" in r.stderr
+    child["nodes"][0]["type"] = "shell"
+    r = plait("run", parent(child, {"nme": "ada"}), "-q")
+    assert r.code == 2, r
+    assert "nodes[1].params.inputs.nme: the inline workflow_ir has no input 'nme'" in r.stderr
+    assert not marker.exists()
+    r = plait("run", parent(child, {"name": "ada"}), "-q")
+    assert r.code == 0 and json.loads(r.stdout) == {"said": "hi ada"}, r

@@ -215,10 +215,23 @@ def _child_problems(
         # by its module, not issubclass: a workflow without one does not import it (start-up)
         if cls is None or not any(c.__module__ == _WORKFLOW_NODE for c in cls.__mro__):
             continue
+        inline = n.params.get("workflow_ir")
+        if isinstance(inline, dict) and "workflow" not in n.params and "workflow_ref" not in n.params:
+            # its ${...} are its own: compiled as it is written
+            try:
+                child = compile_raw(inline, registry, file=None)
+            except WorkflowInvalid as exc:
+                from plait.runtime.subworkflows import problems_text
+
+                problems.append(Problem(f"inline workflow_ir is invalid: {problems_text(exc)}",
+                                        path=f"nodes[{i}].params.workflow_ir", node_id=n.id))
+                continue
+            problems += _input_problems(n, i, "the inline workflow_ir", child)
+            continue
         which = "workflow" if "workflow" in n.params else "workflow_ref"
         path = n.params.get(which)
         if not isinstance(path, str) or not path.strip() or "${" in path:
-            continue  # none (workflow_ir), or a template: known at run time
+            continue  # none, or a template: known at run time
         where = f"nodes[{i}].params.{which}"
         resolved = (base / os.path.expanduser(path)).resolve()
         stack = _COMPILING.get() or ((str(Path(file).resolve()),) if file else ())
@@ -243,37 +256,45 @@ def _child_problems(
         except PlaitError as exc:
             problems.append(Problem(f"sub-workflow {path}: {exc.message}", path=where, node_id=n.id, hint=exc.hint))
             continue
-        key = "param_mapping" if "param_mapping" in n.params and "inputs" not in n.params else "inputs"
-        given = n.params.get(key)
-        if given is None:
-            given = {}
-        if not isinstance(given, dict):
-            continue  # the node says so when it runs
-        declared = child.workflow.inputs
-        needed = [name for name, spec in declared.items()
-                  if spec.required and not spec.has_default and name not in given]
-        misspelt: set[str] = set()  # needed inputs an unknown one is taken for: one problem, not two
-        for name in given:
-            if name not in declared:
-                meant = closest(str(name), declared)
-                hint = f"did you mean '{meant}'?" if meant else ""
-                if meant in needed:
-                    misspelt.add(meant)
-                    hint += " (a required input, missing)"
-                problems.append(Problem(
-                    f"sub-workflow {path} has no input '{name}'", path=f"nodes[{i}].params.{key}.{name}",
-                    node_id=n.id,
-                    hint=hint or (f"its inputs: {', '.join(declared)}" if declared else "it declares no inputs"),
-                ))
-        missing = [name for name in needed if name not in misspelt]
-        if missing:
-            problems.append(Problem(
-                f"sub-workflow {path} needs input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
-                path=f"nodes[{i}].params",
-                node_id=n.id,
-                hint=f"add {', '.join(repr(m) for m in missing)} to the '{key}' of node '{n.id}'",
-            ))
+        problems += _input_problems(n, i, f"sub-workflow {path}", child)
     return problems, warnings
+
+
+def _input_problems(n: Any, i: int, what: str, child: CompiledWorkflow) -> list[Problem]:
+    """The child's inputs against what node ``n`` (at ``nodes[i]``) gives it:
+    unknown ones, and required ones not given."""
+    problems: list[Problem] = []
+    key = "param_mapping" if "param_mapping" in n.params and "inputs" not in n.params else "inputs"
+    given = n.params.get(key)
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        return problems  # the node says so when it runs
+    declared = child.workflow.inputs
+    needed = [name for name, spec in declared.items()
+              if spec.required and not spec.has_default and name not in given]
+    misspelt: set[str] = set()  # needed inputs an unknown one is taken for: one problem, not two
+    for name in given:
+        if name not in declared:
+            meant = closest(str(name), declared)
+            hint = f"did you mean '{meant}'?" if meant else ""
+            if meant in needed:
+                misspelt.add(meant)
+                hint += " (a required input, missing)"
+            problems.append(Problem(
+                f"{what} has no input '{name}'", path=f"nodes[{i}].params.{key}.{name}",
+                node_id=n.id,
+                hint=hint or (f"its inputs: {', '.join(declared)}" if declared else "it declares no inputs"),
+            ))
+    missing = [name for name in needed if name not in misspelt]
+    if missing:
+        problems.append(Problem(
+            f"{what} needs input{'s' if len(missing) > 1 else ''} {', '.join(missing)}",
+            path=f"nodes[{i}].params",
+            node_id=n.id,
+            hint=f"add {', '.join(repr(m) for m in missing)} to the '{key}' of node '{n.id}'",
+        ))
+    return problems
 
 
 _WORKFLOW_NODE = "plait.nodes.workflow"
