@@ -350,3 +350,25 @@ def test_node_retry_gives_up_after_max_retries(plait: Run, workflow: Write, tmp_
     assert r.code == 1
     assert "2 attempts" in r.stderr
     assert (tmp_path / "tries").read_text().count("x") == 2
+
+
+def test_an_output_of_the_path_not_taken_is_left_out_not_a_failure(plait: Run, workflow: Write) -> None:
+    wf = {
+        "nodes": [
+            {"id": "risky", "type": "shell", "params": {"command": "exit 3"}},
+            {"id": "ok", "type": "echo", "params": {"v": "fine"}},
+            {"id": "fix", "type": "echo", "params": {"v": "fixed after ${risky.exit_code}"}},
+        ],
+        "edges": [{"from": "risky", "to": "ok"}, {"from": "risky", "to": "fix", "action": "error"}],
+        "outputs": {"result": {"source": "${ok.v}"}, "fixed": {"source": "${fix.v}"}},
+    }
+    r = plait("run", workflow(wf), "-o", "json")
+    assert r.code == 0, r  # the error edge handled the failure: the run ended well
+    assert r.json["status"] == "success"
+    assert r.json["outputs"] == {"fixed": "fixed after 3"}
+    assert r.json["warnings"] == ["output 'result' is left out: node 'ok' did not run on this path"]
+    assert "warning: output 'result' is left out" in r.stderr
+    # a template that fails on a node that did run is still a failure of the run
+    wf["outputs"] = {"fixed": {"source": "${fix.nothing_here}"}}
+    r = plait("run", workflow(wf), "-o", "json", "-q")
+    assert r.code == 1 and r.json["status"] == "failed", r

@@ -300,9 +300,19 @@ class Runner:
     def _outputs(self, base: dict[str, Any], last: str | None) -> tuple[dict[str, Any], Any]:
         cw = self.compiled
         if cw.outputs:
-            values = {name: c.resolve(base, {}) for name, c in cw.outputs.items()}
-            if len(values) == 1:
-                return values, next(iter(values.values()))
+            values: dict[str, Any] = {}
+            for name, c in cw.outputs.items():
+                # An output of a node that did not run on the path taken (the other side
+                # of an error edge, a branch not chosen) is left out, not a failure of a
+                # run that ended well; any other template problem still is one.
+                skipped = [r.root for r in c.refs if r.root in cw.nodes and r.root not in base]
+                if skipped:
+                    message = f"output '{name}' is left out: node '{skipped[0]}' did not run on this path"
+                    self.bus.emit(RunWarning(None, message))
+                    continue
+                values[name] = c.resolve(base, {})
+            if len(cw.outputs) == 1:
+                return values, next(iter(values.values()), None)
             return values, values
         if last is None:
             return {}, None
