@@ -400,11 +400,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def overlapping_batches(folder: Path) -> dict[str, Any]:
     both = {"items": [0, 1], "parallel": True, "max_concurrent": 2}
+    # Each item lasts a while after the meeting: a node's second item starts before
+    # its first ends even on a loaded machine (else they share a lane, and the test
+    # counting four lanes saw three).
     return {
         "nodes": [
             shell("top", "true"),
-            {**meet("a", "b", folder), "batch": both},
-            {**meet("b", "a", folder), "batch": both},
+            {**meet("a", "b", folder, then="sleep 0.3; "), "batch": both},
+            {**meet("b", "a", folder, then="sleep 0.3; "), "batch": both},
             shell("join", "true"),
         ],
         "edges": [edge("top", "a"), edge("top", "b"), edge("a", "join"), edge("b", "join")],
