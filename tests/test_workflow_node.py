@@ -758,3 +758,26 @@ def test_an_inline_child_is_checked_before_anything_runs(workflow, plait, tmp_pa
     assert not marker.exists()
     r = plait("run", parent(child, {"name": "ada"}), "-q")
     assert r.code == 0 and json.loads(r.stdout) == {"said": "hi ada"}, r
+
+
+def test_a_template_reading_an_output_the_child_does_not_declare_is_refused(workflow, plait):
+    workflow(
+        {
+            "inputs": {"name": {"type": "string"}},
+            "nodes": [{"id": "g", "type": "shell", "params": {"command": "printf 'hi %s' ${name}"}}],
+            "outputs": {"greeting": {"source": "${g.stdout}"}},
+        },
+        "greet.json",
+    )
+    sub = {"id": "sub", "type": "workflow", "params": {"workflow": "greet.json", "inputs": {"name": "ada"}}}
+    r = plait("validate", workflow({"nodes": [sub, {"id": "e", "type": "echo", "params": {"v": "${sub.greting}"}}]}))
+    assert r.code == 2, r
+    assert "${sub.greting}: node 'sub' (workflow) has no output 'greting'" in r.stderr
+    assert "did you mean 'greeting'?" in r.stderr
+    r = plait("run", workflow({"nodes": [sub, {"id": "e", "type": "echo", "params": {"v": "${sub.greeting}"}}]}), "-q")
+    assert r.code == 0 and json.loads(r.stdout) == {"v": "hi ada"}, r
+    # a child that declares no outputs gives its last node's: not known before the run, not refused
+    workflow({"nodes": [{"id": "g", "type": "shell", "params": {"command": "echo hi"}}]}, "bare.json")
+    bare = {"id": "sub", "type": "workflow", "params": {"workflow": "bare.json"}}
+    r = plait("validate", workflow({"nodes": [bare, {"id": "e", "type": "echo", "params": {"v": "${sub.stdout}"}}]}))
+    assert r.code == 0, r

@@ -84,7 +84,8 @@ class WorkflowNode(PlaitNode):
         ),
     )
     # The outputs are the child's declared outputs (its last node's when it
-    # declares none): known only once the child is loaded, so not checked statically.
+    # declares none): not known from the type. A child compiled when its parent is
+    # validated (runtime/compile.py) gives them to the template check.
     dynamic_outputs = True
 
     @classmethod

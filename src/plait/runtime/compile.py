@@ -176,9 +176,10 @@ def compile_raw(
     # Template and param checks run even on a broken structure: one report, every problem.
     graph_in_doubt = any(p.path.startswith(("edges", "start_node")) for p in problems)
     types = {n.type: registry[n.type] for n in wf.nodes if n.type in registry}
-    more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt)
+    # children first: their declared outputs are what templates may read of their nodes
+    children, child_warnings, child_outputs = _child_problems(wf, types, registry, file)
+    more, warnings = check_workflow(wf, types, check_order=not graph_in_doubt, known_outputs=child_outputs)
     problems += more + _executor_problems(wf) + _stream_problems(wf) + _budget_problems(wf, types)
-    children, child_warnings = _child_problems(wf, types, registry, file)
     problems += children
     warnings += child_warnings
     if problems:
@@ -202,13 +203,16 @@ def compile_raw(
 
 def _child_problems(
     wf: Workflow, types: Mapping[str, type[PlaitNode]], registry: Mapping[str, type[PlaitNode]], file: str | None
-) -> tuple[list[Problem], list[str]]:
+) -> tuple[list[Problem], list[str], dict[str, tuple[str, ...]]]:
     """A ``workflow`` node naming its child by a path as written: the child is
     compiled now, so a missing input, an unknown one, an invalid child or a cycle
     is found before anything runs, not when the node is reached. A child file that
-    is not there yet (an earlier node may write it) is a warning."""
+    is not there yet (an earlier node may write it) is a warning. Also returns the
+    declared outputs of each compiled child, by its node's id (a child declaring
+    none gives its last node's outputs, which are not known here)."""
     problems: list[Problem] = []
     warnings: list[str] = []
+    outputs: dict[str, tuple[str, ...]] = {}
     base = Path(file).resolve().parent if file else Path.cwd()
     for i, n in enumerate(wf.nodes):
         cls = types.get(n.type)
@@ -227,6 +231,8 @@ def _child_problems(
                                         path=f"nodes[{i}].params.workflow_ir", node_id=n.id))
                 continue
             problems += _input_problems(n, i, "the inline workflow_ir", child)
+            if child.workflow.outputs:
+                outputs[n.id] = tuple(child.outputs)
             continue
         which = "workflow" if "workflow" in n.params else "workflow_ref"
         path = n.params.get(which)
@@ -257,7 +263,9 @@ def _child_problems(
             problems.append(Problem(f"sub-workflow {path}: {exc.message}", path=where, node_id=n.id, hint=exc.hint))
             continue
         problems += _input_problems(n, i, f"sub-workflow {path}", child)
-    return problems, warnings
+        if child.workflow.outputs:
+            outputs[n.id] = tuple(child.outputs)
+    return problems, warnings, outputs
 
 
 def _input_problems(n: Any, i: int, what: str, child: CompiledWorkflow) -> list[Problem]:

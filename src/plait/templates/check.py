@@ -19,14 +19,21 @@ __all__ = ["check_workflow", "fits", "value_type"]
 
 
 def check_workflow(
-    wf: Workflow, node_types: Mapping[str, Any], *, check_order: bool = True
+    wf: Workflow,
+    node_types: Mapping[str, Any],
+    *,
+    check_order: bool = True,
+    known_outputs: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[list[Problem], list[str]]:
     """Return (problems, warnings).
 
     ``check_order=False`` skips "cannot have run yet" when the graph itself is in
     doubt (a dangling edge, a bad start node), so a structural problem does not
-    also come back as a list of false ordering problems.
+    also come back as a list of false ordering problems. ``known_outputs``: the
+    output names of nodes whose type cannot declare them (a workflow node whose
+    child was compiled: its child's declared outputs), by node id.
     """
+    known_outputs = known_outputs or {}
     problems: list[Problem] = []
     warnings: list[str] = []
     if not wf.nodes:
@@ -110,7 +117,7 @@ def check_workflow(
             return
         target = by_id[root]
         if ref.steps and isinstance(ref.steps[0], str):
-            known = _outputs_of(target, node_types)
+            known = _outputs_of(target, node_types, known_outputs)
             if known is not None and ref.steps[0] not in known:
                 problems.append(
                     Problem(
@@ -211,7 +218,7 @@ def check_workflow(
                 )
     for name, out in list(wf.outputs.items()):
         if out.source is None:
-            source, problem, warning = _bind_output(name, wf, node_types)
+            source, problem, warning = _bind_output(name, wf, node_types, known_outputs)
             if problem is not None:
                 problems.append(problem)
             if warning is not None:
@@ -250,14 +257,14 @@ def _aliases(wf: Workflow) -> set[str]:
 
 
 def _bind_output(
-    name: str, wf: Workflow, node_types: Mapping[str, Any]
+    name: str, wf: Workflow, node_types: Mapping[str, Any], known: Mapping[str, tuple[str, ...]]
 ) -> tuple[str | None, Problem | None, str | None]:
     """An output without a source (pflow's older form: the value of that name): the
     input of that name, else the one node declaring an output of that name.
     Returns (its source, a problem, a warning)."""
     if name in wf.inputs:
         return "${" + name + "}", None, None
-    givers = [n.id for n in wf.nodes if name in (_outputs_of(n, node_types) or ())]
+    givers = [n.id for n in wf.nodes if name in (_outputs_of(n, node_types, known) or ())]
     if len(givers) == 1:
         return "${" + givers[0] + "." + name + "}", None, None
     example = '{"source": "${' + (givers[0] if givers else "node") + "." + name + '}"}'
@@ -274,7 +281,9 @@ def _bind_output(
     )
 
 
-def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | None:
+def _outputs_of(
+    node: Any, node_types: Mapping[str, Any], known: Mapping[str, tuple[str, ...]] | None = None
+) -> tuple[str, ...] | None:
     """Names a template may step into on this node, or None when they are not known statically."""
     if node.batch is not None:
         return BATCH_OUTPUTS + ALWAYS_OUTPUTS
@@ -282,6 +291,8 @@ def _outputs_of(node: Any, node_types: Mapping[str, Any]) -> tuple[str, ...] | N
     mapped = getattr(cls, "mapped_outputs", None)
     if mapped is not None and mapped(node.params) is not None:  # a workflow node's output_mapping
         return tuple(mapped(node.params)) + ALWAYS_OUTPUTS
+    if known and node.id in known:
+        return known[node.id] + ALWAYS_OUTPUTS
     if cls is None or cls.open_params or not cls.output_specs or getattr(cls, "dynamic_outputs", False):
         return None
     return tuple(o.name for o in cls.output_specs) + ALWAYS_OUTPUTS
