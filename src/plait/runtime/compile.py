@@ -242,7 +242,7 @@ def _child_problems(
         resolved = (base / os.path.expanduser(path)).resolve()
         stack = _COMPILING.get() or ((str(Path(file).resolve()),) if file else ())
         if str(resolved) in stack:
-            chain = " -> ".join(_shown(k, base) for k in (*stack[stack.index(str(resolved)):], str(resolved)))
+            chain = " -> ".join(shown_path(k, base) for k in (*stack[stack.index(str(resolved)):], str(resolved)))
             problems.append(Problem(f"sub-workflow cycle: {chain}", path=where, node_id=n.id,
                                     hint="a workflow cannot run itself, directly or through its children"))
             continue
@@ -308,9 +308,14 @@ def _input_problems(n: Any, i: int, what: str, child: CompiledWorkflow) -> list[
 _WORKFLOW_NODE = "plait.nodes.workflow"
 
 
-def _shown(path: str, base: Path) -> str:
-    rel = os.path.relpath(path, base)
-    return path if rel.startswith("..") else rel
+def shown_path(path: str, base: str | Path | None) -> str:
+    """A workflow file as the user reads it: relative to ``base`` (the top-level
+    file's folder) when it is inside it, else as it is."""
+    if base and os.path.isabs(path):
+        rel = os.path.relpath(path, base)
+        if not rel.startswith(".."):
+            return rel
+    return path
 
 
 def _budget_problems(wf: Workflow, types: Mapping[str, type[PlaitNode]]) -> list[Problem]:

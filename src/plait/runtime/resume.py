@@ -14,6 +14,7 @@ a mismatch costs an indexed look-up.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -144,7 +145,7 @@ class ReuseSource:
                     (self._run, node_id),
                 ).fetchone()
                 ok, failed = counts.get("success", 0), counts.get("failed", 0)
-                if row is not None and row[3] and '"group"' in row[3] and (ok or failed):
+                if row is not None and row[3] and json.loads(row[3]).get("group") and (ok or failed):
                     # a row stands for a group: the node's own counts are of items, as its total is
                     ok, failed = row[1], row[2]
                 total = row

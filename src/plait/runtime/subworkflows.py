@@ -117,12 +117,9 @@ class SubWorkflows:
 
 def _show(services: RunServices, key: str) -> str:
     """A workflow file as the user reads it: relative to the top-level file's folder."""
-    top = services.root.workflow_dir
-    if top and os.path.isabs(key):
-        rel = os.path.relpath(key, top)
-        if not rel.startswith(".."):
-            return rel
-    return key
+    from plait.runtime.compile import shown_path
+
+    return shown_path(key, services.root.workflow_dir)
 
 
 def _ir_key(ir: Any) -> str | None:
